@@ -1,0 +1,1 @@
+"""Calibration: observers, the streaming collector, range selection and data sources."""

@@ -1,0 +1,1 @@
+"""The ``gelu-quant`` command line: thin click wrappers over library calls."""

@@ -1,0 +1,1 @@
+"""Graph work: finding GELU sites, the custom-op functions, and injecting them."""

@@ -1,0 +1,72 @@
+"""What a GELU found in a graph is: :class:`GeluSite` and its QDQ context.
+
+Discovery (``gelu_quant.graph.discover``) produces these; calibration, conversion and evaluation
+consume them. A site's ``id`` is stable for a given model (``gelu0``, ``gelu1``, … in graph
+order of the main graph, then subgraphs as ``<node>/<attr>/geluN``) and the converted model
+keeps the site's output tensor name, so the same id names the same GELU in both models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+GeluVariant = Literal["erf", "tanh", "quick"]
+"""Which function the site computes: exact (erf) GELU, the tanh form, or QuickGELU."""
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """A DequantizeLinear feeding the site or a QuantizeLinear after it."""
+
+    tensor: str
+    """The int8/uint8/int16 tensor: DQ's input, or Q's output."""
+    scale: float
+    zero_point: int
+    dtype: str
+    """"int8", "uint8" or "int16"."""
+    node: str
+    """Name of the DQ or Q node."""
+
+
+@dataclass(frozen=True)
+class GeluSite:
+    """One GELU in a model."""
+
+    id: str
+    variant: GeluVariant
+    spelling: str
+    """How it was written: ``onnx:Gelu``, ``pattern:erf``, ``pattern:tanh``,
+    ``com.microsoft:Gelu``, ``com.microsoft:FastGelu``, ``com.microsoft:BiasGelu``,
+    ``com.microsoft:QuickGelu``, ``pattern:quick`` …"""
+    input: str
+    """The pre-activation tensor (for bias-folded spellings: ``x``; the site's true input is
+    ``input + bias``)."""
+    output: str
+    """The GELU's float output tensor."""
+    nodes: tuple[str, ...]
+    """Names of the nodes that make up the GELU (the ones conversion replaces)."""
+    dtype: str = "float32"
+    """Float dtype of the pre-activation: "float32" or "float16"."""
+    bias: str | None = None
+    """Bias tensor folded into the op (BiasGelu, FastGelu with bias), else None."""
+    shape: tuple[int | str | None, ...] | None = None
+    """Shape of the pre-activation when known (symbolic dims as strings)."""
+    qdq_in: QuantInfo | None = None
+    qdq_out: QuantInfo | None = None
+    graph: str = ""
+    """"" for the main graph, else the path of the subgraph (``node/attr``)."""
+    alpha: float | None = None
+    """QuickGELU's alpha when variant == "quick"."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def in_subgraph(self) -> bool:
+        return self.graph != ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["nodes"] = list(self.nodes)
+        d["notes"] = list(self.notes)
+        d["shape"] = None if self.shape is None else list(self.shape)
+        return d

@@ -1,0 +1,150 @@
+"""Quantization parameters with the exact semantics of ONNX QuantizeLinear / DequantizeLinear.
+
+``quantize`` is ``saturate(round_half_to_even(x / scale) + zero_point)``; ``dequantize`` is
+``(q - zero_point) * scale``. The scale is stored as a float32 value (what an ONNX initializer
+holds), so numpy and ONNX Runtime start from the same number. Arithmetic happens in the input's
+float dtype: float32 inputs are divided in float32, as ORT does; float64 inputs in float64 (the
+reference used to build tables).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from gelu_quant.errors import SpecError
+
+QDType = Literal["int8", "uint8", "int16"]
+QDTYPES: tuple[QDType, ...] = ("int8", "uint8", "int16")
+
+_LIMITS: dict[str, tuple[int, int]] = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int16": (-32768, 32767),
+}
+_NP_DTYPES: dict[str, type[np.integer]] = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16}
+_ONNX_TYPES: dict[str, int] = {
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "int16": onnx.TensorProto.INT16,
+}
+
+
+def qlimits(dtype: str) -> tuple[int, int]:
+    """Smallest and largest code of an integer quantized dtype."""
+    try:
+        return _LIMITS[dtype]
+    except KeyError:
+        raise SpecError(
+            f"unknown quantized dtype {dtype!r}; expected one of {', '.join(QDTYPES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Affine quantization parameters: ``real = (code - zero_point) * scale``."""
+
+    scale: float
+    zero_point: int
+    dtype: QDType
+
+    def __post_init__(self) -> None:
+        qmin, qmax = qlimits(self.dtype)
+        s32 = float(np.float32(self.scale))
+        if not (math.isfinite(s32) and s32 > 0.0):
+            raise SpecError(f"scale must be a positive finite float32, got {self.scale!r}")
+        if not qmin <= int(self.zero_point) <= qmax:
+            raise SpecError(f"zero point {self.zero_point} outside [{qmin}, {qmax}] of {self.dtype}")
+        object.__setattr__(self, "scale", s32)
+        object.__setattr__(self, "zero_point", int(self.zero_point))
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def qmin(self) -> int:
+        return qlimits(self.dtype)[0]
+
+    @property
+    def qmax(self) -> int:
+        return qlimits(self.dtype)[1]
+
+    @property
+    def np_dtype(self) -> type[np.integer]:
+        return _NP_DTYPES[self.dtype]
+
+    @property
+    def onnx_dtype(self) -> int:
+        return _ONNX_TYPES[self.dtype]
+
+    @property
+    def bits(self) -> int:
+        return 16 if self.dtype == "int16" else 8
+
+    def codes(self) -> npt.NDArray[np.integer]:
+        """Every code of the dtype, ascending."""
+        return np.arange(self.qmin, self.qmax + 1).astype(self.np_dtype)
+
+    @property
+    def real_range(self) -> tuple[float, float]:
+        """The real values of the smallest and largest code (float64)."""
+        return (
+            float((self.qmin - self.zero_point) * np.float64(self.scale)),
+            float((self.qmax - self.zero_point) * np.float64(self.scale)),
+        )
+
+    # -- arithmetic --------------------------------------------------------------------------
+    def quantize(self, x: npt.ArrayLike) -> npt.NDArray[np.integer]:
+        """ONNX QuantizeLinear: round half to even, add zero point, saturate."""
+        a = np.asarray(x)
+        ftype = np.float32 if a.dtype in (np.float16, np.float32) else np.float64
+        a = a.astype(ftype)
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = np.rint(a / ftype(self.scale))
+        r = np.nan_to_num(r, nan=0.0, posinf=np.inf, neginf=-np.inf) + self.zero_point
+        return np.clip(r, self.qmin, self.qmax).astype(self.np_dtype)
+
+    def dequantize(
+        self, q: npt.ArrayLike, dtype: type[np.floating] = np.float64
+    ) -> npt.NDArray[np.floating]:
+        """ONNX DequantizeLinear ``(q - zero_point) * scale`` in ``dtype``."""
+        qi = np.asarray(q).astype(np.int64) - self.zero_point
+        return (qi.astype(dtype) * dtype(self.scale)).astype(dtype)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_range(cls, lo: float, hi: float, dtype: QDType = "int8") -> QParams:
+        """Asymmetric qparams covering ``[lo, hi]`` (widened to contain 0, as ONNX requires).
+
+        ``scale = (hi - lo) / (qmax - qmin)`` and the zero point is the code of 0, rounded half
+        to even and saturated, so 0 is exactly representable.
+        """
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise SpecError(f"range [{lo}, {hi}] is not finite")
+        if not lo < hi:
+            raise SpecError(f"empty range [{lo}, {hi}]: need LO < HI")
+        qmin, qmax = qlimits(dtype)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi - lo) / (qmax - qmin)
+        scale32 = float(np.float32(scale))
+        if scale32 <= 0.0 or not math.isfinite(scale32):
+            raise SpecError(f"range [{lo}, {hi}] is too small or too large for float32 scale")
+        zp = int(np.clip(np.rint(qmin - lo / scale32), qmin, qmax))
+        return cls(scale=scale32, zero_point=zp, dtype=dtype)
+
+    def to_json(self) -> dict[str, object]:
+        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> QParams:
+        try:
+            return cls(
+                scale=float(d["scale"]),  # type: ignore[arg-type]
+                zero_point=int(d["zero_point"]),  # type: ignore[call-overload]
+                dtype=d["dtype"],  # type: ignore[arg-type]
+            )
+        except KeyError as e:
+            raise SpecError(f"qparams JSON lacks {e.args[0]!r}") from None

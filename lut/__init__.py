@@ -1,0 +1,1 @@
+"""Pure numerics: from a range to a lookup-table or piecewise-polynomial spec, and its errors."""

@@ -1,0 +1,1 @@
+"""Builders for the real models used by tests, the demo and benchmarks."""
