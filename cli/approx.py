@@ -1,0 +1,153 @@
+"""``gelu-quant approx``: build one approximation spec, print its summary and error report."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from gelu_quant.errors import BadInputError
+from gelu_quant.lut.export import c_header, spec_json_text, write_atomic
+from gelu_quant.lut.report import error_report
+from gelu_quant.lut.spec import GeluApprox
+
+#: CLI spellings of dtypes -> spec dtypes.
+DTYPE_ALIASES = {
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "fp16": "float16",
+    "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+}
+EXPORT_FORMATS = ("c-header", "json")
+
+
+def dtype_choice(*names: str) -> click.Choice:
+    """A case-insensitive choice among CLI dtype spellings."""
+    return click.Choice(list(names), case_sensitive=False)
+
+
+def range_option(f: Any) -> Any:
+    return click.option(
+        "--range",
+        "range_",
+        type=float,
+        nargs=2,
+        required=True,
+        metavar="LO HI",
+        help="Input range the approximation covers.",
+    )(f)
+
+
+def common_output_options(f: Any) -> Any:
+    f = click.option(
+        "--export",
+        "exports",
+        type=(click.Choice(EXPORT_FORMATS), click.Path(dir_okay=False, writable=True)),
+        multiple=True,
+        metavar="FORMAT FILE",
+        help="Also write the spec: 'c-header FILE' or 'json FILE'. Repeatable.",
+    )(f)
+    f = click.option("--name", default="gelu", show_default=True, help="C identifier prefix.")(f)
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="Print {spec, report} as JSON instead of text."
+    )(f)
+    return f
+
+
+def check_range(range_: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = range_
+    if not lo < hi:
+        raise BadInputError(f"--range {lo:g} {hi:g} is empty: need LO < HI")
+    return lo, hi
+
+
+def emit(
+    spec: GeluApprox,
+    *,
+    as_json: bool,
+    exports: tuple[tuple[str, str], ...],
+    name: str,
+    show_table: bool = False,
+) -> None:
+    """Print the spec's summary and error report (or JSON), then write the exports."""
+    report = error_report(spec)
+    if as_json:
+        doc = {"spec": spec.to_json(), "report": report.to_json()}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        click.echo(spec.summary())
+        for line in report.lines():
+            click.echo("  " + line)
+        if show_table:
+            for key, arr in spec.arrays().items():
+                vals = " ".join(str(v) for v in arr.tolist())
+                click.echo(f"  {key}: {vals}")
+    for fmt, path in exports:
+        text = c_header(spec, name) if fmt == "c-header" else spec_json_text(spec)
+        write_atomic(path, text)
+        if not as_json:
+            click.echo(f"wrote {fmt} to {path}")
+
+
+@click.group()
+def approx() -> None:
+    """Build an approximation of GELU and report its error against float64."""
+
+
+@approx.command("lut")
+@range_option
+@click.option(
+    "--in", "in_dtype", type=dtype_choice("int8", "uint8", "int16"), default="int8",
+    show_default=True, help="Input code dtype.",
+)
+@click.option(
+    "--out", "out_dtype",
+    type=dtype_choice("int8", "uint8", "int16", "fp16", "float16", "fp32", "float32"),
+    default="int8", show_default=True, help="Output dtype.",
+)
+@click.option(
+    "--form", type=click.Choice(["exact", "tanh"]), default="exact", show_default=True,
+    help="Which GELU the table holds (a tanh-GELU model gets its own table).",
+)
+@click.option(
+    "--interp", "segments", type=click.Choice(["16", "32", "64", "128"]), default=None,
+    help="Build an N-segment table with linear interpolation instead of a full table.",
+)
+@click.option("--table/--no-table", "show_table", default=False, help="Print the entries.")
+@common_output_options
+def lut_cmd(
+    range_: tuple[float, float],
+    in_dtype: str,
+    out_dtype: str,
+    form: str,
+    segments: str | None,
+    show_table: bool,
+    as_json: bool,
+    exports: tuple[tuple[str, str], ...],
+    name: str,
+) -> None:
+    """A lookup table: entry q is Q_out(GELU(DQ_in(q)))."""
+    from gelu_quant.lut.interp import build_interp_lut
+    from gelu_quant.lut.table import build_lut
+
+    lo, hi = check_range(range_)
+    out = DTYPE_ALIASES[out_dtype.lower()]
+    spec: GeluApprox
+    if segments is not None:
+        if out.startswith("float"):
+            raise BadInputError("--interp tables have integer outputs: use --out int8|uint8|int16")
+        if in_dtype == "int16":
+            raise BadInputError("--interp tables take 8-bit input: use --in int8|uint8")
+        spec = build_interp_lut(
+            segments=int(segments), in_range=(lo, hi), in_dtype=in_dtype,  # type: ignore[arg-type]
+            out_dtype=out, form=form,  # type: ignore[arg-type]
+        )
+    else:
+        spec = build_lut(
+            in_range=(lo, hi), in_dtype=in_dtype, out_dtype=out, form=form,  # type: ignore[arg-type]
+        )
+    emit(spec, as_json=as_json, exports=exports, name=name, show_table=show_table)

@@ -1,0 +1,183 @@
+"""Error reports: every spec scored against float64 GELU.
+
+Two views:
+
+* **dense**: max and mean absolute error over a dense grid of the spec's domain (and, for
+  table specs, at the real value of every input code);
+* **fp16 ulp** (for specs that evaluate float16 inputs directly): over *every* float16 value in
+  the domain, the distance in units of the last place between the spec's output and the correctly
+  rounded float16 GELU, where ``|GELU(x)| >= 2**-14`` (float16's smallest normal), and the
+  absolute error below that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.numerics import GeluForm, gelu
+
+FP16_MIN_NORMAL = 2.0**-14
+
+
+def fp16_inputs(lo: float, hi: float) -> npt.NDArray[np.float16]:
+    """Every finite float16 value in ``[lo, hi]``, ascending (one zero)."""
+    bits = np.arange(0, 0x7C00, dtype=np.uint16)  # +0 .. largest finite, ascending
+    pos = bits.view(np.float16)
+    neg = (bits[1:] | np.uint16(0x8000)).view(np.float16)[::-1]
+    allv = np.concatenate([neg, pos])
+    return allv[(allv >= lo) & (allv <= hi)]
+
+
+def _ordered(y: npt.NDArray[np.float16]) -> npt.NDArray[np.int64]:
+    """Map float16 values to integers whose differences count ulps (+0 and -0 both map to 0)."""
+    b = y.astype(np.float16).view(np.uint16).astype(np.int64)
+    mag = b & 0x7FFF
+    return np.where(b & 0x8000, -mag, mag)
+
+
+def ulp_distance(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Number of float16 values between ``a`` and ``b`` (both rounded to float16 first)."""
+    return np.abs(
+        _ordered(np.asarray(a, dtype=np.float16)) - _ordered(np.asarray(b, dtype=np.float16))
+    )
+
+
+@dataclass(frozen=True)
+class Fp16UlpReport:
+    """Float16 output scored on every float16 input of a range."""
+
+    n_inputs: int
+    n_ulp_scored: int
+    """Inputs with ``|GELU(x)| >= 2**-14``: scored in ulps."""
+    max_ulp: int
+    mean_ulp: float
+    pct_correctly_rounded: float
+    """Percentage of ulp-scored inputs whose output is the correctly rounded GELU."""
+    worst_x: float
+    max_abs_below_normal: float
+    """Largest absolute error where ``|GELU(x)| < 2**-14`` (the target is <= 2**-14)."""
+    n_below_normal_over: int
+    """Inputs below the normal range whose absolute error exceeds 2**-14."""
+    ulp_histogram: dict[str, int]
+    """How many ulp-scored inputs are off by 0, 1, 2, 3 and >= 4 ulps."""
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """Errors of one spec against float64 GELU of its form."""
+
+    kind: str
+    form: str
+    domain: tuple[float, float]
+    n_points: int
+    max_abs: float
+    mean_abs: float
+    worst_x: float
+    max_abs_at_codes: float | None = None
+    """Table specs: the largest error at the real value of an input code."""
+    fp16: Fp16UlpReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["domain"] = list(self.domain)
+        return d
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        lo, hi = self.domain
+        out = [
+            f"error vs float64 {self.form} GELU over [{lo:.6g}, {hi:.6g}] "
+            f"({self.n_points} points): max {self.max_abs:.3e} at x={self.worst_x:.6g}, "
+            f"mean {self.mean_abs:.3e}"
+        ]
+        if self.max_abs_at_codes is not None:
+            out.append(f"max error at the input codes: {self.max_abs_at_codes:.3e}")
+        if self.fp16 is not None:
+            f = self.fp16
+            out.append(
+                f"fp16: {f.n_inputs} inputs, {f.n_ulp_scored} scored in ulp: max {f.max_ulp} ulp "
+                f"(x={f.worst_x:.6g}), mean {f.mean_ulp:.3f}, correctly rounded "
+                f"{f.pct_correctly_rounded:.2f}%; below 2^-14: max abs {f.max_abs_below_normal:.3e}"
+                f" ({f.n_below_normal_over} over 2^-14)"
+            )
+        return out
+
+
+def score_fp16(
+    x16: npt.NDArray[np.float16], y: npt.ArrayLike, form: GeluForm = "exact"
+) -> Fp16UlpReport:
+    """Score float16 outputs ``y`` for inputs ``x16`` against the correctly rounded GELU."""
+    x16 = np.asarray(x16, dtype=np.float16)
+    y16 = np.asarray(y).astype(np.float16)
+    exact = gelu(x16.astype(np.float64), form)
+    cr = exact.astype(np.float16)  # float64 -> float16 rounds correctly (to nearest even)
+    normal = np.abs(exact) >= FP16_MIN_NORMAL
+    ulps = ulp_distance(y16, cr)[normal]
+    abs_below = np.abs(y16.astype(np.float64) - exact)[~normal]
+    if ulps.size:
+        i = int(np.argmax(ulps))
+        worst_x = float(x16[normal][i])
+        max_ulp, mean_ulp = int(ulps[i]), float(ulps.mean())
+        pct = 100.0 * float(np.mean(ulps == 0))
+    else:
+        worst_x, max_ulp, mean_ulp, pct = float("nan"), 0, 0.0, 100.0
+    hist = {str(k): int(np.sum(ulps == k)) for k in range(4)}
+    hist[">=4"] = int(np.sum(ulps >= 4))
+    return Fp16UlpReport(
+        n_inputs=int(x16.size),
+        n_ulp_scored=int(ulps.size),
+        max_ulp=max_ulp,
+        mean_ulp=mean_ulp,
+        pct_correctly_rounded=pct,
+        worst_x=worst_x,
+        max_abs_below_normal=float(abs_below.max()) if abs_below.size else 0.0,
+        n_below_normal_over=int(np.sum(abs_below > FP16_MIN_NORMAL)),
+        ulp_histogram=hist,
+    )
+
+
+def error_report(
+    spec: GeluApprox,
+    *,
+    domain: tuple[float, float] | None = None,
+    n_points: int = 100_001,
+) -> ErrorReport:
+    """Score ``spec`` against float64 GELU over ``domain`` (default: the spec's own).
+
+    Table specs (those with ``in_qparams``) are also scored at every input code; specs whose
+    ``ulp_dtype`` is ``"float16"`` get the float16 ulp report over every float16 input.
+    """
+    lo, hi = domain if domain is not None else spec.domain
+    x = np.linspace(lo, hi, n_points)
+    ulp_dtype = getattr(spec, "ulp_dtype", None)
+    if ulp_dtype == "float16":
+        x = x.astype(np.float16).astype(np.float64)  # the op only ever sees float16 inputs
+    elif ulp_dtype == "float32":
+        x = x.astype(np.float32).astype(np.float64)
+    err = np.abs(np.asarray(spec.evaluate(x), dtype=np.float64) - gelu(x, spec.form))
+    i = int(np.argmax(err))
+    at_codes = None
+    qp = getattr(spec, "in_qparams", None)
+    if qp is not None and hasattr(spec, "output_values"):
+        xc = qp.dequantize(qp.codes(), np.float64)
+        at_codes = float(np.max(np.abs(spec.output_values() - gelu(xc, spec.form))))
+    fp16 = None
+    if ulp_dtype == "float16":
+        x16 = fp16_inputs(lo, hi)
+        fp16 = score_fp16(x16, spec.evaluate(x16), spec.form)
+    return ErrorReport(
+        kind=spec.kind,
+        form=spec.form,
+        domain=(float(lo), float(hi)),
+        n_points=int(x.size),
+        max_abs=float(err[i]),
+        mean_abs=float(err.mean()),
+        worst_x=float(x[i]),
+        max_abs_at_codes=at_codes,
+        fp16=fp16,
+    )
