@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -11,6 +11,9 @@ from gelu_quant.errors import BadInputError
 from gelu_quant.lut.export import c_header, spec_json_text, write_atomic
 from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.lut.table import OutDType
+from gelu_quant.numerics import GeluForm
+from gelu_quant.qparams import QDType
 
 #: CLI spellings of dtypes -> spec dtypes.
 DTYPE_ALIASES = {
@@ -101,20 +104,33 @@ def approx() -> None:
 @approx.command("lut")
 @range_option
 @click.option(
-    "--in", "in_dtype", type=dtype_choice("int8", "uint8", "int16"), default="int8",
-    show_default=True, help="Input code dtype.",
+    "--in",
+    "in_dtype",
+    type=dtype_choice("int8", "uint8", "int16"),
+    default="int8",
+    show_default=True,
+    help="Input code dtype.",
 )
 @click.option(
-    "--out", "out_dtype",
+    "--out",
+    "out_dtype",
     type=dtype_choice("int8", "uint8", "int16", "fp16", "float16", "fp32", "float32"),
-    default="int8", show_default=True, help="Output dtype.",
+    default="int8",
+    show_default=True,
+    help="Output dtype.",
 )
 @click.option(
-    "--form", type=click.Choice(["exact", "tanh"]), default="exact", show_default=True,
+    "--form",
+    type=click.Choice(["exact", "tanh"]),
+    default="exact",
+    show_default=True,
     help="Which GELU the table holds (a tanh-GELU model gets its own table).",
 )
 @click.option(
-    "--interp", "segments", type=click.Choice(["16", "32", "64", "128"]), default=None,
+    "--interp",
+    "segments",
+    type=click.Choice(["16", "32", "64", "128"]),
+    default=None,
     help="Build an N-segment table with linear interpolation instead of a full table.",
 )
 @click.option("--table/--no-table", "show_table", default=False, help="Print the entries.")
@@ -135,19 +151,21 @@ def lut_cmd(
     from gelu_quant.lut.table import build_lut
 
     lo, hi = check_range(range_)
-    out = DTYPE_ALIASES[out_dtype.lower()]
+    out = cast(OutDType, DTYPE_ALIASES[out_dtype.lower()])
+    qin = cast(QDType, in_dtype)
     spec: GeluApprox
     if segments is not None:
-        if out.startswith("float"):
+        if out not in ("int8", "uint8", "int16"):
             raise BadInputError("--interp tables have integer outputs: use --out int8|uint8|int16")
         if in_dtype == "int16":
             raise BadInputError("--interp tables take 8-bit input: use --in int8|uint8")
         spec = build_interp_lut(
-            segments=int(segments), in_range=(lo, hi), in_dtype=in_dtype,  # type: ignore[arg-type]
-            out_dtype=out, form=form,  # type: ignore[arg-type]
+            segments=int(segments),
+            in_range=(lo, hi),
+            in_dtype=qin,
+            out_dtype=cast(QDType, out),
+            form=cast(GeluForm, form),
         )
     else:
-        spec = build_lut(
-            in_range=(lo, hi), in_dtype=in_dtype, out_dtype=out, form=form,  # type: ignore[arg-type]
-        )
+        spec = build_lut(in_range=(lo, hi), in_dtype=qin, out_dtype=out, form=cast(GeluForm, form))
     emit(spec, as_json=as_json, exports=exports, name=name, show_table=show_table)

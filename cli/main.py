@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 accuracy gate failed, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -15,7 +16,8 @@ from gelu_quant.errors import GeluQuantError
 
 
 class _Group(click.Group):
-    """A click group that turns gelu-quant errors into one line and the right exit code."""
+    """A click group that reports every error as one line on stderr with the right exit code:
+    2 for bad input (usage errors included), 1 for a failed gate."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -23,6 +25,27 @@ class _Group(click.Group):
         except GeluQuantError as e:
             click.echo(f"gelu-quant: error: {e}", err=True)
             sys.exit(e.exit_code)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:  # usage errors and bad parameters: exit 2
+            click.echo(f"gelu-quant: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("gelu-quant: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,3 +58,7 @@ def main() -> None:
 from gelu_quant.cli.approx import approx  # noqa: E402
 
 main.add_command(approx)
+
+from gelu_quant.cli.eval_cmd import eval_cmd  # noqa: E402
+
+main.add_command(eval_cmd)

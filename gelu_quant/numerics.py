@@ -80,4 +80,7 @@ def gelu_output_range(lo: float, hi: float, form: GeluForm = "exact") -> tuple[f
     out_lo = float(min(ends))
     if lo <= GELU_ARGMIN <= hi:
         out_lo = min(out_lo, float(gelu(np.array([GELU_ARGMIN]), form)[0]))
+        if form != "exact":  # the tanh form's minimum sits a little apart: search near it
+            near = np.linspace(max(lo, GELU_ARGMIN - 0.05), min(hi, GELU_ARGMIN + 0.05), 20001)
+            out_lo = min(out_lo, float(gelu(near, form).min()))
     return out_lo, float(max(ends))

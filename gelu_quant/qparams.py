@@ -59,7 +59,9 @@ class QParams:
         if not (math.isfinite(s32) and s32 > 0.0):
             raise SpecError(f"scale must be a positive finite float32, got {self.scale!r}")
         if not qmin <= int(self.zero_point) <= qmax:
-            raise SpecError(f"zero point {self.zero_point} outside [{qmin}, {qmax}] of {self.dtype}")
+            raise SpecError(
+                f"zero point {self.zero_point} outside [{qmin}, {qmax}] of {self.dtype}"
+            )
         object.__setattr__(self, "scale", s32)
         object.__setattr__(self, "zero_point", int(self.zero_point))
 
@@ -133,6 +135,8 @@ class QParams:
         if scale32 <= 0.0 or not math.isfinite(scale32):
             raise SpecError(f"range [{lo}, {hi}] is too small or too large for float32 scale")
         zp = int(np.clip(np.rint(qmin - lo / scale32), qmin, qmax))
+        # Rounding the zero point moves both ends of the grid by at most half a step, so values
+        # saturated at either end are still within half a step: no widening needed.
         return cls(scale=scale32, zero_point=zp, dtype=dtype)
 
     def to_json(self) -> dict[str, object]:

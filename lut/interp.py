@@ -47,9 +47,7 @@ class InterpLutSpec(GeluApprox):
         if self.in_qparams.bits != 8:
             raise SpecError("interpolated tables take int8 or uint8 input")
         if self.segments not in INTERP_SIZES:
-            raise SpecError(
-                f"{self.knots.size} knots: need N + 1 with N in {INTERP_SIZES}"
-            )
+            raise SpecError(f"{self.knots.size} knots: need N + 1 with N in {INTERP_SIZES}")
         if self.knots.dtype != np.int32:
             raise SpecError("knots must be int32")
         self.knots.setflags(write=False)

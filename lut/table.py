@@ -22,7 +22,7 @@ FloatDType = Literal["float16", "float32"]
 OutDType = Literal["int8", "uint8", "int16", "float16", "float32"]
 OUT_DTYPES: tuple[OutDType, ...] = ("int8", "uint8", "int16", "float16", "float32")
 IN_DTYPES: tuple[QDType, ...] = ("int8", "uint8", "int16")
-_FLOAT_NP = {"float16": np.float16, "float32": np.float32}
+_FLOAT_NP: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 
 
 def gelu_output_qparams(in_qparams: QParams, out_dtype: QDType, form: GeluForm) -> QParams:
@@ -125,11 +125,12 @@ class LutSpec(GeluApprox):
 
     @classmethod
     def from_payload(cls, d: dict[str, Any]) -> LutSpec:
-        out_dtype = d["out_dtype"]
+        out_dtype: OutDType = d["out_dtype"]
         out_qp = None if d["out_qparams"] is None else QParams.from_json(d["out_qparams"])
         np_dtype: type[np.generic] = (
-            _FLOAT_NP[out_dtype] if out_dtype in _FLOAT_NP else QParams.from_json(
-                d["out_qparams"]).np_dtype
+            _FLOAT_NP[out_dtype]
+            if out_dtype in _FLOAT_NP
+            else QParams.from_json(d["out_qparams"]).np_dtype
         )
         table = np.array(d["table"], dtype=np.float64 if out_dtype in _FLOAT_NP else np.int64)
         return cls(
@@ -142,7 +143,7 @@ class LutSpec(GeluApprox):
 
     def summary(self) -> str:
         lo, hi = self.domain
-        out = self.out_dtype
+        out: str = self.out_dtype
         if self.out_qparams is not None:
             olo, ohi = self.out_qparams.real_range
             out += f" [{olo:.6g}, {ohi:.6g}] scale={self.out_qparams.scale:.6g}"
