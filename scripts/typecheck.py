@@ -28,8 +28,15 @@ def main() -> int:
             os.symlink(entry, pkg / entry.name)
     for sub, folder in MAPPED.items():
         os.symlink(ROOT / folder, pkg / sub)
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p",
-           "gelu_quant"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(ROOT / "pyproject.toml"),
+        "-p",
+        "gelu_quant",
+    ]
     return subprocess.call(cmd, cwd=stage)
 
 
