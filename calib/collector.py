@@ -1,0 +1,228 @@
+"""The streaming collector: one ORT session on a probe model, statistics updated per batch.
+
+The probe model is the user's model with its graph outputs replaced by
+
+- each GELU site's pre-activation (for bias-folded sites an ``Add`` node materialises
+  ``input + bias``), collected into a :class:`~gelu_quant.calib.stats.TensorStats`;
+- each site's output, reduced inside the graph to a scalar ``ReduceMin`` and ``ReduceMax`` (the
+  observed output range, for the record; the output range a table uses is derived from the input
+  range).
+
+Per batch the pre-activations are folded into the statistics and dropped, so memory does not
+grow with the amount of data. Sites inside subgraphs (If/Loop bodies) cannot be exposed as graph
+outputs and are reported in :attr:`Collected.skipped`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from gelu_quant.calib.data import Feed, _batch_of
+from gelu_quant.calib.stats import TensorStats
+from gelu_quant.errors import DataError, ModelError
+from gelu_quant.graph.sites import GeluSite
+
+_ELEM = {
+    "float32": onnx.TensorProto.FLOAT,
+    "float16": onnx.TensorProto.FLOAT16,
+    "float64": onnx.TensorProto.DOUBLE,
+    "bfloat16": onnx.TensorProto.BFLOAT16,
+}
+_PREFIX = "gq_calib"
+
+
+@dataclass
+class Collected:
+    """What one pass over the data produced."""
+
+    stats: dict[str, TensorStats]
+    """Pre-activation statistics per site id."""
+    output_min: dict[str, float] = field(default_factory=dict)
+    output_max: dict[str, float] = field(default_factory=dict)
+    """Observed GELU output range per site id (NaN-free batches only)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Site id -> why it was not calibrated."""
+    batches: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+    def merge(self, other: Collected) -> None:
+        """Add another pass's results (exact for the statistics)."""
+        for sid, st in other.stats.items():
+            if sid in self.stats:
+                self.stats[sid].merge(st)
+            else:
+                self.stats[sid] = st.copy()
+        for sid, v in other.output_min.items():
+            self.output_min[sid] = min(self.output_min.get(sid, math.inf), v)
+        for sid, v in other.output_max.items():
+            self.output_max[sid] = max(self.output_max.get(sid, -math.inf), v)
+        for sid, why in other.skipped.items():
+            self.skipped.setdefault(sid, why)
+        self.batches += other.batches
+        self.samples += other.samples
+        self.seconds += other.seconds
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def build_probe(
+    model: onnx.ModelProto, sites: Sequence[GeluSite]
+) -> tuple[onnx.ModelProto, dict[str, tuple[str, str | None, str | None]], dict[str, str]]:
+    """A copy of ``model`` whose outputs are the sites' pre-activations and output min/max.
+
+    Returns ``(probe, names, skipped)`` with ``names[site_id] = (input_output, min_output,
+    max_output)`` naming the probe's graph outputs.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    g = probe.graph
+    del g.output[:]
+    names: dict[str, tuple[str, str | None, str | None]] = {}
+    skipped: dict[str, str] = {}
+    exposed: set[str] = set()
+    for site in sites:
+        if site.in_subgraph:
+            skipped[site.id] = f"inside subgraph {site.graph!r}: not reachable as a graph output"
+            continue
+        elem = _ELEM.get(site.dtype)
+        if elem is None:
+            skipped[site.id] = f"unsupported pre-activation dtype {site.dtype!r}"
+            continue
+        x = site.input
+        if site.bias is not None:
+            x = f"{_PREFIX}/{site.id}/input_plus_bias"
+            g.node.append(
+                onnx.helper.make_node(
+                    "Add", [site.input, site.bias], [x], name=f"{_PREFIX}/{site.id}/bias_add"
+                )
+            )
+        if x not in exposed:
+            g.output.append(onnx.helper.make_tensor_value_info(x, elem, None))
+            exposed.add(x)
+        lo_name = f"{_PREFIX}/{site.id}/output_min"
+        hi_name = f"{_PREFIX}/{site.id}/output_max"
+        g.node.append(
+            onnx.helper.make_node("ReduceMin", [site.output], [lo_name], name=lo_name, keepdims=0)
+        )
+        g.node.append(
+            onnx.helper.make_node("ReduceMax", [site.output], [hi_name], name=hi_name, keepdims=0)
+        )
+        g.output.append(onnx.helper.make_tensor_value_info(lo_name, elem, []))
+        g.output.append(onnx.helper.make_tensor_value_info(hi_name, elem, []))
+        names[site.id] = (x, lo_name, hi_name)
+    return probe, names, skipped
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def make_session(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    base_dir: Path | None = None,
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """A CPU session for an in-memory model (external data resolved against ``base_dir``)."""
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    try:
+        if not isinstance(model, onnx.ModelProto):
+            return ort.InferenceSession(os.fspath(model), so, providers=providers)
+        if not _uses_external_data(model):
+            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        # external data paths are relative to the model file: save the probe beside it
+        folder = base_dir or Path.cwd()
+        fd, tmp = tempfile.mkstemp(prefix=".gq-probe-", suffix=".onnx", dir=folder)
+        os.close(fd)
+        try:
+            onnx.save(model, tmp)
+            return ort.InferenceSession(tmp, so, providers=providers)
+        finally:
+            os.unlink(tmp)
+    except Exception as e:
+        raise ModelError(f"ONNX Runtime cannot load the calibration probe model: {e}") from None
+
+
+def collect(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    sites: Sequence[GeluSite],
+    data: Iterable[Feed],
+    *,
+    threads: int | None = None,
+    progress: bool = False,
+    total_batches: int | None = None,
+) -> Collected:
+    """Run ``data`` through the probe model once and accumulate per-site statistics."""
+    base_dir: Path | None = None
+    if not isinstance(model, onnx.ModelProto):
+        base_dir = Path(os.fspath(model)).resolve().parent
+        try:
+            model = onnx.load(os.fspath(model), load_external_data=False)
+        except Exception as e:
+            raise ModelError(f"cannot read ONNX model: {e}") from None
+    probe, names, skipped = build_probe(model, sites)
+    result = Collected(stats={sid: TensorStats() for sid in names}, skipped=skipped)
+    if not names:
+        return result
+    session = make_session(probe, base_dir=base_dir, threads=threads)
+    fetch: list[str] = []
+    for x, lo, hi in names.values():
+        fetch += [x, lo or "", hi or ""]
+    fetch = list(dict.fromkeys(f for f in fetch if f))
+    pos = {n: i for i, n in enumerate(fetch)}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_batches, unit="batch", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for feed in data:
+            try:
+                outs = session.run(fetch, feed)
+            except Exception as e:
+                raise DataError(
+                    f"ONNX Runtime failed on batch {result.batches}: {e}".splitlines()[0]
+                ) from None
+            for sid, (x, lo, hi) in names.items():
+                result.stats[sid].update(outs[pos[x]])
+                if lo is not None and hi is not None:
+                    vlo, vhi = float(outs[pos[lo]]), float(outs[pos[hi]])
+                    if math.isfinite(vlo):
+                        result.output_min[sid] = min(result.output_min.get(sid, math.inf), vlo)
+                    if math.isfinite(vhi):
+                        result.output_max[sid] = max(result.output_max.get(sid, -math.inf), vhi)
+            del outs
+            result.batches += 1
+            result.samples += _batch_of(feed)
+            if bar is not None:
+                bar.update(1)
+                rate = result.samples / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(samples=result.samples, samples_per_s=f"{rate:.1f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    result.seconds = time.perf_counter() - t0
+    if result.batches == 0:
+        raise DataError("the data source gave no batches; nothing to calibrate from")
+    return result

@@ -1,0 +1,273 @@
+"""Range selection: pure functions from :class:`TensorStats` to an input range ``(lo, hi)``.
+
+- ``minmax``: the observed finite minimum and maximum.
+- ``percentile``: ``[q(1 - P/100), q(P/100)]``, the two tails clipped separately (P = 99.99 keeps
+  all but 0.01 % of values on each side), from the histogram (within one bin width).
+- ``entropy``: the KL-divergence threshold search of TensorRT as ONNX Runtime implements it
+  (``HistogramCollector.get_entropy_threshold``): a histogram symmetric about 0, candidate
+  ranges growing one bin each side, outliers folded into the edge bins, the candidate
+  re-quantized to ``num_quantized_bins`` levels, both smoothed, the least KL divergence wins.
+  ORT's quirks are kept (integer-truncated expanded ``q``, float32 smoothing, the bins past the
+  last whole quantized bin left empty in ``q``). ORT's default of 128 histogram bins makes its
+  search degenerate (one candidate: the full range); here the search runs on up to 2048 bins of
+  the exact histogram, and ``num_quantized_bins`` defaults to 255 (the int8 levels).
+- ``mse``: the range whose int8-in / int8-out GELU (input quantized on ``[lo, hi]``, output on
+  GELU's exact output range over ``[lo, hi]``) has the least mean squared error against float64
+  GELU over the observed distribution (bin centres weighted by counts); a coordinate search over
+  quantile and linear candidates for each end.
+
+The output side of any input range is GELU's exact output range over it:
+:func:`output_range`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from gelu_quant.calib.stats import TensorStats
+from gelu_quant.errors import BadInputError
+from gelu_quant.numerics import GeluForm, gelu, gelu_output_range, quick_gelu
+from gelu_quant.qparams import QDType, QParams
+
+MethodName = Literal["minmax", "percentile", "entropy", "mse"]
+METHODS: tuple[MethodName, ...] = ("minmax", "percentile", "entropy", "mse")
+DEFAULT_PERCENTILE = 99.99
+
+Range = tuple[float, float]
+FloatArray = npt.NDArray[np.float64]
+
+
+def _need_data(stats: TensorStats) -> None:
+    if stats.count == 0:
+        raise BadInputError(
+            "no finite values observed for this site; calibrate with data that reaches it"
+        )
+
+
+def minmax_range(stats: TensorStats) -> Range:
+    """The observed finite minimum and maximum."""
+    _need_data(stats)
+    return float(stats.min), float(stats.max)
+
+
+def percentile_range(stats: TensorStats, p: float = DEFAULT_PERCENTILE) -> Range:
+    """``[q(1 - p/100), q(p/100)]`` of the finite values (each tail clipped separately)."""
+    _need_data(stats)
+    if not 50.0 < p <= 100.0:
+        raise BadInputError(f"percentile must be in (50, 100], got {p}")
+    return stats.quantile(1.0 - p / 100.0), stats.quantile(p / 100.0)
+
+
+# -- entropy -----------------------------------------------------------------------------------
+def symmetric_histogram(stats: TensorStats, max_bins: int = 2048) -> tuple[FloatArray, FloatArray]:
+    """The histogram re-binned exactly onto ``2M <= max_bins`` bins symmetric about 0.
+
+    Returns ``(counts, edges)`` with ``edges = [-M w', ..., M w']``; bin ``j`` covers
+    ``[edges[j], edges[j+1])``.
+    """
+    _need_data(stats)
+    nz = np.flatnonzero(stats.counts)
+    g = nz.astype(np.int64) + stats.offset
+    shift = 0
+    while True:
+        gs = g >> shift
+        m = max(int(-gs.min()), int(gs.max()) + 1, 1)
+        if 2 * m <= max_bins:
+            break
+        shift += 1
+    hist = np.zeros(2 * m, dtype=np.float64)
+    np.add.at(hist, gs + m, stats.counts[nz].astype(np.float64))
+    w = math.ldexp(1.0, stats.k + shift)
+    edges = np.arange(-m, m + 1, dtype=np.float64) * w
+    return hist, edges
+
+
+def _smooth(p: FloatArray, eps: float = 0.0001) -> npt.NDArray[np.float32] | None:
+    """ORT's ``smooth_distribution`` (float32, as there)."""
+    is_zeros = (p == 0).astype(np.float32)
+    is_nonzeros = (p != 0).astype(np.float32)
+    n_zeros = float(is_zeros.sum())
+    n_nonzeros = p.size - n_zeros
+    if not n_nonzeros:
+        return None
+    eps1 = eps * n_zeros / n_nonzeros
+    if eps1 >= 1.0:
+        return None
+    hist = p.astype(np.float32)
+    hist += eps * is_zeros + (-eps1) * is_nonzeros
+    if (hist <= 0).any():
+        return None
+    return hist
+
+
+def _kl(p: npt.NDArray[np.float32], q: npt.NDArray[np.float32]) -> float:
+    """``sum(p log(p/q))`` of the normalised distributions (scipy.stats.entropy)."""
+    pn = p.astype(np.float64) / float(p.sum(dtype=np.float64))
+    qn = q.astype(np.float64) / float(q.sum(dtype=np.float64))
+    return float(np.sum(pn * np.log(pn / qn)))
+
+
+def entropy_threshold(
+    hist: FloatArray, edges: FloatArray, num_quantized_bins: int = 255
+) -> tuple[float, float]:
+    """ORT's KL threshold search on a symmetric histogram; returns ``(edges[s], edges[e])``."""
+    nb = hist.size
+    zero = nb // 2
+    half = num_quantized_bins // 2
+    cum = np.concatenate([[0.0], np.cumsum(hist)])
+    best = (float(edges[0]), float(edges[-1]))
+    best_kl = math.inf
+    nq = num_quantized_bins
+    for i in range(half, zero + 1):
+        s = zero - i
+        e = min(zero + i + 1, nb)
+        sliced = hist[s:e]
+        p = sliced.copy()
+        p[0] += cum[s]
+        p[-1] += cum[nb] - cum[e]
+        nm = sliced.size // nq
+        if nm == 0:
+            continue
+        nonzeros = (p != 0).astype(np.int64)
+        qb = sliced[: nq * nm].reshape(nq, nm).sum(axis=1)
+        qb[-1] += sliced[nq * nm :].sum()
+        norm = nonzeros[: nq * nm].reshape(nq, nm).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qv = np.where(norm != 0, np.trunc(qb / np.maximum(norm, 1)), 0.0)
+        q = np.zeros(p.size, dtype=np.float64)
+        q[: nq * nm] = np.repeat(qv, nm)
+        ps, qs = _smooth(p), _smooth(q)
+        div = math.inf if ps is None or qs is None else _kl(ps, qs)
+        if div < best_kl:  # first minimum wins, as np.argmin
+            best_kl = div
+            best = (float(edges[s]), float(edges[e]))
+    return best
+
+
+def entropy_range(stats: TensorStats, num_quantized_bins: int = 255, max_bins: int = 2048) -> Range:
+    """KL-divergence (TensorRT / ORT) range, clamped to the observed ``[min, max]``."""
+    hist, edges = symmetric_histogram(stats, max_bins)
+    lo, hi = entropy_threshold(hist, edges, num_quantized_bins)
+    return max(lo, float(stats.min)), min(hi, float(stats.max))
+
+
+# -- mse ---------------------------------------------------------------------------------------
+def gelu_fn(variant: str) -> Callable[[npt.ArrayLike], FloatArray]:
+    """float64 reference of a site variant ("erf", "tanh", "quick")."""
+    if variant in ("erf", "exact"):
+        return lambda x: gelu(x, "exact")
+    if variant == "tanh":
+        return lambda x: gelu(x, "tanh")
+    if variant == "quick":
+        return quick_gelu
+    raise BadInputError(f"unknown GELU variant {variant!r}; expected erf, tanh or quick")
+
+
+def output_range(lo: float, hi: float, variant: str = "erf") -> Range:
+    """GELU's exact output range over the input range ``[lo, hi]``."""
+    if variant in ("erf", "exact", "tanh"):
+        form: GeluForm = "tanh" if variant == "tanh" else "exact"
+        return gelu_output_range(lo, hi, form)
+    f = gelu_fn(variant)
+    xs = np.concatenate([np.linspace(lo, hi, 4097), [lo, hi]])
+    # QuickGELU's minimum is near x = -1.28 / alpha: refine on a dense grid around it
+    ys = f(xs)
+    j = int(np.argmin(ys))
+    step = (hi - lo) / 4096 if hi > lo else 0.0
+    fine = np.linspace(max(lo, xs[j] - step), min(hi, xs[j] + step), 4097)
+    ymin = min(float(ys.min()), float(f(fine).min()))
+    return ymin, float(ys.max())
+
+
+def quantized_gelu_mse(
+    centres: FloatArray,
+    weights: FloatArray,
+    lo: float,
+    hi: float,
+    variant: str = "erf",
+    dtype: QDType = "int8",
+    reference: FloatArray | None = None,
+) -> float:
+    """Weighted MSE of ``Q_out(GELU(DQ(Q_in(x))))`` against float64 GELU at ``centres``."""
+    f = gelu_fn(variant)
+    qin = QParams.from_range(lo, hi, dtype)
+    olo, ohi = output_range(lo, hi, variant)
+    qout = QParams.from_range(olo, ohi, dtype)
+    codes = qin.codes()
+    table = qout.dequantize(qout.quantize(f(qin.dequantize(codes))))
+    idx = qin.quantize(centres).astype(np.int64) - qin.qmin
+    ref = f(centres) if reference is None else reference
+    err = table[idx] - ref
+    return float(np.sum(weights * err * err) / np.sum(weights))
+
+
+def mse_range(
+    stats: TensorStats, variant: str = "erf", dtype: QDType = "int8", candidates: int = 24
+) -> Range:
+    """The range minimising the quantized GELU's output MSE (coordinate search)."""
+    _need_data(stats)
+    nz = np.flatnonzero(stats.counts)
+    w = stats.bin_width
+    centres = (nz.astype(np.float64) + stats.offset + 0.5) * w
+    centres = np.clip(centres, stats.min, stats.max)
+    weights = stats.counts[nz].astype(np.float64)
+    ref = gelu_fn(variant)(centres)
+    vmin, vmax = float(stats.min), float(stats.max)
+    if not vmin < vmax:
+        return vmin, vmax
+    levels = 1.0 - np.logspace(-1, -7, candidates)
+
+    def cands(side: int) -> list[float]:
+        if side > 0:
+            qs = [stats.quantile(float(q)) for q in levels]
+            lin = list(np.linspace(vmax / candidates, vmax, candidates)) if vmax > 0 else []
+            vals = [*qs, *lin, vmax]
+            return sorted({v for v in vals if v > 0} or {vmax})
+        qs = [stats.quantile(float(1 - q)) for q in levels]
+        lin = list(np.linspace(vmin / candidates, vmin, candidates)) if vmin < 0 else []
+        vals = [*qs, *lin, vmin]
+        return sorted({v for v in vals if v < 0} or {vmin})
+
+    def cost(lo: float, hi: float) -> float:
+        if not (min(lo, 0.0) < max(hi, 0.0)):
+            return math.inf
+        return quantized_gelu_mse(centres, weights, lo, hi, variant, dtype, ref)
+
+    his, los = cands(+1), cands(-1)
+    lo, hi = vmin, vmax
+    best = cost(lo, hi)
+    for _ in range(2):
+        for h in his:
+            c = cost(lo, h)
+            if c < best:
+                best, hi = c, h
+        for lval in los:
+            c = cost(lval, hi)
+            if c < best:
+                best, lo = c, lval
+    return lo, hi
+
+
+def select_range(
+    stats: TensorStats,
+    method: MethodName,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    variant: str = "erf",
+    dtype: QDType = "int8",
+) -> Range:
+    """Dispatch to one method by name."""
+    if method == "minmax":
+        return minmax_range(stats)
+    if method == "percentile":
+        return percentile_range(stats, percentile)
+    if method == "entropy":
+        return entropy_range(stats)
+    if method == "mse":
+        return mse_range(stats, variant, dtype)
+    raise BadInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

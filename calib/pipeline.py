@@ -1,0 +1,153 @@
+"""The two library calls behind ``gelu-quant calibrate`` and ``gelu-quant merge-stats``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from gelu_quant.calib.collector import collect
+from gelu_quant.calib.data import model_input_specs, open_data_source
+from gelu_quant.calib.methods import MethodName
+from gelu_quant.calib.ranges_file import (
+    MethodParams,
+    RangesFile,
+    StatsFile,
+    model_fingerprint,
+    refuse_overwriting_inputs,
+)
+from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.graph.sites import GeluSite
+
+DEFAULT_METHOD: MethodName = "minmax"
+"""Min/max by default: on MiniLM, clipping GELU input outliers hurt downstream accuracy."""
+
+
+def _find_sites(model: onnx.ModelProto | str | os.PathLike[str]) -> list[GeluSite]:
+    from gelu_quant.graph.discover import find_gelu_sites
+
+    return find_gelu_sites(model)
+
+
+def collect_stats(
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str] | object,
+    *,
+    sites: Sequence[GeluSite] | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    max_length: int | None = None,
+    progress: bool = False,
+    threads: int | None = None,
+) -> StatsFile:
+    """One streaming pass of ``data`` through ``model``: the raw per-site statistics."""
+    path = Path(os.fspath(model))
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such model file; give the path of an .onnx file")
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
+    found = list(sites) if sites is not None else _find_sites(path)
+    if not found:
+        raise ModelError(
+            f"{path}: no GELU found; nothing to calibrate (gelu-quant inspect shows near misses)"
+        )
+    source = open_data_source(
+        data,
+        model_input_specs(proto),
+        batch_size=batch_size,
+        max_batches=max_batches,
+        tokenizer=tokenizer,
+        max_length=max_length,
+    )
+    total = max_batches
+    c = collect(
+        proto_with_base(proto, path),
+        found,
+        source,
+        threads=threads,
+        progress=progress,
+        total_batches=total,
+    )
+    return StatsFile(
+        model_name=path.name,
+        fingerprint=model_fingerprint(proto, path.resolve().parent),
+        sites=found,
+        collected=c,
+        sources=[source.describe()],
+    )
+
+
+def proto_with_base(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto | str:
+    """The path when the model keeps weights in external files (the session resolves them),
+    else the loaded proto."""
+    ext = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    return str(path) if ext else proto
+
+
+def calibrate_model(
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str] | object,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    method: MethodName = DEFAULT_METHOD,
+    params: MethodParams | None = None,
+    sites: Sequence[GeluSite] | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    max_length: int | None = None,
+    save_stats: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    threads: int | None = None,
+) -> RangesFile:
+    """Calibrate ``model`` on ``data``: write ``output`` (and ``save_stats``) if given."""
+    for out in (output, save_stats):
+        if out is not None:
+            refuse_overwriting_inputs(out, model, data, tokenizer)
+    sf = collect_stats(
+        model,
+        data,
+        sites=sites,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        progress=progress,
+        threads=threads,
+    )
+    if save_stats is not None:
+        sf.save(save_stats)
+    ranges = sf.to_ranges(method, params or MethodParams())
+    if output is not None:
+        ranges.save(output)
+    return ranges
+
+
+def merge_stats(
+    paths: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    method: MethodName = DEFAULT_METHOD,
+    params: MethodParams | None = None,
+    save_stats: str | os.PathLike[str] | None = None,
+) -> RangesFile:
+    """Combine statistics shards into the ranges one pass over all their data gives."""
+    if not paths:
+        raise BadInputError("merge-stats needs at least one statistics file")
+    for out in (output, save_stats):
+        if out is not None:
+            refuse_overwriting_inputs(out, *paths)
+    merged = StatsFile.load(paths[0])
+    for p in paths[1:]:
+        merged.merge(StatsFile.load(p), str(p))
+    if save_stats is not None:
+        merged.save(save_stats)
+    ranges = merged.to_ranges(method, params or MethodParams())
+    if output is not None:
+        ranges.save(output)
+    return ranges

@@ -1,0 +1,525 @@
+"""The ranges file (``ranges.json``) and the raw statistics file (``--save-stats``).
+
+Ranges file, schema ``gelu-quant/ranges`` version 1::
+
+    {"schema": "gelu-quant/ranges", "schema_version": 1, "tool_version": "0.1.0",
+     "model": {"name": "model.onnx", "fingerprint": "sha256:…"},
+     "data": {"samples": N, "batches": B, "sources": [{"source", "kind", "samples", "batches"}]},
+     "method": "percentile", "params": {"percentile": 99.99, "num_quantized_bins": 255, …},
+     "sites": [{"id", "input", "output", "variant", "spelling", "bias", "dtype",
+                "stats": {"count", "nonfinite", "min", "max", "bin_width", "num_bins",
+                          "quantiles": {"0.0001": …, …}, "observed_output": [lo, hi],
+                          "channels": C},
+                "ranges": {"minmax": {"input": [lo, hi], "output": [lo, hi]}, "percentile": …,
+                           "entropy": …, "mse": …},
+                "chosen": "percentile"}],
+     "skipped": {"site id": "reason"}}
+
+A method whose range cannot be computed has ``null`` in ``ranges``.
+
+**Model fingerprint.** ``sha256:`` over a canonical description of what the model computes:
+opset imports, graph inputs and outputs (names and types), every node (op type, domain,
+inputs, outputs, attributes in deterministic protobuf serialisation, subgraphs included) in
+order, and every initializer's name, type, dims and the sha256 of its data (external data read
+from its file). Producer, doc strings, metadata, value_info, IR version and how the weights are
+laid out on disk are left out, so re-saving a model (or moving weights to external data) keeps
+its fingerprint, while any change to the graph or a weight changes it. Cost: one sha256 pass
+over the weights (~0.2 s for 90 MB).
+
+Statistics file (``--save-stats``): ``.npz`` (or ``.json``) with the exact per-site
+:class:`TensorStats`, the sites, the observed output ranges, the model fingerprint and the data
+description; ``merge-stats`` combines such shards into exactly the statistics of one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.external_data_helper import ExternalDataInfo
+
+from gelu_quant import __version__
+from gelu_quant.calib.collector import Collected
+from gelu_quant.calib.methods import (
+    DEFAULT_PERCENTILE,
+    METHODS,
+    MethodName,
+    Range,
+    entropy_range,
+    minmax_range,
+    mse_range,
+    output_range,
+    percentile_range,
+)
+from gelu_quant.calib.stats import TensorStats
+from gelu_quant.errors import BadInputError, GeluQuantError, ModelError
+from gelu_quant.graph.sites import GeluSite, QuantInfo
+
+RANGES_SCHEMA = "gelu-quant/ranges"
+STATS_SCHEMA = "gelu-quant/stats"
+SCHEMA_VERSION = 1
+QUANTILES = (0.0001, 0.001, 0.01, 0.5, 0.99, 0.999, 0.9999)
+
+
+# -- fingerprint -------------------------------------------------------------------------------
+def _tensor_data_digest(t: onnx.TensorProto, base_dir: Path | None) -> str:
+    h = hashlib.sha256()
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        info = ExternalDataInfo(t)
+        if base_dir is None:
+            raise ModelError(
+                f"initializer {t.name!r} uses external data but the model's folder "
+                "is unknown; give the model by path"
+            )
+        loc = base_dir / info.location
+        try:
+            with loc.open("rb") as f:
+                f.seek(int(info.offset or 0))
+                remaining = int(info.length) if info.length else None
+                while True:
+                    chunk = f.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                        if remaining <= 0:
+                            break
+        except OSError as e:
+            raise ModelError(f"cannot read external data {str(loc)!r} of {t.name!r}: {e}") from None
+    elif t.HasField("raw_data"):
+        h.update(t.raw_data)
+    else:
+        h.update(np.ascontiguousarray(onnx.numpy_helper.to_array(t)).tobytes())
+    return h.hexdigest()
+
+
+def _graph_digest(g: onnx.GraphProto, h: Any, base_dir: Path | None) -> None:
+    def put(*parts: object) -> None:
+        for p in parts:
+            b = p if isinstance(p, bytes) else str(p).encode()
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+
+    for vi in g.input:
+        put("in", vi.name, vi.type.SerializeToString(deterministic=True))
+    for vi in g.output:
+        put("out", vi.name, vi.type.SerializeToString(deterministic=True))
+    for t in list(g.initializer):
+        put("init", t.name, t.data_type, list(t.dims), _tensor_data_digest(t, base_dir))
+    for n in g.node:
+        put("node", n.domain, n.op_type, list(n.input), list(n.output))
+        for a in n.attribute:
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                put("attr", a.name)
+                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    _graph_digest(sub, h, base_dir)
+            elif a.type == onnx.AttributeProto.TENSOR:
+                put(
+                    "attr",
+                    a.name,
+                    a.t.data_type,
+                    list(a.t.dims),
+                    _tensor_data_digest(a.t, base_dir),
+                )
+            else:
+                put("attr", a.name, a.SerializeToString(deterministic=True))
+
+
+def model_fingerprint(
+    model: str | os.PathLike[str] | onnx.ModelProto, base_dir: Path | None = None
+) -> str:
+    """``sha256:<hex>`` of what the model computes (see the module docstring)."""
+    if not isinstance(model, onnx.ModelProto):
+        path = Path(os.fspath(model))
+        base_dir = path.resolve().parent
+        try:
+            model = onnx.load(os.fspath(path), load_external_data=False)
+        except FileNotFoundError:
+            raise ModelError(f"model file {str(path)!r} not found") from None
+        except Exception as e:
+            raise ModelError(f"cannot read ONNX model {str(path)!r}: {e}") from None
+    h = hashlib.sha256()
+    for imp in sorted((i.domain, i.version) for i in model.opset_import):
+        h.update(f"opset {imp[0]} {imp[1]};".encode())
+    for f in model.functions:
+        h.update(f.SerializeToString(deterministic=True))
+    _graph_digest(model.graph, h, base_dir)
+    return "sha256:" + h.hexdigest()
+
+
+# -- atomic writes -----------------------------------------------------------------------------
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    p = Path(os.fspath(path))
+    folder = p.resolve().parent
+    if not folder.is_dir():
+        raise BadInputError(f"output folder {str(folder)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def refuse_overwriting_inputs(output: str | os.PathLike[str], *inputs: object) -> None:
+    """Raise if ``output`` names the same file as one of ``inputs``."""
+    out = Path(os.fspath(output)).resolve()
+    for i in inputs:
+        if isinstance(i, str | os.PathLike) and Path(os.fspath(i)).resolve() == out:
+            raise BadInputError(
+                f"refusing to overwrite input file {str(output)!r}; choose another output path"
+            )
+
+
+# -- per-site ranges ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodParams:
+    """Parameters of the range methods."""
+
+    percentile: float = DEFAULT_PERCENTILE
+    num_quantized_bins: int = 255
+    dtype: str = "int8"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "percentile": self.percentile,
+            "num_quantized_bins": self.num_quantized_bins,
+            "dtype": self.dtype,
+        }
+
+
+def _compute(method: MethodName, st: TensorStats, variant: str, params: MethodParams) -> Range:
+    if method == "minmax":
+        return minmax_range(st)
+    if method == "percentile":
+        return percentile_range(st, params.percentile)
+    if method == "entropy":
+        return entropy_range(st, params.num_quantized_bins)
+    return mse_range(st, variant, params.dtype)  # type: ignore[arg-type]
+
+
+def site_ranges(
+    st: TensorStats, variant: str, params: MethodParams, methods: Sequence[MethodName] = METHODS
+) -> dict[str, Any]:
+    """Every method's input range and the derived output range (``None`` when impossible)."""
+    out: dict[str, Any] = {}
+    for m in methods:
+        try:
+            lo, hi = _compute(m, st, variant, params)
+            olo, ohi = output_range(lo, hi, variant)
+            out[m] = {"input": [float(lo), float(hi)], "output": [float(olo), float(ohi)]}
+        except (GeluQuantError, ValueError):
+            out[m] = None
+    return out
+
+
+def stats_summary(st: TensorStats, obs_lo: float | None, obs_hi: float | None) -> dict[str, Any]:
+    q: dict[str, float | None] = {}
+    for level in QUANTILES:
+        q[repr(level)] = st.quantile(level) if st.count else None
+    return {
+        "count": st.count,
+        "nonfinite": st.nonfinite,
+        "min": st.min if st.count else None,
+        "max": st.max if st.count else None,
+        "bin_width": st.bin_width,
+        "num_bins": st.num_bins,
+        "quantiles": q,
+        "observed_output": None if obs_lo is None or obs_hi is None else [obs_lo, obs_hi],
+        "channels": None if st.channel_min is None else int(st.channel_min.size),
+    }
+
+
+# -- the ranges file ---------------------------------------------------------------------------
+@dataclass
+class RangesFile:
+    """A parsed ranges file."""
+
+    model_name: str
+    fingerprint: str
+    data: dict[str, Any]
+    method: str
+    params: dict[str, Any]
+    sites: list[dict[str, Any]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    tool_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def site_ids(self) -> list[str]:
+        return [s["id"] for s in self.sites]
+
+    def _site(self, site_id: str) -> dict[str, Any]:
+        for s in self.sites:
+            if s["id"] == site_id:
+                return s
+        why = self.skipped.get(site_id)
+        extra = f" (skipped during calibration: {why})" if why else ""
+        raise BadInputError(
+            f"the ranges file has no range for site {site_id!r}{extra}; it has "
+            f"{', '.join(self.site_ids) or 'no sites'}"
+        )
+
+    def _chosen(self, site_id: str, method: str | None) -> dict[str, Any]:
+        s = self._site(site_id)
+        m = method or s["chosen"]
+        r = s["ranges"].get(m)
+        if r is None:
+            raise BadInputError(f"site {site_id!r} has no {m!r} range in the ranges file")
+        return dict(r)
+
+    def range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]:
+        """The chosen (or the named method's) input range of a site."""
+        lo, hi = self._chosen(site_id, method)["input"]
+        return float(lo), float(hi)
+
+    def output_range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]:
+        """GELU's output range over :meth:`range_for`."""
+        lo, hi = self._chosen(site_id, method)["output"]
+        return float(lo), float(hi)
+
+    def check_model(
+        self, model: str | os.PathLike[str] | onnx.ModelProto, force: bool = False
+    ) -> None:
+        """Refuse (``ModelError``) a model whose fingerprint differs, unless ``force``."""
+        fp = model_fingerprint(model)
+        if fp != self.fingerprint and not force:
+            raise ModelError(
+                f"the ranges file was made for a different model ({self.model_name}, "
+                f"{self.fingerprint[:19]}…) than the one given ({fp[:19]}…); calibrate this "
+                "model, or pass --force to use the ranges anyway"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": RANGES_SCHEMA,
+            "schema_version": self.schema_version,
+            "tool_version": self.tool_version,
+            "model": {"name": self.model_name, "fingerprint": self.fingerprint},
+            "data": self.data,
+            "method": self.method,
+            "params": self.params,
+            "sites": self.sites,
+            "skipped": self.skipped,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_atomic(path, self.dumps().encode())
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "ranges file") -> RangesFile:
+        if d.get("schema") != RANGES_SCHEMA:
+            raise BadInputError(
+                f"{where} is not a gelu-quant ranges file (schema "
+                f"{d.get('schema')!r}); make one with gelu-quant calibrate"
+            )
+        if int(d.get("schema_version", -1)) > SCHEMA_VERSION:
+            raise BadInputError(
+                f"{where} has schema version {d.get('schema_version')}, newer "
+                f"than this gelu-quant ({__version__}) reads; upgrade"
+            )
+        try:
+            return cls(
+                model_name=str(d["model"]["name"]),
+                fingerprint=str(d["model"]["fingerprint"]),
+                data=dict(d["data"]),
+                method=str(d["method"]),
+                params=dict(d["params"]),
+                sites=[dict(s) for s in d["sites"]],
+                skipped=dict(d.get("skipped", {})),
+                tool_version=str(d.get("tool_version", "")),
+                schema_version=int(d["schema_version"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise BadInputError(
+                f"{where} is malformed ({e!r}); re-run gelu-quant calibrate"
+            ) from None
+
+
+def load_ranges(path: str | os.PathLike[str]) -> RangesFile:
+    """Read a ranges file."""
+    p = Path(os.fspath(path))
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"ranges file {str(p)!r} not found") from None
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"cannot read ranges file {str(p)!r}: {e}") from None
+    if not isinstance(d, dict):
+        raise BadInputError(f"{p} is not a gelu-quant ranges file")
+    return RangesFile.from_json(d, str(p))
+
+
+# -- statistics files (shards) -----------------------------------------------------------------
+@dataclass
+class StatsFile:
+    """Raw statistics of one or more calibration passes over one model."""
+
+    model_name: str
+    fingerprint: str
+    sites: list[GeluSite]
+    collected: Collected
+    sources: list[dict[str, Any]]
+
+    def data_description(self) -> dict[str, Any]:
+        return {
+            "samples": sum(int(s.get("samples", 0)) for s in self.sources),
+            "batches": sum(int(s.get("batches", 0)) for s in self.sources),
+            "sources": self.sources,
+        }
+
+    def _meta(self) -> dict[str, Any]:
+        c = self.collected
+        return {
+            "schema": STATS_SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": __version__,
+            "model": {"name": self.model_name, "fingerprint": self.fingerprint},
+            "sources": self.sources,
+            "sites": [s.to_json() for s in self.sites],
+            "output_min": c.output_min,
+            "output_max": c.output_max,
+            "skipped": c.skipped,
+            "batches": c.batches,
+            "samples": c.samples,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as ``.json`` or ``.npz`` (by extension; exact either way)."""
+        meta = self._meta()
+        import io
+
+        if str(path).endswith(".json"):
+            meta["stats"] = {sid: st.to_json() for sid, st in self.collected.stats.items()}
+            write_atomic(path, (json.dumps(meta, indent=1) + "\n").encode())
+            return
+        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+        for i, (sid, st) in enumerate(self.collected.stats.items()):
+            arrays[f"site{i}/id"] = np.array(sid)
+            arrays.update(st.to_arrays(f"site{i}/"))
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        write_atomic(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> StatsFile:
+        p = Path(os.fspath(path))
+        try:
+            if p.suffix == ".json":
+                meta = json.loads(p.read_text())
+                stats = {sid: TensorStats.from_json(d) for sid, d in meta["stats"].items()}
+            else:
+                with np.load(p, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+                meta = json.loads(str(arrays["meta"]))
+                stats = {}
+                i = 0
+                while f"site{i}/id" in arrays:
+                    stats[str(arrays[f"site{i}/id"])] = TensorStats.from_arrays(arrays, f"site{i}/")
+                    i += 1
+        except FileNotFoundError:
+            raise BadInputError(f"statistics file {str(p)!r} not found") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise BadInputError(
+                f"cannot read statistics file {str(p)!r} ({e!r}); was it "
+                "written by gelu-quant calibrate --save-stats?"
+            ) from None
+        if meta.get("schema") != STATS_SCHEMA:
+            raise BadInputError(f"{p} is not a gelu-quant statistics file")
+        sites = [_site_from_json(s) for s in meta["sites"]]
+        c = Collected(
+            stats=stats,
+            output_min=dict(meta["output_min"]),
+            output_max=dict(meta["output_max"]),
+            skipped=dict(meta["skipped"]),
+            batches=int(meta["batches"]),
+            samples=int(meta["samples"]),
+        )
+        return cls(
+            model_name=str(meta["model"]["name"]),
+            fingerprint=str(meta["model"]["fingerprint"]),
+            sites=sites,
+            collected=c,
+            sources=list(meta["sources"]),
+        )
+
+    def merge(self, other: StatsFile, other_name: str = "shard") -> None:
+        """Add another shard (same model required)."""
+        if other.fingerprint != self.fingerprint:
+            raise BadInputError(
+                f"{other_name} was collected on a different model ({other.model_name}, "
+                f"{other.fingerprint[:19]}…) than the first shard ({self.model_name}, "
+                f"{self.fingerprint[:19]}…); shards must come from the same model"
+            )
+        if [s.id for s in other.sites] != [s.id for s in self.sites]:
+            raise BadInputError(f"{other_name} lists different GELU sites than the first shard")
+        self.collected.merge(other.collected)
+        self.sources.extend(other.sources)
+
+    def to_ranges(self, method: MethodName, params: MethodParams) -> RangesFile:
+        """Compute every method's ranges and mark ``method`` as chosen."""
+        if method not in METHODS:
+            raise BadInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        c = self.collected
+        entries = []
+        for site in self.sites:
+            st = c.stats.get(site.id)
+            if st is None:
+                continue
+            entries.append(
+                {
+                    "id": site.id,
+                    "input": site.input,
+                    "output": site.output,
+                    "variant": site.variant,
+                    "spelling": site.spelling,
+                    "bias": site.bias,
+                    "dtype": site.dtype,
+                    "stats": stats_summary(
+                        st, c.output_min.get(site.id), c.output_max.get(site.id)
+                    ),
+                    "ranges": site_ranges(st, site.variant, params),
+                    "chosen": method,
+                }
+            )
+        skipped = dict(c.skipped)
+        for e in entries:
+            if e["ranges"][method] is None:
+                skipped.setdefault(e["id"], "no finite values observed")
+        return RangesFile(
+            model_name=self.model_name,
+            fingerprint=self.fingerprint,
+            data=self.data_description(),
+            method=method,
+            params=params.to_json(),
+            sites=entries,
+            skipped=skipped,
+        )
+
+
+def _site_from_json(d: Mapping[str, Any]) -> GeluSite:
+    kw = dict(d)
+    kw["nodes"] = tuple(kw.get("nodes", ()))
+    kw["notes"] = tuple(kw.get("notes", ()))
+    if kw.get("shape") is not None:
+        kw["shape"] = tuple(kw["shape"])
+    for q in ("qdq_in", "qdq_out"):
+        if kw.get(q) is not None:
+            kw[q] = QuantInfo(**kw[q])
+    return GeluSite(**kw)

@@ -1,0 +1,415 @@
+"""What an observer accumulates for one tensor: :class:`TensorStats`.
+
+The histogram is exact and mergeable because its bins sit on a grid anchored at 0 whose width is
+a power of two, ``w = 2**k``: bin ``g`` holds the values in ``[g*w, (g+1)*w)``. Computing a bin
+index is exact arithmetic (scaling by a power of two, then ``floor``), and doubling the width maps
+bin ``g`` to bin ``g >> 1`` exactly. The state is canonical: after any sequence of updates and
+merges, ``k`` is the smallest exponent (``>= K_MIN``) for which the finite values' span
+``[min, max]`` fits in :data:`NUM_BINS` bins and ``|value| / w < 2**24`` (so float32 arithmetic
+stays exact), and the window starts at the bin of the minimum. So the histogram, like the
+count, minimum and maximum, depends only on the multiset of values seen: a merge of shards
+equals one pass over all the data, bit for bit, in any order.
+
+With 4096 bins and the smallest fitting width, the finite range always covers more than 2048
+bins (unless all values sit within ``2**-16`` of each other or very far from 0).
+
+Non-finite values (NaN, ±inf) are counted in ``nonfinite`` and excluded from everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gelu_quant.errors import BadInputError
+
+#: Number of histogram bins (fixed; the width adapts).
+NUM_BINS = 4096
+#: Smallest width exponent: bins are never narrower than ``2**K_MIN``.
+K_MIN = -40
+#: Bin indices are kept below ``2**IDX_BITS`` in magnitude so float32 ``floor`` is exact.
+IDX_BITS = 24
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def width_exponent(lo: float, hi: float, num_bins: int = NUM_BINS) -> int:
+    """The canonical width exponent for finite data spanning ``[lo, hi]``.
+
+    The smallest ``k >= K_MIN`` with ``floor(hi/2**k) - floor(lo/2**k) < num_bins`` and
+    ``max(|lo|, |hi|) < 2**(k + IDX_BITS)``. Both conditions only get easier as ``k`` grows,
+    so the answer is monotone in the data's range.
+    """
+    mag = max(abs(lo), abs(hi))
+    k = K_MIN
+    if mag > 0.0:
+        k = max(k, math.frexp(mag)[1] - IDX_BITS)  # mag < 2**e  =>  need k >= e - IDX_BITS
+    span = hi - lo
+    if span > 0.0:
+        k = max(k, math.frexp(span / num_bins)[1] - 2)
+    while not (
+        math.floor(math.ldexp(hi, -k)) - math.floor(math.ldexp(lo, -k)) < num_bins
+        and mag < math.ldexp(1.0, k + IDX_BITS)
+    ):
+        k += 1
+    return k
+
+
+@dataclass
+class TensorStats:
+    """Streaming statistics of one tensor: count, min, max, non-finite count, an exact mergeable
+    histogram and per-channel min/max over the last axis.
+
+    ``update`` and ``merge`` only accumulate; choosing a range from the statistics is the job of
+    the pure functions in :mod:`gelu_quant.calib.methods`.
+    """
+
+    num_bins: int = NUM_BINS
+    count: int = 0
+    """Number of finite values seen."""
+    nonfinite: int = 0
+    """Number of NaN / ±inf values seen (excluded from everything else)."""
+    min: float = math.inf
+    max: float = -math.inf
+    k: int = K_MIN
+    """Bin width is ``2**k``."""
+    offset: int = 0
+    """Global index of ``counts[0]``: it covers ``[offset*w, (offset+1)*w)``."""
+    counts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    channel_min: FloatArray | None = None
+    """Per-channel minimum over the last axis (finite values only; +inf if none)."""
+    channel_max: FloatArray | None = None
+    channel_mismatch: bool = False
+    """True once batches with different last-axis sizes were seen (per-channel data dropped)."""
+
+    def __post_init__(self) -> None:
+        if self.counts.size == 0:
+            self.counts = np.zeros(self.num_bins, dtype=np.int64)
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def bin_width(self) -> float:
+        return math.ldexp(1.0, self.k)
+
+    @property
+    def total(self) -> int:
+        """All values seen, finite or not."""
+        return self.count + self.nonfinite
+
+    def edges(self) -> FloatArray:
+        """The ``num_bins + 1`` bin edges (float64, exact)."""
+        return np.ldexp(
+            np.arange(self.offset, self.offset + self.num_bins + 1, dtype=np.float64), self.k
+        )
+
+    def quantile(self, q: float) -> float:
+        """The ``q``-quantile (0..1) of the finite values, interpolated linearly inside the bin
+        holding it and clamped to ``[min, max]``: within one bin width of the exact quantile."""
+        if self.count == 0:
+            raise BadInputError("no finite values observed: cannot take a quantile")
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile {q} outside [0, 1]")
+        cum = np.cumsum(self.counts)
+        target = q * (self.count - 1)  # rank, 0-based, as numpy's linear method
+        # the bin holding the value of rank floor(target)
+        i = int(np.searchsorted(cum, math.floor(target), side="right"))
+        i = min(i, self.num_bins - 1)
+        before = int(cum[i - 1]) if i > 0 else 0
+        inside = int(self.counts[i])
+        frac = (target - before + 0.5) / inside if inside else 0.5
+        w = self.bin_width
+        v = (self.offset + i + min(max(frac, 0.0), 1.0)) * w
+        return float(min(max(v, self.min), self.max))
+
+    # -- accumulation ------------------------------------------------------------------------
+    def update(self, batch: npt.ArrayLike) -> None:
+        """Add every value of ``batch`` (any shape; float16/32/64)."""
+        x = np.asarray(batch)
+        if x.dtype == np.float16 or x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        if x.size == 0:
+            return
+        self._update_channels(x)
+        lo = float(x.min())
+        hi = float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(x)
+            nf = int(x.size - np.count_nonzero(finite))
+            self.nonfinite += nf
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        self._grow(min(self.min, lo), max(self.max, hi))
+        self.counts += self._bin(x)
+        self.count += int(x.size)
+
+    def merge(self, other: TensorStats) -> None:
+        """Add everything ``other`` has seen (``other`` is left unchanged)."""
+        if other.num_bins != self.num_bins:
+            raise BadInputError(
+                f"cannot merge statistics with {other.num_bins} and {self.num_bins} bins"
+            )
+        self.nonfinite += other.nonfinite
+        self._merge_channels(other)
+        if other.count == 0:
+            return
+        self._grow(min(self.min, other.min), max(self.max, other.max))
+        self.counts += _rebin(other.counts, other.k, other.offset, self.k, self.offset)
+        self.count += other.count
+
+    def copy(self) -> TensorStats:
+        return TensorStats(
+            num_bins=self.num_bins,
+            count=self.count,
+            nonfinite=self.nonfinite,
+            min=self.min,
+            max=self.max,
+            k=self.k,
+            offset=self.offset,
+            counts=self.counts.copy(),
+            channel_min=None if self.channel_min is None else self.channel_min.copy(),
+            channel_max=None if self.channel_max is None else self.channel_max.copy(),
+            channel_mismatch=self.channel_mismatch,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+    def _grow(self, lo: float, hi: float) -> None:
+        """Make the window canonical for the finite range ``[lo, hi]`` (re-binning exactly)."""
+        k = width_exponent(lo, hi, self.num_bins)
+        off = math.floor(math.ldexp(lo, -k))
+        if self.count and (k != self.k or off != self.offset):
+            self.counts = _rebin(self.counts, self.k, self.offset, k, off)
+        elif not self.count:
+            self.counts = np.zeros(self.num_bins, dtype=np.int64)
+        self.k, self.offset, self.min, self.max = k, off, lo, hi
+
+    def _bin(self, x: npt.NDArray[np.floating]) -> IntArray:
+        """Counts of the finite values ``x`` on the current grid (all of them fall inside)."""
+        # x * 2**-k is exact (power-of-two scaling, |result| < 2**24); floor is exact; the
+        # subtraction of two integers with a result in [0, num_bins) is exact. float32 is exact
+        # as long as scaling cannot underflow, i.e. k <= 0; otherwise use float64.
+        ftype = np.float32 if (x.dtype == np.float32 and self.k <= 0) else np.float64
+        flat = x.reshape(-1)
+        buf = _scratch(flat.size, np.dtype(ftype))
+        np.multiply(flat, ftype(math.ldexp(1.0, -self.k)), out=buf, dtype=ftype)
+        np.floor(buf, out=buf)
+        buf -= ftype(self.offset)
+        idx = _scratch(flat.size, np.dtype(np.intp))
+        np.copyto(idx, buf, casting="unsafe")
+        return np.bincount(idx, minlength=self.num_bins).astype(np.int64, copy=False)
+
+    def _update_channels(self, x: npt.NDArray[np.floating]) -> None:
+        if self.channel_mismatch or x.ndim == 0:
+            return
+        c = x.shape[-1]
+        if self.channel_min is not None and self.channel_min.size != c:
+            self._drop_channels()
+            return
+        flat = x.reshape(-1, c)
+        cmin = flat.min(axis=0).astype(np.float64)
+        cmax = flat.max(axis=0).astype(np.float64)
+        if not (np.isfinite(cmin).all() and np.isfinite(cmax).all()):
+            finite = np.isfinite(flat)
+            cmin = np.where(finite, flat, np.inf).min(axis=0).astype(np.float64)
+            cmax = np.where(finite, flat, -np.inf).max(axis=0).astype(np.float64)
+        if self.channel_min is None or self.channel_max is None:
+            self.channel_min, self.channel_max = cmin, cmax
+        else:
+            np.minimum(self.channel_min, cmin, out=self.channel_min)
+            np.maximum(self.channel_max, cmax, out=self.channel_max)
+
+    def _merge_channels(self, other: TensorStats) -> None:
+        if self.channel_mismatch:
+            return
+        if other.channel_mismatch:
+            self._drop_channels()
+            return
+        if other.channel_min is None or other.channel_max is None:
+            return
+        if self.channel_min is None or self.channel_max is None:
+            self.channel_min = other.channel_min.copy()
+            self.channel_max = other.channel_max.copy()
+        elif self.channel_min.size != other.channel_min.size:
+            self._drop_channels()
+        else:
+            np.minimum(self.channel_min, other.channel_min, out=self.channel_min)
+            np.maximum(self.channel_max, other.channel_max, out=self.channel_max)
+
+    def _drop_channels(self) -> None:
+        self.channel_mismatch = True
+        self.channel_min = self.channel_max = None
+
+    # -- equality and serialisation ----------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorStats):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (exact: floats round-trip through ``repr``; ±inf as strings).
+
+        The histogram is stored sparsely as ``[[bin, count], ...]`` for non-empty bins.
+        """
+        nz = np.flatnonzero(self.counts)
+        return {
+            "num_bins": self.num_bins,
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+            "min": _jf(self.min),
+            "max": _jf(self.max),
+            "k": self.k,
+            "offset": self.offset,
+            "bins": [[int(i), int(self.counts[i])] for i in nz],
+            "channel_min": None if self.channel_min is None else [_jf(v) for v in self.channel_min],
+            "channel_max": None if self.channel_max is None else [_jf(v) for v in self.channel_max],
+            "channel_mismatch": self.channel_mismatch,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TensorStats:
+        try:
+            num_bins = int(d["num_bins"])
+            counts = np.zeros(num_bins, dtype=np.int64)
+            for i, c in d["bins"]:
+                counts[int(i)] = int(c)
+            cmin, cmax = d.get("channel_min"), d.get("channel_max")
+            return cls(
+                num_bins=num_bins,
+                count=int(d["count"]),
+                nonfinite=int(d["nonfinite"]),
+                min=_fj(d["min"]),
+                max=_fj(d["max"]),
+                k=int(d["k"]),
+                offset=int(d["offset"]),
+                counts=counts,
+                channel_min=None if cmin is None else np.array([_fj(v) for v in cmin]),
+                channel_max=None if cmax is None else np.array([_fj(v) for v in cmax]),
+                channel_mismatch=bool(d.get("channel_mismatch", False)),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise BadInputError(
+                f"malformed statistics record ({e!r}); was it written by "
+                "gelu-quant calibrate --save-stats?"
+            ) from None
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Arrays for an ``.npz`` file (exact), keys prefixed with ``prefix``."""
+        out: dict[str, np.ndarray] = {
+            prefix + "scalars_i": np.array(
+                [
+                    self.num_bins,
+                    self.count,
+                    self.nonfinite,
+                    self.k,
+                    self.offset,
+                    int(self.channel_mismatch),
+                ],
+                dtype=np.int64,
+            ),
+            prefix + "scalars_f": np.array([self.min, self.max], dtype=np.float64),
+            prefix + "counts": self.counts,
+        }
+        if self.channel_min is not None and self.channel_max is not None:
+            out[prefix + "channel_min"] = self.channel_min
+            out[prefix + "channel_max"] = self.channel_max
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> TensorStats:
+        try:
+            si = arrays[prefix + "scalars_i"]
+            sf = arrays[prefix + "scalars_f"]
+            cmin_key, cmax_key = prefix + "channel_min", prefix + "channel_max"
+            return cls(
+                num_bins=int(si[0]),
+                count=int(si[1]),
+                nonfinite=int(si[2]),
+                k=int(si[3]),
+                offset=int(si[4]),
+                channel_mismatch=bool(si[5]),
+                min=float(sf[0]),
+                max=float(sf[1]),
+                counts=np.asarray(arrays[prefix + "counts"], dtype=np.int64).copy(),
+                channel_min=(
+                    np.asarray(arrays[cmin_key], dtype=np.float64).copy()
+                    if cmin_key in arrays
+                    else None
+                ),
+                channel_max=(
+                    np.asarray(arrays[cmax_key], dtype=np.float64).copy()
+                    if cmax_key in arrays
+                    else None
+                ),
+            )
+        except (KeyError, IndexError) as e:
+            raise BadInputError(
+                f"statistics arrays lack {e.args[0]!r}; was the file written by "
+                "gelu-quant calibrate --save-stats?"
+            ) from None
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``.npz`` or ``.json`` (by extension)."""
+        p = Path(path)
+        if p.suffix == ".json":
+            p.write_text(json.dumps(self.to_json()))
+        else:
+            with p.open("wb") as f:
+                np.savez(f, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | Path) -> TensorStats:
+        p = Path(path)
+        if p.suffix == ".json":
+            return cls.from_json(json.loads(p.read_text()))
+        with np.load(p) as z:
+            return cls.from_arrays(dict(z))
+
+
+_SCRATCH: dict[np.dtype[Any], np.ndarray] = {}
+
+
+def _scratch(n: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """A reusable work buffer of ``n`` elements (one per dtype, grown on demand).
+
+    Re-using buffers avoids page-faulting fresh memory for every batch; it costs one buffer of
+    the largest batch per dtype. Not thread-safe (the collector updates statistics in one thread).
+    """
+    buf = _SCRATCH.get(dtype)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=dtype)
+        _SCRATCH[dtype] = buf
+    return buf[:n]
+
+
+def _rebin(counts: IntArray, k: int, offset: int, k2: int, offset2: int) -> IntArray:
+    """Counts on grid ``(k, offset)`` moved to the coarser-or-equal grid ``(k2, offset2)``."""
+    if k2 < k:
+        raise AssertionError("re-binning only coarsens")
+    nz = np.flatnonzero(counts)
+    out = np.zeros_like(counts)
+    if nz.size:
+        g = (nz.astype(np.int64) + offset) >> (k2 - k)  # arithmetic shift == floor division
+        idx = g - offset2
+        if idx.min() < 0 or idx.max() >= counts.size:
+            raise AssertionError("re-binned counts fall outside the window")
+        np.add.at(out, idx, counts[nz])
+    return out
+
+
+def _jf(v: float) -> float | str:
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+
+
+def _fj(v: float | str) -> float:
+    return float(v)
