@@ -62,3 +62,8 @@ main.add_command(approx)
 from gelu_quant.cli.eval_cmd import eval_cmd  # noqa: E402
 
 main.add_command(eval_cmd)
+
+from gelu_quant.cli.calibrate import calibrate, merge_stats_cmd  # noqa: E402
+
+main.add_command(calibrate)
+main.add_command(merge_stats_cmd)
