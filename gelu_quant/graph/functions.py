@@ -1,0 +1,619 @@
+"""The ``gelu_quant`` custom-op domain: one ONNX function per spec, generated from the spec.
+
+Every approximation spec becomes a node of domain :data:`DOMAIN` (version 1) whose attributes
+carry the spec's numbers (so a vendor compiler can map it to a native LUT or polynomial unit) and
+whose meaning is a model-local ``FunctionProto`` of standard ONNX ops (so ONNX Runtime and
+``onnx.reference`` run the model without a plugin). Node types:
+
+``GeluLut``       int8/uint8/int16 codes in -> int8/uint8/int16 codes, float16 or float32 out.
+                  Attributes: ``table`` (tensor, entry ``q - qmin`` for input code ``q``),
+                  ``in_scale``, ``in_zero_point``, ``out_scale``/``out_zero_point`` (integer
+                  outputs), ``out_dtype``, ``form``.
+``GeluInterpLut`` int8/uint8 codes in and out, an ``N``-segment table with integer linear
+                  interpolation. Attributes: ``knots``, ``segments``, the qparams, ``form``.
+``GeluPoly``      float16/float32 in and out, piecewise polynomial. Attributes: ``breakpoints``,
+                  ``origins``, ``coefficients`` (tensors), ``lo``, ``hi``, ``compute_dtype``,
+                  ``form``.
+
+A node's ``op_type`` is the kind followed by a content hash of its body (``GeluLut_3fa2c1d09e4b``):
+``onnx.reference`` ignores function overloads, so distinct bodies need distinct names. The kind
+is the part before the last underscore (:func:`op_kind`). The body reads no attributes.
+
+Function bodies (measured in ``benchmarks/bench_gelulut.py``; ORT 1.31, one thread):
+
+* **GELU tables** (:class:`~gelu_quant.lut.table.LutSpec`): ``Gather`` is ~7x slower than the
+  ``DequantizeLinear -> Gelu -> QuantizeLinear`` it replaces, and ``GatherElements`` on a flat
+  table (as fast as DQ->Gelu->Q in ORT) cannot run in ``onnx.reference`` (numpy ``choose`` takes
+  at most 64 entries). So the default body *recomputes* the table:
+  ``DequantizeLinear -> x·(1 + erf(x/√2))/2 (or the tanh form) -> QuantizeLinear`` (``Cast``
+  for float16 outputs), which ORT fuses into its Gelu kernel. It equals the table on every input
+  code because (1) the float64 GELU of every code's float32 input lies, with a margin of
+  ``32·2⁻²⁴·(|x|+1)`` (14x the worst float32 GELU error measured for ORT's Gelu and Erf kernels
+  and onnx.reference, see ``tests/test_functions.py``), strictly inside the rounding interval of
+  its table entry: when a code sits on a rounding boundary, the body's scales are nudged (input
+  and output scale, a few parts per million, searched) until none does; and (2) the body is run
+  on all codes with ORT and ``onnx.reference`` at build time and must reproduce the table
+  exactly. When no nudge works or a run disagrees, the body falls back to ``Gather`` (correct
+  everywhere, slow in ORT). :attr:`CustomOp.body_kind` says which body was used.
+* **Interpolated tables**: ``Gather`` of the equivalent 256-entry table (the attributes keep the
+  knots).
+* **Polynomials**: the exact operation sequence of :meth:`PolySpec.evaluate`: segment index by
+  comparisons with the inner breakpoints, per-segment origin and coefficients by
+  ``GatherElements`` on flat tensors (at most 64 segments, which ``onnx.reference`` can run),
+  Horner with one rounding per op, tails by ``Where``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gelu_quant.errors import ModelError, SpecError
+from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.numerics import gelu
+
+DOMAIN = "gelu_quant"
+DOMAIN_VERSION = 1
+MIN_OPSET = 13
+"""Oldest default-domain opset a body can be written in."""
+
+LutBody = Literal["auto", "formula", "gather"]
+LUT_BODIES: tuple[LutBody, ...] = ("auto", "formula", "gather")
+
+GELU_ERROR_MARGIN = 32.0
+"""Float32 GELU error bound assumed for the formula body, in units of ``2⁻²⁴·(|x|+1)``."""
+
+_NP_TO_ONNX: dict[str, int] = {
+    "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8,
+    "int16": TensorProto.INT16,
+    "int32": TensorProto.INT32,
+    "float16": TensorProto.FLOAT16,
+    "float32": TensorProto.FLOAT,
+}
+
+
+def onnx_type(dtype: str | np.dtype[Any] | type[np.generic]) -> int:
+    """ONNX element type of a numpy dtype (or its name)."""
+    name = np.dtype(dtype).name
+    try:
+        return _NP_TO_ONNX[name]
+    except KeyError:
+        raise SpecError(f"no ONNX element type for dtype {name}") from None
+
+
+@dataclass(frozen=True)
+class CustomOp:
+    """A spec turned into a custom-domain node type: attributes, body, and how to call it."""
+
+    kind: str
+    """``GeluLut``, ``GeluInterpLut``, ``GeluPoly``, …"""
+    attributes: tuple[onnx.AttributeProto, ...]
+    body: tuple[onnx.NodeProto, ...]
+    """Standard-ONNX nodes computing ``Y`` from ``X``."""
+    opset: int
+    """Default-domain opset the body is written in (the model's)."""
+    input_type: int
+    output_type: int
+    body_kind: str
+    """Which body was generated (``formula``, ``gather``, ``poly``, …)."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def digest(self) -> str:
+        """Content hash of the body (and its opset)."""
+        h = hashlib.sha256(f"{self.kind}|{self.opset}|".encode())
+        for n in self.body:
+            h.update(n.SerializeToString(deterministic=True))
+        return h.hexdigest()[:12]
+
+    @property
+    def op_type(self) -> str:
+        """The node's op type and the function's name: ``<kind>_<digest>``."""
+        return f"{self.kind}_{self.digest}"
+
+    def function(self) -> onnx.FunctionProto:
+        """The model-local function defining the op."""
+        return helper.make_function(
+            DOMAIN,
+            self.op_type,
+            ["X"],
+            ["Y"],
+            list(self.body),
+            [helper.make_opsetid("", self.opset)],
+            attributes=[a.name for a in self.attributes],
+        )
+
+    def node(self, x: str, y: str, name: str) -> onnx.NodeProto:
+        """A node calling the function on tensor ``x``, writing ``y``."""
+        n = helper.make_node(self.op_type, [x], [y], name=name, domain=DOMAIN)
+        n.attribute.extend(self.attributes)
+        return n
+
+
+def op_kind(op_type: str) -> str:
+    """``GeluLut`` for ``GeluLut_3fa2c1d09e4b``."""
+    return op_type.rsplit("_", 1)[0]
+
+
+# -- registry ----------------------------------------------------------------
+BodyBuilder = Callable[..., CustomOp]
+_BUILDERS: dict[type[GeluApprox], BodyBuilder] = {}
+F = TypeVar("F", bound=BodyBuilder)
+
+
+def register_body(spec_type: type[GeluApprox]) -> Callable[[F], F]:
+    """Decorator: ``builder(spec, *, opset, lut_body, verify) -> CustomOp`` for a spec type."""
+
+    def deco(fn: F) -> F:
+        _BUILDERS[spec_type] = fn
+        return fn
+
+    return deco
+
+
+def supported_specs() -> tuple[type[GeluApprox], ...]:
+    """Spec types that have a function body."""
+    _load_optional_builders()
+    return tuple(_BUILDERS)
+
+
+def custom_op(
+    spec: GeluApprox, *, opset: int = 21, lut_body: LutBody = "auto", verify: bool = True
+) -> CustomOp:
+    """The custom op for ``spec`` with its body written in default-domain ``opset``.
+
+    ``lut_body`` chooses the body of GELU tables (``auto``: the formula body when it is proved
+    equal to the table, else ``gather``); ``verify`` runs formula bodies on every input code in
+    ORT and onnx.reference before accepting them.
+    """
+    if opset < MIN_OPSET:
+        raise ModelError(
+            f"the model imports default-domain opset {opset}; gelu-quant bodies need at least "
+            f"{MIN_OPSET} (upgrade the model with onnx.version_converter)"
+        )
+    if lut_body not in LUT_BODIES:
+        raise SpecError(f"unknown LUT body {lut_body!r}; expected one of {', '.join(LUT_BODIES)}")
+    _load_optional_builders()
+    for t in type(spec).__mro__:
+        if t in _BUILDERS:
+            return _BUILDERS[t](spec, opset=opset, lut_body=lut_body, verify=verify)
+    raise SpecError(
+        f"no ONNX function body for spec kind {spec.kind!r}; supported: "
+        + ", ".join(sorted(t.kind for t in _BUILDERS))
+    )
+
+
+def _load_optional_builders() -> None:
+    """Body builders for spec kinds living in optional modules register on import."""
+    import importlib
+
+    for mod in ("gelu_quant.graph.functions_poly", "gelu_quant.graph.functions_baselines"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name is None or not mod.startswith(e.name):
+                raise
+
+
+# -- small helpers ----------------------------------------------------------------
+def const(name: str, value: npt.ArrayLike, dtype: Any = None) -> onnx.NodeProto:
+    """A ``Constant`` node producing ``name``."""
+    arr = np.asarray(value, dtype=dtype)
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr, name))
+
+
+def _tensor_attr(name: str, arr: npt.NDArray[Any]) -> onnx.AttributeProto:
+    return helper.make_attribute(name, numpy_helper.from_array(np.ascontiguousarray(arr), name))
+
+
+def gather_body(table: npt.NDArray[Any], qmin: int) -> list[onnx.NodeProto]:
+    """``Y = table[X - qmin]`` with ``Cast`` and ``Gather`` (negative indices wrap)."""
+    data = np.roll(np.ascontiguousarray(table), qmin) if qmin else np.ascontiguousarray(table)
+    return [
+        const("table", data),
+        helper.make_node("Cast", ["X"], ["index"], to=TensorProto.INT32),
+        helper.make_node("Gather", ["table", "index"], ["Y"], axis=0),
+    ]
+
+
+def gelu_formula_nodes(x: str, y: str, form: str, prefix: str = "") -> list[onnx.NodeProto]:
+    """GELU of float32 ``x`` as exporters spell it (ORT fuses both into its Gelu kernel)."""
+    p = prefix
+    if form == "exact":
+        return [
+            const(f"{p}sqrt2", math.sqrt(2.0), np.float32),
+            const(f"{p}one", 1.0, np.float32),
+            const(f"{p}half", 0.5, np.float32),
+            helper.make_node("Div", [x, f"{p}sqrt2"], [f"{p}scaled"]),
+            helper.make_node("Erf", [f"{p}scaled"], [f"{p}erf"]),
+            helper.make_node("Add", [f"{p}erf", f"{p}one"], [f"{p}cdf2"]),
+            helper.make_node("Mul", [x, f"{p}cdf2"], [f"{p}xcdf2"]),
+            helper.make_node("Mul", [f"{p}xcdf2", f"{p}half"], [y]),
+        ]
+    if form == "tanh":
+        return [
+            const(f"{p}c3", 0.044715, np.float32),
+            const(f"{p}k", math.sqrt(2.0 / math.pi), np.float32),
+            const(f"{p}one", 1.0, np.float32),
+            const(f"{p}half", 0.5, np.float32),
+            helper.make_node("Mul", [x, x], [f"{p}x2"]),
+            helper.make_node("Mul", [f"{p}x2", f"{p}c3"], [f"{p}cx2"]),
+            helper.make_node("Add", [f"{p}cx2", f"{p}one"], [f"{p}inner1"]),
+            helper.make_node("Mul", [x, f"{p}inner1"], [f"{p}inner2"]),
+            helper.make_node("Mul", [f"{p}inner2", f"{p}k"], [f"{p}inner"]),
+            helper.make_node("Tanh", [f"{p}inner"], [f"{p}tanh"]),
+            helper.make_node("Add", [f"{p}tanh", f"{p}one"], [f"{p}cdf2"]),
+            helper.make_node("Mul", [x, f"{p}cdf2"], [f"{p}xcdf2"]),
+            helper.make_node("Mul", [f"{p}xcdf2", f"{p}half"], [y]),
+        ]
+    raise SpecError(f"unknown GELU form {form!r}")
+
+
+# -- running a body on given inputs (build-time verification, tests) --------------------------
+def single_op_model(op: CustomOp, *, shape: Sequence[int | None] = (None,)) -> onnx.ModelProto:
+    """A model with one input ``x``, one custom node and its function (for tests and checks)."""
+    g = helper.make_graph(
+        [op.node("x", "y", "op")],
+        "gelu_quant_op",
+        [helper.make_tensor_value_info("x", op.input_type, list(shape))],
+        [helper.make_tensor_value_info("y", op.output_type, list(shape))],
+    )
+    m = helper.make_model(
+        g,
+        opset_imports=[helper.make_opsetid("", op.opset), helper.make_opsetid(DOMAIN, 1)],
+        functions=[op.function()],
+    )
+    m.ir_version = 10
+    return m
+
+
+def run_ort(model: onnx.ModelProto, x: npt.NDArray[Any], threads: int = 1) -> npt.NDArray[Any]:
+    """Run a one-input model in ONNX Runtime (CPU, ``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.asarray(sess.run(None, {name: x})[0])
+
+
+def run_reference(model: onnx.ModelProto, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Run a one-input model with ``onnx.reference``."""
+    from onnx.reference import ReferenceEvaluator
+
+    ref = ReferenceEvaluator(model)
+    return np.asarray(ref.run(None, {model.graph.input[0].name: x})[0])
+
+
+def _reference_opset(opset: int) -> int:
+    # onnx.reference (1.23) implements DequantizeLinear/QuantizeLinear from opset 19 only; the
+    # int8/uint8 per-tensor semantics are the same since opset 13.
+    return max(opset, 21)
+
+
+# -- GeluLut -------------------------------------------------------------------------------------
+def _lut_attributes(spec: Any) -> tuple[onnx.AttributeProto, ...]:
+    attrs = [
+        _tensor_attr("table", spec.table),
+        helper.make_attribute("in_scale", float(spec.in_qparams.scale)),
+        helper.make_attribute("in_zero_point", int(spec.in_qparams.zero_point)),
+        helper.make_attribute("out_dtype", spec.out_dtype),
+        helper.make_attribute("form", spec.form),
+    ]
+    if spec.out_qparams is not None:
+        attrs += [
+            helper.make_attribute("out_scale", float(spec.out_qparams.scale)),
+            helper.make_attribute("out_zero_point", int(spec.out_qparams.zero_point)),
+        ]
+    return tuple(attrs)
+
+
+@dataclass(frozen=True)
+class FormulaFit:
+    """Scales for the formula body under which every code provably lands on its table entry."""
+
+    in_scale: float
+    out_scale: float | None
+    nudged: bool
+
+
+def _margin_ok(spec: Any, s_in: np.float32, s_out: npt.NDArray[np.float32] | None) -> Any:
+    """For each candidate output scale: does every code round to its entry with margin?"""
+    qp = spec.in_qparams
+    codes = qp.codes().astype(np.int64)
+    x = ((codes - qp.zero_point).astype(np.float64) * np.float64(s_in)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    g = gelu(x64, spec.form)
+    err = GELU_ERROR_MARGIN * 2.0**-24 * (np.abs(x64) + 1.0)
+    if s_out is None:  # float16 output: Cast rounds to nearest even
+        ftype = np.float16 if spec.out_dtype == "float16" else np.float32
+        lo, hi = (g - err).astype(ftype), (g + err).astype(ftype)
+        return np.array([bool(np.all((lo == hi) & (lo == spec.table)))])
+    oq = spec.out_qparams
+    so = s_out.astype(np.float64)[:, None]
+    v = g[None, :] / so + oq.zero_point
+    tol = err[None, :] / so + 4.0 * 2.0**-24 * (np.abs(v) + 1.0)
+    a = np.clip(np.rint(v - tol), oq.qmin, oq.qmax)
+    b = np.clip(np.rint(v + tol), oq.qmin, oq.qmax)
+    t = spec.table.astype(np.float64)[None, :]
+    return np.all((a == b) & (a == t), axis=1)
+
+
+_NUDGES = (0, 1, -1, 2, -2, 3, -3, 5, -5, 8, -8, 13, -13, 20, -20, 30, -30, 50, -50, 80, -80)
+"""Relative scale perturbations tried, in parts per million (smallest first)."""
+
+
+def fit_formula(spec: Any, *, max_codes_for_search: int = 256) -> FormulaFit | None:
+    """Find input/output scales that make the formula body reproduce ``spec.table``.
+
+    Returns None when no perturbation in :data:`_NUDGES` gives every code its margin.
+    """
+    s_in0 = np.float32(spec.in_qparams.scale)
+    float_out = spec.out_qparams is None
+    nudges = _NUDGES if spec.table.size <= max_codes_for_search else (0,)
+    out_cands = None
+    if not float_out:
+        s_out0 = np.float64(spec.out_qparams.scale)
+        out_cands = np.array([s_out0 * (1.0 + 1e-6 * e) for e in nudges], dtype=np.float32)
+        out_cands[0] = np.float32(spec.out_qparams.scale)
+    for d in nudges:
+        s_in = np.float32(np.float64(s_in0) * (1.0 + 1e-6 * d)) if d else s_in0
+        ok = _margin_ok(spec, s_in, out_cands)
+        if ok.any():
+            j = int(np.argmax(ok))
+            s_out = None if out_cands is None else float(out_cands[j])
+            return FormulaFit(float(s_in), s_out, nudged=bool(d or j))
+    return None
+
+
+def _formula_body(spec: Any, fit: FormulaFit) -> list[onnx.NodeProto]:
+    qp = spec.in_qparams
+    nodes = [
+        const("in_scale", fit.in_scale, np.float32),
+        const("in_zero_point", qp.zero_point, qp.np_dtype),
+        helper.make_node("DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"]),
+    ]
+    nodes += gelu_formula_nodes("x", "g", spec.form)
+    if spec.out_qparams is None:
+        nodes.append(helper.make_node("Cast", ["g"], ["Y"], to=onnx_type(spec.out_dtype)))
+    else:
+        oq = spec.out_qparams
+        nodes += [
+            const("out_scale", fit.out_scale, np.float32),
+            const("out_zero_point", oq.zero_point, oq.np_dtype),
+            helper.make_node("QuantizeLinear", ["g", "out_scale", "out_zero_point"], ["Y"]),
+        ]
+    return nodes
+
+
+def verify_on_all_codes(op: CustomOp, codes: npt.NDArray[Any], want: npt.NDArray[Any]) -> str:
+    """Run ``op`` on ``codes`` in ORT and onnx.reference; '' when both give ``want`` exactly."""
+    m = single_op_model(op)
+    problems = []
+    got = run_ort(m, codes)
+    if got.dtype != want.dtype or not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+        problems.append(f"ORT differs on {int(np.sum(got != want))} codes")
+    ref_op = CustomOp(
+        op.kind,
+        op.attributes,
+        op.body,
+        _reference_opset(op.opset),
+        op.input_type,
+        op.output_type,
+        op.body_kind,
+    )
+    got = run_reference(single_op_model(ref_op), codes)
+    if got.dtype != want.dtype or not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+        problems.append(f"onnx.reference differs on {int(np.sum(got != want))} codes")
+    return "; ".join(problems)
+
+
+def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+    qp = spec.in_qparams
+    in_t, out_t = onnx_type(qp.np_dtype), onnx_type(spec.table.dtype)
+    attrs = _lut_attributes(spec)
+    int16 = qp.dtype == "int16" or spec.out_dtype == "int16"
+    notes: list[str] = []
+    if lut_body in ("auto", "formula"):
+        fit = None
+        if int16 and opset < 21:
+            notes.append(f"formula body needs opset 21 for int16 Q/DQ (model has {opset})")
+        else:
+            fit = fit_formula(spec)
+            if fit is None:
+                notes.append("formula body: codes on rounding boundaries, no scale nudge helps")
+        if fit is not None:
+            op = CustomOp(
+                "GeluLut", attrs, tuple(_formula_body(spec, fit)), opset, in_t, out_t, "formula", ()
+            )
+            if fit.nudged:
+                notes.append(
+                    f"formula body with nudged scales in={fit.in_scale!r} out={fit.out_scale!r}"
+                )
+            problem = verify_on_all_codes(op, qp.codes(), spec.table) if verify else ""
+            if not problem:
+                return CustomOp(
+                    op.kind, attrs, op.body, opset, in_t, out_t, "formula", tuple(notes)
+                )
+            notes.append(f"formula body rejected: {problem}")
+        if lut_body == "formula":
+            raise SpecError("cannot prove a formula body equal to the table: " + "; ".join(notes))
+    body = gather_body(spec.table, qp.qmin)
+    return CustomOp("GeluLut", attrs, tuple(body), opset, in_t, out_t, "gather", tuple(notes))
+
+
+def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+    qp, oq = spec.in_qparams, spec.out_qparams
+    attrs = (
+        _tensor_attr("knots", spec.knots),
+        helper.make_attribute("segments", int(spec.segments)),
+        helper.make_attribute("in_scale", float(qp.scale)),
+        helper.make_attribute("in_zero_point", int(qp.zero_point)),
+        helper.make_attribute("out_scale", float(oq.scale)),
+        helper.make_attribute("out_zero_point", int(oq.zero_point)),
+        helper.make_attribute("form", spec.form),
+    )
+    body = gather_body(spec.full_table(), qp.qmin)
+    return CustomOp(
+        "GeluInterpLut",
+        attrs,
+        tuple(body),
+        opset,
+        onnx_type(qp.np_dtype),
+        onnx_type(oq.np_dtype),
+        "gather",
+    )
+
+
+# -- GeluPoly ------------------------------------------------------------------------------------
+MAX_POLY_SEGMENTS = 64
+"""onnx.reference's GatherElements (numpy ``choose``) takes at most 64 entries."""
+
+
+def poly_body(spec: Any) -> list[onnx.NodeProto]:
+    """The operation sequence of :meth:`PolySpec.evaluate` in standard ONNX ops.
+
+    Float16 arithmetic is written as float32 ops each followed by ``Cast`` to float16 and back:
+    ORT's CPU kernels run float16 Add/Mul/Sub in float32 and drop the intermediate roundings of
+    a float16 chain, while a float16 product or sum computed in float32 and rounded once is what
+    numpy (the spec's reference) computes.
+    """
+    io, cp = spec.io_dtype, spec.compute_dtype
+    npio = np.dtype(io).type
+    k_seg, deg = spec.segments, spec.degree
+    if k_seg > MAX_POLY_SEGMENTS:
+        raise SpecError(f"{k_seg} segments: the ONNX body supports at most {MAX_POLY_SEGMENTS}")
+    round16 = cp == "float16"
+    nodes = [
+        helper.make_node("Shape", ["X"], ["shape"]),
+        const("minus1", [-1], np.int64),
+        helper.make_node("Reshape", ["X", "minus1"], ["x"]),
+    ]
+
+    def op(op_type: str, a: str, b: str, out: str) -> None:
+        if not round16:
+            nodes.append(helper.make_node(op_type, [a, b], [out]))
+            return
+        nodes.extend(
+            [
+                helper.make_node(op_type, [a, b], [f"{out}_f32"]),
+                helper.make_node("Cast", [f"{out}_f32"], [f"{out}_f16"], to=TensorProto.FLOAT16),
+                helper.make_node("Cast", [f"{out}_f16"], [out], to=TensorProto.FLOAT),
+            ]
+        )
+
+    xc = "x"
+    if io != "float32":
+        nodes.append(helper.make_node("Cast", ["x"], ["xc"], to=TensorProto.FLOAT))
+        xc = "xc"
+    # float16 values are exact in float32: the arithmetic dtype is float32 throughout
+    coefs = spec.coefficients.astype(np.float32)
+    origins = np.asarray(spec.origins, dtype=np.float32)
+    if k_seg > 1:
+        nodes += [
+            const("inner", np.asarray(spec.breakpoints[1:-1], dtype=npio)),
+            const("one_axis", [1], np.int64),
+            helper.make_node("Unsqueeze", ["x", "one_axis"], ["x_col"]),
+            helper.make_node("GreaterOrEqual", ["x_col", "inner"], ["above"]),
+            helper.make_node("Cast", ["above"], ["above_i"], to=TensorProto.INT32),
+            helper.make_node("ReduceSum", ["above_i", "one_axis"], ["k"], keepdims=0),
+            const("origins", origins),
+            helper.make_node("GatherElements", ["origins", "k"], ["origin"], axis=0),
+        ]
+        for j in range(deg + 1):
+            nodes += [
+                const(f"c{j}_table", np.ascontiguousarray(coefs[:, j])),
+                helper.make_node("GatherElements", [f"c{j}_table", "k"], [f"c{j}"], axis=0),
+            ]
+    else:
+        nodes.append(const("origin", origins[0]))
+        nodes += [const(f"c{j}", coefs[0, j]) for j in range(deg + 1)]
+    op("Sub", xc, "origin", "t")
+    acc = f"c{deg}"
+    for j in range(deg - 1, -1, -1):
+        op("Mul", acc, "t", f"m{j}")
+        op("Add", f"m{j}", f"c{j}", f"a{j}")
+        acc = f"a{j}"
+    if io != "float32":
+        nodes.append(helper.make_node("Cast", [acc], ["y_poly"], to=onnx_type(io)))
+        acc = "y_poly"
+    nodes += [
+        const("lo", spec.lo, npio),
+        const("hi", spec.hi, npio),
+        const("zero", 0.0, npio),
+        helper.make_node("Less", ["x", "lo"], ["below"]),
+        helper.make_node("Where", ["below", "zero", acc], ["y_lo"]),
+        helper.make_node("Greater", ["x", "hi"], ["beyond"]),
+        helper.make_node("Where", ["beyond", "x", "y_lo"], ["y"]),
+        helper.make_node("Reshape", ["y", "shape"], ["Y"]),
+    ]
+    return nodes
+
+
+def _poly_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+    attrs = (
+        _tensor_attr("breakpoints", np.asarray(spec.breakpoints, dtype=spec.io_dtype)),
+        _tensor_attr("origins", np.asarray(spec.origins, dtype=spec.compute_dtype)),
+        _tensor_attr("coefficients", spec.coefficients),
+        helper.make_attribute("lo", float(spec.lo)),
+        helper.make_attribute("hi", float(spec.hi)),
+        helper.make_attribute("compute_dtype", spec.compute_dtype),
+        helper.make_attribute("form", spec.form),
+    )
+    t = onnx_type(spec.io_dtype)
+    return CustomOp("GeluPoly", attrs, tuple(poly_body(spec)), opset, t, t, "poly")
+
+
+def _register_builtin() -> None:
+    from gelu_quant.lut.interp import InterpLutSpec
+    from gelu_quant.lut.poly import PolySpec
+    from gelu_quant.lut.table import LutSpec
+
+    register_body(LutSpec)(_lut_op)
+    register_body(InterpLutSpec)(_interp_op)
+    register_body(PolySpec)(_poly_op)
+
+
+_register_builtin()
+
+
+# -- expanding (inlining) -------------------------------------------------------------------------
+def expand_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline every ``gelu_quant`` function (for runtimes without model-local functions).
+
+    Other local functions are inlined too (``onnx.inliner`` inlines all of them); the
+    ``gelu_quant`` opset import is dropped when no node uses the domain any more.
+    """
+    import onnx.inliner
+
+    out = onnx.inliner.inline_local_functions(model)
+    used = _domains_used(out.graph)
+    keep = [o for o in out.opset_import if o.domain != DOMAIN or DOMAIN in used]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out
+
+
+def _domains_used(graph: onnx.GraphProto) -> set[str]:
+    used: set[str] = set()
+    for n in graph.node:
+        used.add(n.domain)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= _domains_used(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    used |= _domains_used(g)
+    return used

@@ -1,0 +1,758 @@
+"""Conversion: replace every GELU site of a model by a ``gelu_quant`` custom op.
+
+One library call, :func:`convert_model` (in memory) or :func:`convert_file` (paths, external
+data, atomic write, checker), configured by a frozen :class:`ConvertConfig`. Per site:
+
+* **float model**, LUT targets: ``x -> QuantizeLinear -> GeluLut -> DequantizeLinear`` (float16
+  models get ``Cast`` to float32 around it; float-output tables get a ``Cast`` instead of the
+  ``DequantizeLinear`` when the dtypes differ). The input qparams come from the site's range, the
+  output qparams from GELU's output range over the input codes (``build_lut`` defaults).
+* **float model**, polynomial targets: ``GeluPoly`` on the tensor directly, with ``Cast`` around
+  it when the model's float dtype is not the polynomial's io dtype.
+* **QDQ model** (the site has ``qdq_in`` and ``qdq_out``), LUT targets: ``DequantizeLinear ->
+  GELU -> QuantizeLinear`` collapses into one ``GeluLut`` from the DQ's int8 input to the Q's int8
+  output, its table built from the scales in the graph; no range is needed.
+* **bias-folded sites** (``BiasGelu``, ``FastGelu`` with bias): ``Add(x, bias)`` first.
+
+The op writes the site's own output tensor name (QDQ sites: the Q's output name), every node
+that is not part of a GELU is kept byte for byte, new nodes go where the site's last node was,
+and initializers that only the removed nodes used are dropped. Sites inside subgraphs and
+QuickGELU sites are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gelu_quant.errors import BadInputError, ModelError, SpecError
+from gelu_quant.graph.functions import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    LUT_BODIES,
+    CustomOp,
+    LutBody,
+    custom_op,
+    expand_functions,
+    onnx_type,
+)
+from gelu_quant.graph.manifest import Manifest, SiteRecord
+from gelu_quant.graph.names import ensure_node_names
+from gelu_quant.graph.sites import GeluSite
+from gelu_quant.lut.report import error_report
+from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.numerics import GeluForm
+from gelu_quant.qparams import QParams
+
+MAX_IR_VERSION = 10
+"""IR version written when the input's is higher (ORT 1.31 reads up to 13; onnx 1.23 writes 14)."""
+MIN_IR_VERSION = 8
+"""Model-local functions need IR 8."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a ``--target`` name builds."""
+
+    kind: Literal["lut", "interp", "poly"]
+    in_dtype: str = "int8"
+    out_dtype: str = "int8"
+    segments: int | None = None
+    """Interpolated tables: number of segments."""
+    help: str = ""
+
+
+TARGETS: dict[str, Target] = {
+    "int8-lut": Target("lut", "int8", "int8", help="256-entry table, int8 in and out"),
+    "uint8-lut": Target("lut", "uint8", "uint8", help="256-entry table, uint8 in and out"),
+    "int8-lut-fp16out": Target("lut", "int8", "float16", help="int8 in, float16 out"),
+    "int8-lut-fp32out": Target("lut", "int8", "float32", help="int8 in, float32 out"),
+    "int16-lut": Target("lut", "int16", "int16", help="65536-entry table (opset 21)"),
+    "int8-interp16": Target("interp", segments=16, help="16-segment interpolated table"),
+    "int8-interp32": Target("interp", segments=32, help="32-segment interpolated table"),
+    "int8-interp64": Target("interp", segments=64, help="64-segment interpolated table"),
+    "fp16-poly": Target("poly", "float16", "float16", help="float16 piecewise polynomial"),
+    "fp16-poly-fp32acc": Target("poly", "float16", "float32", help="float16 io, float32 Horner"),
+    "fp32-poly": Target("poly", "float32", "float32", help="float32 piecewise polynomial"),
+}
+
+
+class RangeSource(Protocol):
+    """Where per-site input ranges come from (``RangesFile`` fulfils it)."""
+
+    def range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]: ...
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Everything that decides what :func:`convert_model` writes."""
+
+    target: str
+    range: tuple[float, float] | None = None
+    """One input range for every float site (``--range``)."""
+    ranges_file: str | None = None
+    """The calibrator's ranges file (``--ranges``); per-site ranges win over ``range``."""
+    method: str | None = None
+    """Range method to read from the ranges file (default: the file's chosen one)."""
+    force: bool = False
+    """Use a ranges file made for a different model fingerprint."""
+    form: GeluForm | None = None
+    """GELU form the specs approximate; default: the site's own (tanh sites -> tanh)."""
+    expand: bool = False
+    """Inline the function bodies (runtimes without model-local functions)."""
+    lut_body: LutBody = "auto"
+    poly_segments: int = 8
+    poly_degree: int = 3
+    sites: tuple[str, ...] | None = None
+    """Convert only these site ids (others are reported as skipped)."""
+    verify: bool = True
+    """Prove formula bodies equal to their tables by running them (ORT and onnx.reference)."""
+    check: bool = True
+    """Run ``onnx.checker.check_model(full_check=True)`` on the result."""
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise BadInputError(
+                f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}"
+            )
+        if self.range is not None:
+            lo, hi = (float(v) for v in self.range)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise BadInputError(f"--range {lo} {hi}: need finite LO < HI")
+            object.__setattr__(self, "range", (lo, hi))
+        if self.lut_body not in LUT_BODIES:
+            raise BadInputError(f"unknown LUT body {self.lut_body!r}")
+        if self.form is not None and self.form not in ("exact", "tanh"):
+            raise BadInputError(f"unknown GELU form {self.form!r}; expected exact or tanh")
+        if self.sites is not None:
+            object.__setattr__(self, "sites", tuple(self.sites))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["range"] = None if self.range is None else list(self.range)
+        d["sites"] = None if self.sites is None else list(self.sites)
+        d["ranges_file"] = None if self.ranges_file is None else os.path.basename(self.ranges_file)
+        return d
+
+
+@dataclass
+class ConvertResult:
+    """The converted model and what was done to each site."""
+
+    model: onnx.ModelProto
+    manifest: Manifest
+    functions: dict[str, CustomOp] = field(default_factory=dict)
+    """The custom ops used, by op type."""
+
+
+# -- spec choice ----------------------------------------------------------------
+def build_spec(
+    target: Target,
+    form: GeluForm,
+    *,
+    in_range: tuple[float, float] | None = None,
+    in_qparams: QParams | None = None,
+    out_qparams: QParams | None = None,
+    poly_segments: int = 8,
+    poly_degree: int = 3,
+) -> GeluApprox:
+    """The spec a target builds for one site (a range, or the qparams of a QDQ site)."""
+    if target.kind == "lut":
+        from gelu_quant.lut.table import build_lut
+
+        out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
+        in_dtype: Any = target.in_dtype
+        return build_lut(
+            in_range=in_range if in_qparams is None else None,
+            in_qparams=in_qparams,
+            in_dtype=in_dtype,
+            out_dtype=out_dtype,
+            out_qparams=out_qparams,
+            form=form,
+        )
+    if target.kind == "interp":
+        from gelu_quant.lut.interp import build_interp_lut
+
+        assert target.segments is not None
+        return build_interp_lut(
+            segments=target.segments,
+            in_range=in_range if in_qparams is None else None,
+            in_qparams=in_qparams,
+            out_dtype=out_qparams.dtype if out_qparams is not None else "int8",
+            out_qparams=out_qparams,
+            form=form,
+        )
+    from gelu_quant.lut.poly import build_poly
+
+    assert in_range is not None
+    io: Any = target.in_dtype
+    cp: Any = target.out_dtype
+    return build_poly(
+        in_range[0],
+        in_range[1],
+        poly_segments,
+        poly_degree,
+        io_dtype=io,
+        compute_dtype=cp,
+        form=form,
+    )
+
+
+# -- graph bookkeeping ----------------------------------------------------------------
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a graph (and its nested subgraphs) reads."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(i for i in n.input if i)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _subgraph_inputs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    names |= _subgraph_inputs(g)
+    return names
+
+
+def _node_reads(node: onnx.NodeProto) -> set[str]:
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            names |= _subgraph_inputs(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for g in a.graphs:
+                names |= _subgraph_inputs(g)
+    return names
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+
+    def walk(g: onnx.GraphProto) -> None:
+        names.update(i.name for i in g.input)
+        names.update(o.name for o in g.output)
+        names.update(t.name for t in g.initializer)
+        names.update(v.name for v in g.value_info)
+        for n in g.node:
+            names.add(n.name)
+            names.update(n.input)
+            names.update(n.output)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        walk(sg)
+
+    walk(model.graph)
+    return names
+
+
+class _Namer:
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name = f"{base}_{k}"
+            k += 1
+        self.taken.add(name)
+        return name
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    raise ModelError("the model imports no default-domain opset")
+
+
+# -- one site ----------------------------------------------------------------
+@dataclass
+class _Plan:
+    """New nodes and initializers for one site, and what they replace."""
+
+    site: GeluSite
+    remove: set[int]
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    op: CustomOp
+    spec: GeluApprox
+    mode: Literal["float", "qdq"]
+    range: tuple[float, float] | None
+    range_source: str
+    output_tensor: str | None
+    quantized_output: dict[str, Any] | None
+
+
+def _skip(site: GeluSite, reason: str) -> SiteRecord:
+    return SiteRecord(
+        id=site.id,
+        status="skipped",
+        variant=site.variant,
+        spelling=site.spelling,
+        graph=site.graph,
+        input=site.input,
+        output=site.output,
+        bias=site.bias,
+        reason=reason,
+    )
+
+
+def _plan_site(
+    site: GeluSite,
+    graph: onnx.GraphProto,
+    index_of: Mapping[str, int],
+    config: ConvertConfig,
+    ranges: RangeSource | None,
+    opset: int,
+    new_name: _Namer,
+) -> _Plan:
+    """Decide the replacement of one site (raises SpecError/ModelError/BadInputError to skip)."""
+    target = TARGETS[config.target]
+    form: GeluForm = config.form or ("tanh" if site.variant == "tanh" else "exact")
+    missing = [n for n in site.nodes if n not in index_of]
+    if missing:
+        raise ModelError(f"nodes {missing} of the site are not in the main graph")
+    remove = {index_of[n] for n in site.nodes}
+    nodes = graph.node
+    producers = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    collapse = (
+        target.kind in ("lut", "interp")
+        and site.qdq_in is not None
+        and site.qdq_out is not None
+        and site.bias is None
+    )
+    pre = f"{site.id}_gq"
+    new_nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def init(base: str, value: Any, dtype: Any) -> str:
+        name = new_name(f"{pre}_{base}")
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def node(
+        op_type: str, inputs: list[str], out_base: str, out: str | None = None, **attrs: Any
+    ) -> str:
+        y = out if out is not None else new_name(f"{pre}_{out_base}")
+        new_nodes.append(
+            helper.make_node(op_type, inputs, [y], name=new_name(f"{pre}_{op_type}"), **attrs)
+        )
+        return y
+
+    if collapse:
+        assert site.qdq_in is not None and site.qdq_out is not None
+        qin, qout = site.qdq_in, site.qdq_out
+        if target.kind == "lut" and target.in_dtype == "int16" and qin.dtype != "int16":
+            pass  # the graph's dtypes decide for QDQ sites
+        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype)  # type: ignore[arg-type]
+        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype)  # type: ignore[arg-type]
+        spec = build_spec(target, form, in_qparams=in_qp, out_qparams=out_qp)
+        op = custom_op(spec, opset=opset, lut_body=config.lut_body, verify=config.verify)
+        for n in (qin.node, qout.node):
+            if n not in index_of:
+                raise ModelError(f"Q/DQ node {n!r} of the site is not in the main graph")
+        dq_i, q_i = index_of[qin.node], index_of[qout.node]
+        remove.add(q_i)
+        # the DQ goes too when nothing else reads its output
+        dq_out = nodes[dq_i].output[0]
+        readers = [i for i, n in enumerate(nodes) if dq_out in _node_reads(n)]
+        if all(i in remove for i in readers) and dq_out not in {o.name for o in graph.output}:
+            remove.add(dq_i)
+        new_nodes.append(op.node(qin.tensor, qout.tensor, new_name(f"{pre}_{op.kind}")))
+        out_q = {
+            "tensor": qout.tensor,
+            "scale": qout.scale,
+            "zero_point": qout.zero_point,
+            "dtype": qout.dtype,
+        }
+        output_tensor: str | None = None
+        if _still_read(site.output, graph, remove):
+            s = init("out_scale", qout.scale, np.float32)
+            z = init("out_zero_point", qout.zero_point, out_qp.np_dtype)
+            y = node("DequantizeLinear", [qout.tensor, s, z], "", out=site.output)
+            if site.dtype == "float16":
+                raise ModelError("float16 QDQ site whose float output is read elsewhere")
+            output_tensor = y
+        plan = _Plan(
+            site, remove, new_nodes, inits, op, spec, "qdq", None, "qdq", output_tensor, out_q
+        )
+    else:
+        if target.kind != "poly" and site.dtype not in ("float32", "float16"):
+            raise ModelError(f"site dtype {site.dtype} is not float32 or float16")
+        if ranges is not None:
+            rng = ranges.range_for(site.id, config.method)
+            source = f"ranges:{config.method or 'chosen'}"
+        elif config.range is not None:
+            rng, source = config.range, "--range"
+        else:
+            raise BadInputError(
+                f"site {site.id} is a float site and needs a range: pass --range LO HI or "
+                "--ranges RANGES.json"
+            )
+        spec = build_spec(
+            target,
+            form,
+            in_range=rng,
+            poly_segments=config.poly_segments,
+            poly_degree=config.poly_degree,
+        )
+        op = custom_op(spec, opset=opset, lut_body=config.lut_body, verify=config.verify)
+        x = site.input
+        if site.bias is not None:
+            x = node("Add", [x, site.bias], "biased")
+        site_t = onnx_type(site.dtype)
+        if target.kind in ("lut", "interp"):
+            if site.dtype != "float32":
+                x = node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
+            qp = spec.in_qparams  # type: ignore[attr-defined]
+            s = init("in_scale", qp.scale, np.float32)
+            z = init("in_zero_point", qp.zero_point, qp.np_dtype)
+            codes = node("QuantizeLinear", [x, s, z], "codes")
+            out_qp = getattr(spec, "out_qparams", None)
+            if out_qp is None:  # float-output table
+                if op.output_type == site_t:
+                    new_nodes.append(op.node(codes, site.output, new_name(f"{pre}_{op.kind}")))
+                else:
+                    y = new_name(f"{pre}_y")
+                    new_nodes.append(op.node(codes, y, new_name(f"{pre}_{op.kind}")))
+                    node("Cast", [y], "", out=site.output, to=site_t)
+            else:
+                y = new_name(f"{pre}_out_codes")
+                new_nodes.append(op.node(codes, y, new_name(f"{pre}_{op.kind}")))
+                s = init("out_scale", out_qp.scale, np.float32)
+                z = init("out_zero_point", out_qp.zero_point, out_qp.np_dtype)
+                if site.dtype == "float32":
+                    node("DequantizeLinear", [y, s, z], "", out=site.output)
+                else:
+                    f = node("DequantizeLinear", [y, s, z], "y_f32")
+                    node("Cast", [f], "", out=site.output, to=site_t)
+        else:
+            io_t = op.input_type
+            if io_t != site_t:
+                x = node("Cast", [x], "x_io", to=io_t)
+                y = new_name(f"{pre}_y")
+                new_nodes.append(op.node(x, y, new_name(f"{pre}_{op.kind}")))
+                node("Cast", [y], "", out=site.output, to=site_t)
+            else:
+                new_nodes.append(op.node(x, site.output, new_name(f"{pre}_{op.kind}")))
+        plan = _Plan(
+            site, remove, new_nodes, inits, op, spec, "float", rng, source, site.output, None
+        )
+    _check_internal_tensors(plan, graph, producers)
+    return plan
+
+
+def _still_read(tensor: str, graph: onnx.GraphProto, removed: set[int]) -> bool:
+    if tensor in {o.name for o in graph.output}:
+        return True
+    return any(tensor in _node_reads(n) for i, n in enumerate(graph.node) if i not in removed)
+
+
+def _check_internal_tensors(
+    plan: _Plan, graph: onnx.GraphProto, producers: Mapping[str, int]
+) -> None:
+    """Refuse a site whose removed nodes produce tensors that other nodes still read."""
+    written = {o for n in plan.nodes for o in n.output}
+    for i in plan.remove:
+        for out in graph.node[i].output:
+            if out and out not in written and _still_read(out, graph, plan.remove):
+                raise ModelError(
+                    f"tensor {out!r} inside the GELU is also read outside it; the site cannot be "
+                    "replaced without changing other nodes"
+                )
+
+
+# -- the whole model ----------------------------------------------------------------
+def convert_model(
+    model: onnx.ModelProto,
+    config: ConvertConfig,
+    *,
+    sites: Iterable[GeluSite] | None = None,
+    ranges: RangeSource | None = None,
+    source_name: str = "",
+) -> ConvertResult:
+    """Replace the GELU sites of ``model`` (not modified) per ``config``.
+
+    ``sites`` defaults to :func:`gelu_quant.graph.discover.find_gelu_sites`; ``ranges`` (for
+    example a loaded ``RangesFile``) gives per-site ranges, else ``config.range`` is used for
+    every float site. Sites that cannot be converted are reported as skipped in the manifest;
+    a conversion that converts nothing raises ``ModelError``.
+    """
+    if sites is None:
+        from gelu_quant.graph.discover import find_gelu_sites
+
+        sites = find_gelu_sites(model)
+    sites = list(sites)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = _default_opset(out)
+    named = ensure_node_names(model)
+    index_of = {n.name: i for i, n in enumerate(named.graph.node)}
+    new_name = _Namer(_all_names(named))
+    graph = out.graph
+    records: list[SiteRecord] = []
+    plans: list[_Plan] = []
+    claimed: set[int] = set()
+    for site in sites:
+        if site.in_subgraph:
+            records.append(_skip(site, f"inside subgraph {site.graph}; not converted"))
+            continue
+        if site.variant == "quick":
+            records.append(_skip(site, "QuickGELU is a different function; no target for it"))
+            continue
+        if config.sites is not None and site.id not in config.sites:
+            records.append(_skip(site, "not selected (--site)"))
+            continue
+        try:
+            plan = _plan_site(site, graph, index_of, config, ranges, opset, new_name)
+        except (ModelError, SpecError) as e:
+            records.append(_skip(site, str(e)))
+            continue
+        if plan.remove & claimed:
+            records.append(_skip(site, "shares nodes with another site"))
+            continue
+        claimed |= plan.remove
+        plans.append(plan)
+        rep = error_report(plan.spec)
+        records.append(
+            SiteRecord(
+                id=site.id,
+                status="converted",
+                variant=site.variant,
+                spelling=site.spelling,
+                graph=site.graph,
+                input=site.input,
+                output=site.output,
+                bias=site.bias,
+                mode=plan.mode,
+                range=plan.range,
+                range_source=plan.range_source,
+                op_type=plan.op.op_type,
+                body=plan.op.body_kind,
+                body_notes=plan.op.notes,
+                replaced_nodes=tuple(named.graph.node[i].name for i in sorted(plan.remove)),
+                added_nodes=tuple(n.name for n in plan.nodes),
+                output_tensor=plan.output_tensor,
+                quantized_output=plan.quantized_output,
+                spec=plan.spec.to_json(),
+                error=rep.to_json(),
+            )
+        )
+    if config.sites is not None:
+        unknown = set(config.sites) - {s.id for s in sites}
+        if unknown:
+            raise BadInputError(f"no site named {', '.join(sorted(unknown))} in the model")
+    if not plans:
+        why = "; ".join(f"{r.id}: {r.reason}" for r in records) or "the model has no GELU"
+        raise ModelError(f"nothing to convert ({why})")
+    _rewrite(out, plans)
+    functions: dict[str, CustomOp] = {}
+    for p in plans:
+        functions.setdefault(p.op.op_type, p.op)
+    if config.expand:
+        expanded = onnx.ModelProto()
+        expanded.CopyFrom(out)
+        for op in functions.values():
+            expanded.functions.append(op.function())
+        out = expand_functions(expanded)
+    else:
+        for op in functions.values():
+            out.functions.append(op.function())
+    if config.check and out.ByteSize() < (1 << 31) - 1 and not _has_external_data(out):
+        try:
+            onnx.checker.check_model(out, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ModelError(f"the converted model fails the ONNX checker: {e}") from None
+    manifest = Manifest(
+        target=config.target,
+        config=config.to_json(),
+        sites=tuple(records),
+        source_name=source_name,
+        expanded=config.expand,
+    )
+    return ConvertResult(out, manifest, functions)
+
+
+def _rewrite(model: onnx.ModelProto, plans: list[_Plan]) -> None:
+    graph = model.graph
+    old = list(graph.node)
+    at_last: dict[int, _Plan] = {max(p.remove): p for p in plans}
+    removed = set().union(*(p.remove for p in plans))
+    dropped_reads: set[str] = set()
+    new_list: list[onnx.NodeProto] = []
+    for i, n in enumerate(old):
+        if i in at_last:
+            new_list.extend(at_last[i].nodes)
+        if i in removed:
+            dropped_reads |= _node_reads(n)
+            continue
+        new_list.append(n)
+    del graph.node[:]
+    graph.node.extend(new_list)
+    # initializers only the removed nodes read
+    still = _subgraph_inputs(graph) | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in still or t.name not in dropped_reads]
+    for p in plans:
+        keep.extend(p.initializers)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    # value_info of tensors that no longer exist
+    produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    produced |= {t.name for t in graph.initializer}
+    vi = [v for v in graph.value_info if v.name in produced]
+    del graph.value_info[:]
+    graph.value_info.extend(vi)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if model.ir_version < MIN_IR_VERSION:
+        model.ir_version = MIN_IR_VERSION
+    elif model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+
+
+# -- files ----------------------------------------------------------------
+def default_manifest_path(output: str | os.PathLike[str]) -> Path:
+    """``OUT.manifest.json`` for ``OUT.onnx``."""
+    p = Path(output)
+    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.manifest.json")
+
+
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    def walk(g: onnx.GraphProto) -> bool:
+        if any(uses_external_data(t) for t in g.initializer):
+            return True
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and uses_external_data(a.t):
+                    return True
+                if a.type == onnx.AttributeProto.GRAPH and walk(a.g):
+                    return True
+                if a.type == onnx.AttributeProto.GRAPHS and any(walk(sg) for sg in a.graphs):
+                    return True
+        return False
+
+    return walk(model.graph)
+
+
+def _external_files(model: onnx.ModelProto, base: Path) -> set[Path]:
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    files = set()
+    for t in model.graph.initializer:
+        if uses_external_data(t):
+            files.add((base / ExternalDataInfo(t).location).resolve())
+    return files
+
+
+def convert_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config: ConvertConfig,
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    sites: Iterable[GeluSite] | None = None,
+) -> ConvertResult:
+    """Convert the model file ``src`` into ``dst`` and write the manifest beside it.
+
+    External data stays external (``<dst name>.data`` beside ``dst``, when the input had any);
+    files are written atomically, the checker runs on the written file (so models over 2 GB are
+    checked too), and neither ``src`` nor its data file is ever overwritten.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    if not src_p.is_file():
+        raise BadInputError(f"model file {str(src_p)!r} not found")
+    if not dst_p.resolve().parent.is_dir():
+        raise BadInputError(f"output folder {str(dst_p.resolve().parent)!r} does not exist")
+    if dst_p.resolve() == src_p.resolve():
+        raise BadInputError(f"refusing to overwrite the input {str(src_p)!r}; choose another -o")
+    man_p = Path(manifest_path) if manifest_path is not None else default_manifest_path(dst_p)
+    if man_p.resolve() in (src_p.resolve(), dst_p.resolve()):
+        raise BadInputError(f"manifest path {str(man_p)!r} collides with a model file")
+    try:
+        header = onnx.load(str(src_p), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"cannot read ONNX model {str(src_p)!r}: {e}") from None
+    external = _has_external_data(header)
+    data_name = f"{dst_p.name}.data"
+    if external:
+        inputs_data = _external_files(header, src_p.resolve().parent)
+        if (dst_p.resolve().parent / data_name).resolve() in inputs_data:
+            raise BadInputError(
+                f"the output's data file {data_name!r} is the input's external data file; "
+                "choose another output name"
+            )
+    ranges = None
+    if config.ranges_file is not None:
+        from gelu_quant.calib.ranges_file import load_ranges
+
+        rf = load_ranges(config.ranges_file)
+        rf.check_model(str(src_p), force=config.force)
+        ranges = rf
+    if sites is None:
+        from gelu_quant.graph.discover import find_gelu_sites
+
+        sites = find_gelu_sites(str(src_p))
+    from gelu_quant.calib.ranges_file import model_fingerprint
+
+    fingerprint = model_fingerprint(str(src_p))
+    model = onnx.load(str(src_p), load_external_data=True) if external else header
+    result = convert_model(model, config, sites=sites, ranges=ranges, source_name=src_p.name)
+    del model, header
+    result.manifest = Manifest(
+        target=result.manifest.target,
+        config=result.manifest.config,
+        sites=result.manifest.sites,
+        source_name=src_p.name,
+        source_fingerprint=fingerprint,
+        output_name=dst_p.name,
+        expanded=config.expand,
+        external_data=data_name if external else None,
+    )
+    _save_atomic(result.model, dst_p, data_name if external else None, check=config.check)
+    result.manifest.save(man_p)
+    return result
+
+
+def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, check: bool) -> None:
+    folder = dst.resolve().parent
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=folder))
+    try:
+        tmp_model = tmpdir / dst.name
+        if data_name is None:
+            if model.ByteSize() >= (1 << 31) - 1:
+                raise ModelError("the converted model exceeds 2 GB; give it external data")
+            tmp_model.write_bytes(model.SerializeToString(deterministic=True))
+        else:
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+                convert_attribute=False,
+            )
+        if check:
+            try:
+                onnx.checker.check_model(str(tmp_model), full_check=True)
+            except onnx.checker.ValidationError as e:
+                raise ModelError(f"the converted model fails the ONNX checker: {e}") from None
+        if data_name is not None:
+            os.replace(tmpdir / data_name, folder / data_name)
+        os.replace(tmp_model, dst)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
