@@ -67,3 +67,7 @@ from gelu_quant.cli.calibrate import calibrate, merge_stats_cmd  # noqa: E402
 
 main.add_command(calibrate)
 main.add_command(merge_stats_cmd)
+
+from gelu_quant.cli.convert import convert  # noqa: E402
+
+main.add_command(convert)
