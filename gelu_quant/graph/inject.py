@@ -353,8 +353,6 @@ def _plan_site(
     if collapse:
         assert site.qdq_in is not None and site.qdq_out is not None
         qin, qout = site.qdq_in, site.qdq_out
-        if target.kind == "lut" and target.in_dtype == "int16" and qin.dtype != "int16":
-            pass  # the graph's dtypes decide for QDQ sites
         in_qp = QParams(qin.scale, qin.zero_point, qin.dtype)  # type: ignore[arg-type]
         out_qp = QParams(qout.scale, qout.zero_point, qout.dtype)  # type: ignore[arg-type]
         spec = build_spec(target, form, in_qparams=in_qp, out_qparams=out_qp)
@@ -413,6 +411,11 @@ def _plan_site(
             x = node("Add", [x, site.bias], "biased")
         site_t = onnx_type(site.dtype)
         if target.kind in ("lut", "interp"):
+            if "int16" in (target.in_dtype, target.out_dtype) and opset < 21:
+                raise ModelError(
+                    f"int16 QuantizeLinear/DequantizeLinear need opset 21; the model imports "
+                    f"{opset} (convert it with onnx.version_converter, or use an 8-bit target)"
+                )
             if site.dtype != "float32":
                 x = node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
             qp = spec.in_qparams  # type: ignore[attr-defined]
