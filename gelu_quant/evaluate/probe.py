@@ -1,0 +1,140 @@
+"""Opening a model for evaluation, with chosen intermediate tensors exposed as extra outputs.
+
+A *probe copy* is the model with some internal tensors (each GELU site's input and output) added
+as graph outputs, so one ORT run returns the model's outputs and the sites' tensors together. The
+original file is never modified. Small models go to ORT as in-memory bytes; models whose protobuf
+would exceed 2 GB are saved to a temporary directory with external data.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from gelu_quant.errors import ModelError
+
+_SAFE_INLINE = 1_800_000_000  # leave headroom below protobuf's 2 GB limit
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as ORT sees it: name, element type (``tensor(float)``), shape."""
+
+    name: str
+    type: str
+    shape: tuple[int | str | None, ...]
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """``onnx.load`` with external data, turning failures into :class:`ModelError`."""
+    if not path.is_file():
+        raise ModelError(f"model {path} does not exist (or is not a file)")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as e:  # protobuf decode errors, missing external data files …
+        raise ModelError(f"cannot read ONNX model {path}: {e}") from e
+
+
+def produced_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors of the main graph: inputs, initializers and node outputs."""
+    g = model.graph
+    names = {i.name for i in g.input} | {i.name for i in g.initializer}
+    for node in g.node:
+        names.update(o for o in node.output if o)
+    return names
+
+
+def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """Append ``names`` (main-graph tensors) as untyped graph outputs; return those added.
+
+    Names already among the outputs are kept once and counted as added; names that no tensor of
+    the main graph carries are skipped. ORT infers the type of an untyped output.
+    """
+    existing = {o.name for o in model.graph.output}
+    have = produced_tensors(model)
+    added: list[str] = []
+    for n in names:
+        if n in existing:
+            added.append(n)
+            continue
+        if n not in have:
+            continue
+        model.graph.output.append(onnx.ValueInfoProto(name=n))
+        existing.add(n)
+        added.append(n)
+    return added
+
+
+class ProbeSession:
+    """An ORT session over a (probe copy of a) model; ``run(feeds)`` returns name → array.
+
+    Use as a context manager: the temporary directory of a > 2 GB probe copy is removed on exit.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        extra_outputs: Sequence[str] = (),
+        *,
+        threads: int = 0,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        model = load_model(path)
+        original = [o.name for o in model.graph.output]
+        self.extra_outputs = add_outputs(model, extra_outputs) if extra_outputs else []
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            if model.ByteSize() < _SAFE_INLINE:
+                src: str | bytes = model.SerializeToString()
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="gelu-quant-probe-")
+                probe = Path(self._tmp.name) / "probe.onnx"
+                onnx.save(
+                    model,
+                    str(probe),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location="probe.onnx.data",
+                )
+                src = str(probe)
+            del model
+            self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            self.close()
+            raise ModelError(f"ONNX Runtime cannot open {path}: {e}") from e
+        self.inputs = [
+            TensorSpec(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()
+        ]
+        outs = {o.name: o for o in self.session.get_outputs()}
+        self.outputs = [
+            TensorSpec(n, outs[n].type, tuple(outs[n].shape)) for n in original if n in outs
+        ]
+        self._names = list(outs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self._names, feeds)
+        except Exception as e:
+            raise ModelError(f"ONNX Runtime failed on a batch: {e}") from e
+        return dict(zip(self._names, values, strict=True))
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> ProbeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
