@@ -256,6 +256,7 @@ class NpzSource(_Counting):
         max_batches: int | None,
     ) -> None:
         super().__init__(str(path), max_batches)
+        self._bs = _default_batch_size(specs, batch_size)
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
@@ -273,7 +274,6 @@ class NpzSource(_Counting):
         self._arrays = feed
         self._extras = {k: v for k, v in arrays.items() if k not in names}
         self._n = distinct.pop() if distinct else 1
-        self._bs = _default_batch_size(specs, batch_size)
 
     def _feeds(self) -> Iterator[Feed]:
         for i in range(0, self._n, self._bs):

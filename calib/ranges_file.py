@@ -477,7 +477,7 @@ class StatsFile:
         if method not in METHODS:
             raise BadInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         c = self.collected
-        entries = []
+        entries: list[dict[str, Any]] = []
         for site in self.sites:
             st = c.stats.get(site.id)
             if st is None:

@@ -118,15 +118,21 @@ class TensorStats:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile {q} outside [0, 1]")
         cum = np.cumsum(self.counts)
-        target = q * (self.count - 1)  # rank, 0-based, as numpy's linear method
-        # the bin holding the value of rank floor(target)
-        i = int(np.searchsorted(cum, math.floor(target), side="right"))
-        i = min(i, self.num_bins - 1)
+        rank = q * (self.count - 1)  # 0-based, as numpy's default "linear" method
+        lo_rank = math.floor(rank)
+        frac = rank - lo_rank
+        v = self._value_of_rank(cum, lo_rank)
+        if frac > 0.0:
+            v = (1.0 - frac) * v + frac * self._value_of_rank(cum, lo_rank + 1)
+        return float(min(max(v, self.min), self.max))
+
+    def _value_of_rank(self, cum: IntArray, j: int) -> float:
+        """A point in the bin holding the value of rank ``j`` (spread uniformly in the bin)."""
+        i = min(int(np.searchsorted(cum, j, side="right")), self.num_bins - 1)
         before = int(cum[i - 1]) if i > 0 else 0
         inside = int(self.counts[i])
-        frac = (target - before + 0.5) / inside if inside else 0.5
-        w = self.bin_width
-        v = (self.offset + i + min(max(frac, 0.0), 1.0)) * w
+        pos = (j - before + 0.5) / inside if inside else 0.5
+        v = (self.offset + i + min(max(pos, 0.0), 1.0)) * self.bin_width
         return float(min(max(v, self.min), self.max))
 
     # -- accumulation ------------------------------------------------------------------------
@@ -365,7 +371,7 @@ class TensorStats:
             p.write_text(json.dumps(self.to_json()))
         else:
             with p.open("wb") as f:
-                np.savez(f, **self.to_arrays())
+                np.savez(f, **self.to_arrays())  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | Path) -> TensorStats:
