@@ -1,0 +1,91 @@
+"""``gelu-quant inspect MODEL``: list the GELU sites of a model (and near misses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gelu_quant.graph.discover import Discovery, NearMiss, discover
+from gelu_quant.graph.sites import GeluSite, QuantInfo
+
+
+def inspect_document(model: str, found: Discovery) -> dict[str, Any]:
+    """The ``--json`` document: ``{"model", "sites", "near_misses", "notes"}``."""
+    return {
+        "model": model,
+        "sites": [s.to_json() for s in found.sites],
+        "near_misses": [m.to_json() for m in found.near_misses],
+        "notes": list(found.notes),
+    }
+
+
+def _qdq_text(q: QuantInfo | None) -> str:
+    if q is None:
+        return "-"
+    return f"{q.dtype} s={q.scale:.4g} zp={q.zero_point}"
+
+
+def _shape_text(site: GeluSite) -> str:
+    if site.shape is None:
+        return "?"
+    return "[" + ",".join("?" if d is None else str(d) for d in site.shape) + "]"
+
+
+def format_table(model: str, found: Discovery, explain: bool) -> str:
+    """The human-readable listing."""
+    header = ("id", "variant", "spelling", "dtype", "shape", "qdq in", "qdq out", "graph")
+    rows = [
+        (
+            s.id,
+            s.variant + (f" a={s.alpha:.4g}" if s.alpha is not None else ""),
+            s.spelling + (" +bias" if s.bias else ""),
+            s.dtype,
+            _shape_text(s),
+            _qdq_text(s.qdq_in),
+            _qdq_text(s.qdq_out),
+            s.graph or "main",
+        )
+        for s in found.sites
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"{model}: {len(found.sites)} GELU site(s)"]
+    if rows:
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+    for s in found.sites:
+        lines += [f"note: {s.id}: {n}" for n in s.notes]
+    lines += [f"note: {n}" for n in found.notes]
+    if explain:
+        lines.append(f"near misses: {len(found.near_misses)}")
+        lines += [_miss_text(m) for m in found.near_misses]
+    elif found.near_misses:
+        lines.append(
+            f"{len(found.near_misses)} near miss(es); --explain shows why they were refused"
+        )
+    return "\n".join(lines)
+
+
+def _miss_text(m: NearMiss) -> str:
+    where = f"{m.graph}/" if m.graph else ""
+    return f"  {m.spelling} at {where}{m.node}: {m.reason}"
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
+@click.option(
+    "--explain", is_flag=True, help="Also list patterns that almost matched, and why not."
+)
+@click.option("--no-subgraphs", is_flag=True, help="Do not look inside If/Loop/Scan bodies.")
+def inspect_cmd(model: Path, as_json: bool, explain: bool, no_subgraphs: bool) -> None:
+    """List the GELU sites of MODEL: id, variant, spelling, dtype, shape, QDQ context."""
+    found = discover(model, include_subgraphs=not no_subgraphs)
+    if as_json:
+        click.echo(json.dumps(inspect_document(str(model), found), indent=2))
+    else:
+        click.echo(format_table(str(model), found, explain))

@@ -1,0 +1,490 @@
+"""GELU site discovery: one ONNX-text fixture per spelling, near misses, names, external data.
+
+Oracles: the expected sites are written out by hand per fixture; that each fixture computes GELU
+(and each near-miss fixture does not) is checked by running it in ORT against float64 GELU
+computed here with math.erf / math.tanh / math.exp.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.parser
+import onnxruntime as ort
+import pytest
+
+from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.graph.discover import discover, explain, find_gelu_sites
+from gelu_quant.graph.names import ensure_node_names
+from gelu_quant.graph.polynomial import Poly, PolynomialError
+from gelu_quant.graph.sites import QuantInfo
+
+FIXTURES = Path(__file__).parent / "fixtures" / "spellings"
+
+
+def load_fixture(name: str) -> onnx.ModelProto:
+    model = onnx.parser.parse_model((FIXTURES / f"{name}.onnxtxt").read_text())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+# -- float64 oracles ------------------------------------------------------------------------------
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    return np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.ravel()]).reshape(
+        x.shape
+    )
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    k = math.sqrt(2.0 / math.pi)
+    return np.array(
+        [0.5 * v * (1.0 + math.tanh(k * (v + 0.044715 * v**3))) for v in x.ravel()]
+    ).reshape(x.shape)
+
+
+def gelu_quick(x: np.ndarray) -> np.ndarray:
+    return np.array([v / (1.0 + math.exp(-1.702 * v)) for v in x.ravel()]).reshape(x.shape)
+
+
+ORACLES = {"erf": gelu_erf, "tanh": gelu_tanh, "quick": gelu_quick}
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in sess.run(None, feeds)]
+
+
+def sample_inputs(model: onnx.ModelProto, cond: bool = True) -> tuple[dict[str, np.ndarray], Any]:
+    """Seeded feeds for a fixture and the float64 pre-activation the GELU sees."""
+    rng = np.random.default_rng(1234)
+    x = np.concatenate([np.linspace(-5, 5, 161), rng.uniform(-6, 6, 95)]).reshape(16, 16)
+    if model.graph.name.startswith("qdq_"):  # int8 input scale 1/32: stay inside [-4, 4)
+        x = np.clip(x, -3.9, 3.9)
+    bias = rng.uniform(-0.5, 0.5, 16)
+    feeds: dict[str, np.ndarray] = {}
+    pre = x.copy()
+    for inp in model.graph.input:
+        elem = inp.type.tensor_type.elem_type
+        if inp.name == "c":
+            feeds["c"] = np.array(cond)
+        elif inp.name == "bias":
+            feeds["bias"] = bias.astype(np.float32)
+            pre = x.astype(np.float32).astype(np.float64) + bias.astype(np.float32)
+        elif elem == onnx.TensorProto.FLOAT16:
+            feeds[inp.name] = x.astype(np.float16)
+            pre = x.astype(np.float16).astype(np.float64)
+        else:
+            feeds[inp.name] = x.astype(np.float32)
+            pre = x.astype(np.float32).astype(np.float64)
+    if model.graph.name.startswith("qdq_"):
+        pre = np.round(x * 32.0) / 32.0  # what QuantizeLinear -> DequantizeLinear gives the GELU
+    return feeds, pre
+
+
+# -- the spellings --------------------------------------------------------------------------------
+
+Q_IN = QuantInfo(tensor="hq", scale=0.03125, zero_point=0, dtype="int8", node="x_dq")
+Q_OUT = QuantInfo(
+    tensor="gq", scale=float(np.float32(0.0166)), zero_point=-118, dtype="int8", node="g_q"
+)
+
+# fixture -> (variant, spelling, input, output, nodes, extra fields) of its single site
+EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] = {
+    "onnx_gelu": ("erf", "onnx:Gelu", "x", "y", ("gelu",), {}),
+    "onnx_gelu_tanh": ("tanh", "onnx:Gelu", "x", "y", ("gelu",), {}),
+    "erf_torchscript": (
+        "erf",
+        "pattern:erf",
+        "x",
+        "y",
+        ("c_sqrt2", "div", "erf", "c_one", "add", "mul", "c_half", "mul_1"),
+        {},
+    ),
+    "erf_dynamo": (
+        "erf",
+        "pattern:erf",
+        "x",
+        "y",
+        ("node_Div_112", "node_Erf_113", "node_Add_115", "node_Mul_117", "node_gelu"),
+        {},
+    ),
+    "erf_rsqrt2_fp16": (
+        "erf",
+        "pattern:erf",
+        "x",
+        "y",
+        ("scale", "erf", "add", "half_x", "mul"),
+        {"dtype": "float16"},
+    ),
+    "erf_div_two": ("erf", "pattern:erf", "x", "y", ("div", "erf", "add", "mul", "div_2"), {}),
+    "tanh_pow": (
+        "tanh",
+        "pattern:tanh",
+        "x",
+        "y",
+        ("pow", "mul_k3", "add_x", "mul_k", "tanh", "add_1", "mul_half", "mul"),
+        {},
+    ),
+    "tanh_mulchain": (
+        "tanh",
+        "pattern:tanh",
+        "x",
+        "y",
+        (
+            "xx",
+            "c_k3",
+            "mul_k3",
+            "c_one",
+            "add_1",
+            "mul_x",
+            "c_k",
+            "mul_k",
+            "tanh",
+            "c_one_b",
+            "add_2",
+            "mul",
+            "c_half",
+            "mul_half",
+        ),
+        {},
+    ),
+    "quick_pattern": (
+        "quick",
+        "pattern:quick",
+        "x",
+        "y",
+        ("scale", "sigmoid", "mul"),
+        {"alpha": float(np.float32(1.702))},
+    ),
+    "ms_gelu": ("erf", "com.microsoft:Gelu", "x", "y", ("gelu",), {}),
+    "ms_fastgelu": ("tanh", "com.microsoft:FastGelu", "x", "y", ("fast_gelu",), {}),
+    "ms_fastgelu_bias": (
+        "tanh",
+        "com.microsoft:FastGelu",
+        "x",
+        "y",
+        ("fast_gelu",),
+        {"bias": "bias"},
+    ),
+    "ms_biasgelu": ("erf", "com.microsoft:BiasGelu", "x", "y", ("bias_gelu",), {"bias": "bias"}),
+    "ms_quickgelu": (
+        "quick",
+        "com.microsoft:QuickGelu",
+        "x",
+        "y",
+        ("quick_gelu",),
+        {"alpha": 1.702},
+    ),
+    "qdq_gelu": ("erf", "onnx:Gelu", "x", "g", ("gelu",), {"qdq_in": Q_IN, "qdq_out": Q_OUT}),
+    "qdq_erf_ort": (
+        "erf",
+        "pattern:erf",
+        "x",
+        "g",
+        (
+            "c_sqrt2",
+            "div",
+            "erf",
+            "erf_q",
+            "erf_dq",
+            "c_one",
+            "one_q",
+            "one_dq",
+            "add",
+            "add_q",
+            "add_dq",
+            "mul",
+            "mul_q",
+            "mul_dq",
+            "c_half",
+            "half_q",
+            "half_dq",
+            "mul_1",
+        ),
+        {"qdq_in": Q_IN, "qdq_out": Q_OUT},
+    ),
+    "unnamed_nodes": (
+        "erf",
+        "pattern:erf",
+        "x",
+        "y",
+        ("Erf_gq1", "Erf_gq2", "Add_gq3", "Mul_gq4", "Mul_gq5"),
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_site_is_found(name: str) -> None:
+    variant, spelling, x, y, nodes, extra = EXPECTED[name]
+    sites = find_gelu_sites(load_fixture(name))
+    assert len(sites) == 1
+    s = sites[0]
+    assert (s.id, s.variant, s.spelling, s.input, s.output) == ("gelu0", variant, spelling, x, y)
+    assert s.nodes == nodes
+    assert s.dtype == extra.get("dtype", "float32")
+    assert s.bias == extra.get("bias")
+    assert s.alpha == extra.get("alpha")
+    assert s.qdq_in == extra.get("qdq_in")
+    assert s.qdq_out == extra.get("qdq_out")
+    assert s.shape == ("N", 16)
+    assert s.graph == ""
+    assert s.notes == ()
+    assert explain(load_fixture(name)) == []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_computes_gelu_in_ort(name: str) -> None:
+    """The fixture itself is a GELU of its site's variant (so the expectations mean something)."""
+    model = load_fixture(name)
+    feeds, pre = sample_inputs(model)
+    y = run_ort(model, feeds)[0].astype(np.float64)
+    want = ORACLES[EXPECTED[name][0]](pre)
+    if name.startswith("qdq_"):
+        atol = 0.05  # input, inner and output quantization steps (scales 0.031, 0.0166 ...)
+    elif y.dtype == np.float16 or feeds.get("x", np.zeros(1, np.float32)).dtype == np.float16:
+        atol = 4e-3
+    else:
+        atol = 2e-5
+    np.testing.assert_allclose(y, want, rtol=2e-3 if atol == 4e-3 else 1e-5, atol=atol)
+
+
+def test_sites_in_if_branches_have_graph_paths_and_compute_gelu() -> None:
+    model = load_fixture("if_subgraph")
+    sites = find_gelu_sites(model)
+    assert [(s.id, s.graph, s.spelling, s.input, s.output, s.nodes) for s in sites] == [
+        ("branch/then_branch/gelu0", "branch/then_branch", "onnx:Gelu", "x", "a", ("then_gelu",)),
+        (
+            "branch/else_branch/gelu0",
+            "branch/else_branch",
+            "pattern:erf",
+            "x",
+            "b",
+            ("div", "erf", "add", "mul", "mul_half"),
+        ),
+    ]
+    assert all(s.in_subgraph for s in sites)
+    assert find_gelu_sites(model, include_subgraphs=False) == []
+    for cond in (True, False):
+        feeds, pre = sample_inputs(model, cond)
+        np.testing.assert_allclose(run_ort(model, feeds)[0], gelu_erf(pre), rtol=1e-5, atol=2e-5)
+
+
+# -- near misses ----------------------------------------------------------------------------------
+
+# fixture -> (spelling attempted, anchor node, words the reason must contain, computes GELU?)
+MISSES: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
+    "miss_erf_wrong_constant": ("pattern:erf", "erf", ("0.666667·x", "x/√2"), False),
+    "miss_erf_wrong_half": ("pattern:erf", "erf", ("0.6·x + 0.6·x·T",), False),
+    "miss_erf_shared_intermediate": (
+        "pattern:erf",
+        "erf",
+        ("'e'", "'other'", "not replaceable"),
+        True,
+    ),
+    "miss_erf_graph_output_intermediate": (
+        "pattern:erf",
+        "erf",
+        ("'d'", "graph output", "not replaceable"),
+        True,
+    ),
+    "miss_tanh_wrong_cubic": ("pattern:tanh", "tanh", ("0.0797885·x^3",), False),
+    "miss_silu": ("pattern:quick", "sigmoid", ("SiLU",), False),
+    "miss_tanh_pooler": ("pattern:tanh", "tanh", ("not a polynomial",), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISSES))
+def test_near_miss_is_refused_and_explained(name: str) -> None:
+    spelling, node, words, _ = MISSES[name]
+    found = discover(load_fixture(name))
+    assert found.sites == []
+    assert len(found.near_misses) == 1  # miss_silu: the plain Sigmoid gate stays silent
+    miss = found.near_misses[0]
+    assert (miss.spelling, miss.node, miss.graph) == (spelling, node, "")
+    for w in words:
+        assert w in miss.reason
+    assert miss.to_json()["reason"] == miss.reason
+
+
+@pytest.mark.parametrize("name", sorted(set(MISSES) - {"miss_tanh_pooler"}))
+def test_near_miss_fixtures_are_or_are_not_gelu_as_claimed(name: str) -> None:
+    """Refusals of non-GELUs are right (far from every GELU); refused true GELUs are GELUs."""
+    model = load_fixture(name)
+    feeds, pre = sample_inputs(model)
+    y = run_ort(model, feeds)[0].astype(np.float64)
+    errors = [float(np.max(np.abs(y - f(pre)))) for f in ORACLES.values()]
+    if MISSES[name][3]:
+        assert errors[0] < 2e-5
+    else:
+        assert min(errors) > 1e-2
+
+
+# -- operand orders and associations, generated ---------------------------------------------------
+
+
+def _erf_model(rsqrt: bool, swap_arg: bool, swap_add: bool, swap_mul: bool, half: str) -> Any:
+    x, c = "x", "c"
+    nodes = [
+        oh.make_node("Mul" if rsqrt else "Div", [c, x] if swap_arg and rsqrt else [x, c], ["d"]),
+        oh.make_node("Erf", ["d"], ["e"]),
+        oh.make_node("Add", ["one", "e"] if swap_add else ["e", "one"], ["a"]),
+    ]
+    if half == "last":
+        nodes += [
+            oh.make_node("Mul", ["a", x] if swap_mul else [x, "a"], ["m"]),
+            oh.make_node("Mul", ["half", "m"] if swap_mul else ["m", "half"], ["y"]),
+        ]
+    elif half == "on_x":
+        nodes += [
+            oh.make_node("Mul", [x, "half"] if swap_mul else ["half", x], ["hx"]),
+            oh.make_node("Mul", ["hx", "a"] if swap_mul else ["a", "hx"], ["y"]),
+        ]
+    else:  # on the erf sum
+        nodes += [
+            oh.make_node("Mul", ["a", "half"] if swap_mul else ["half", "a"], ["ha"]),
+            oh.make_node("Mul", ["ha", x] if swap_mul else [x, "ha"], ["y"]),
+        ]
+    for i, n in enumerate(nodes):
+        n.name = f"n{i}"
+    c_val = 1 / math.sqrt(2) if rsqrt else math.sqrt(2)
+    inits = [
+        oh.make_tensor("c", onnx.TensorProto.FLOAT, [], [c_val]),
+        oh.make_tensor("one", onnx.TensorProto.FLOAT, [], [1.0]),
+        oh.make_tensor("half", onnx.TensorProto.FLOAT, [], [0.5]),
+    ]
+    vi = [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [16, 16]) for n in ("x", "y")]
+    graph = oh.make_graph(nodes, "erf_variant", [vi[0]], [vi[1]], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=10)
+
+
+ERF_VARIANTS = list(itertools.product([False, True], repeat=4))
+
+
+@pytest.mark.parametrize("half", ["last", "on_x", "on_sum"])
+@pytest.mark.parametrize(("rsqrt", "swap_arg", "swap_add", "swap_mul"), ERF_VARIANTS)
+def test_every_operand_order_and_association_of_the_erf_pattern(
+    rsqrt: bool, swap_arg: bool, swap_add: bool, swap_mul: bool, half: str
+) -> None:
+    model = _erf_model(rsqrt, swap_arg, swap_add, swap_mul, half)
+    sites = find_gelu_sites(model)
+    assert [(s.input, s.output, s.nodes) for s in sites] == [
+        ("x", "y", tuple(f"n{i}" for i in range(5)))
+    ]
+    feeds, pre = sample_inputs(model)
+    np.testing.assert_allclose(run_ort(model, feeds)[0], gelu_erf(pre), rtol=1e-5, atol=2e-5)
+
+
+# -- names, loading, external data ----------------------------------------------------------------
+
+
+def test_ensure_node_names_is_deterministic_and_matches_discovery() -> None:
+    model = load_fixture("unnamed_nodes")
+    before = model.SerializeToString()
+    named = ensure_node_names(model)
+    assert model.SerializeToString() == before  # the input is not modified
+    names = [n.name for n in named.graph.node]
+    assert names == ["Identity_gq0", "Erf_gq1", "Erf_gq2", "Add_gq3", "Mul_gq4", "Mul_gq5"]
+    assert ensure_node_names(named).SerializeToString() == named.SerializeToString()
+    site = find_gelu_sites(model)[0]
+    assert set(site.nodes) <= set(names)
+    assert discover(model).renamed_nodes == 5
+    named_fixture = load_fixture("erf_dynamo")
+    assert ensure_node_names(named_fixture) == named_fixture
+
+
+def test_duplicate_node_names_are_made_unique() -> None:
+    model = load_fixture("erf_dynamo")
+    for n in model.graph.node:
+        n.name = "same"
+    names = [n.name for n in ensure_node_names(model).graph.node]
+    assert names[0] == "same"
+    assert len(set(names)) == len(names)
+    assert find_gelu_sites(model)[0].nodes == tuple(names)
+
+
+def test_path_with_external_weights_is_read_without_them(tmp_path: Path) -> None:
+    """A big weight stored externally is never read: discovery works with its file gone."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 256)).astype(np.float32)
+    model = load_fixture("erf_dynamo")
+    g = model.graph
+    g.initializer.append(onnx.numpy_helper.from_array(w, "w"))
+    g.node.insert(0, oh.make_node("MatMul", ["h", "w0"], ["x"], name="dense"))
+    g.node.insert(0, oh.make_node("Slice", ["w", "s", "e", "ax"], ["w0"], name="take"))
+    for n, v in (("s", [0]), ("e", [16]), ("ax", [1])):
+        g.initializer.append(onnx.numpy_helper.from_array(np.array(v, np.int64), n))
+    g.input[0].name = "h"
+    path = tmp_path / "model.onnx"
+    onnx.save(
+        model, path, save_as_external_data=True, location="model.onnx.data", size_threshold=1024
+    )
+    sites = find_gelu_sites(path)
+    assert [(s.input, s.output, len(s.nodes)) for s in sites] == [("x", "y", 5)]
+    assert sites[0].shape == ("N", 16)  # inferred through MatMul with the stubbed weight
+    (tmp_path / "model.onnx.data").unlink()
+    assert [s.output for s in find_gelu_sites(str(path))] == ["y"]
+
+
+def test_external_constants_are_read_from_the_data_file(tmp_path: Path) -> None:
+    model = load_fixture("erf_dynamo")
+    for t in model.graph.initializer:  # raw_data, which is what onnx moves to external files
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="m.data", size_threshold=0)
+    stored = onnx.load(path, load_external_data=False).graph.initializer
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in stored)
+    assert [s.spelling for s in find_gelu_sites(path)] == ["pattern:erf"]
+
+
+def test_bad_inputs_raise_the_documented_errors(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="no such model file"):
+        find_gelu_sites(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff\x00 this is not protobuf \x12")
+    with pytest.raises(ModelError):
+        find_gelu_sites(junk)
+    with pytest.raises(BadInputError):
+        find_gelu_sites(42)  # type: ignore[arg-type]
+
+
+def test_sites_are_in_graph_order_with_sequential_ids() -> None:
+    a = load_fixture("erf_dynamo")  # x -> erf pattern -> y, then y -> Gelu -> z
+    g = a.graph
+    g.node.append(oh.make_node("Gelu", ["y"], ["z"], name="gelu"))
+    g.output[0].name = "z"
+    a.opset_import[0].version = 20
+    sites = find_gelu_sites(a)
+    assert [(s.id, s.spelling, s.input, s.output) for s in sites] == [
+        ("gelu0", "pattern:erf", "x", "y"),
+        ("gelu1", "onnx:Gelu", "y", "z"),
+    ]
+
+
+# -- the polynomial helper ------------------------------------------------------------------------
+
+
+def test_polynomial_arithmetic_and_format() -> None:
+    x, t = Poly.atom(2, 0), Poly.atom(2, 1)
+    half = Poly.const(2, 0.5)
+    p = half * x * (Poly.const(2, 1.0) + t)
+    assert p.matches({(1, 0): 0.5, (1, 1): 0.5}, 1e-12, 0.0)
+    assert not p.matches({(1, 0): 0.5}, 1e-12, 0.0)
+    assert p.format(("x", "T")) == "0.5·x + 0.5·x·T"
+    assert (x - x).terms == {}
+    assert (x.power(3) * x).degree() == 4
+    with pytest.raises(PolynomialError):
+        x.power(7)
+    assert Poly.const(1, 2.0).constant_value() == 2.0
+    assert x.constant_value() is None
