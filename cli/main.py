@@ -63,6 +63,10 @@ from gelu_quant.cli.eval_cmd import eval_cmd  # noqa: E402
 
 main.add_command(eval_cmd)
 
+from gelu_quant.cli.inspect_cmd import inspect_cmd  # noqa: E402
+
+main.add_command(inspect_cmd)
+
 from gelu_quant.cli.calibrate import calibrate, merge_stats_cmd  # noqa: E402
 
 main.add_command(calibrate)
