@@ -281,6 +281,47 @@ def test_sites_in_if_branches_have_graph_paths_and_compute_gelu() -> None:
         np.testing.assert_allclose(run_ort(model, feeds)[0], gelu_erf(pre), rtol=1e-5, atol=2e-5)
 
 
+def test_site_in_loop_body_computes_tanh_gelu() -> None:
+    model = load_fixture("loop_subgraph")
+    sites = find_gelu_sites(model)
+    assert [(s.id, s.graph, s.variant, s.spelling, s.input, s.output) for s in sites] == [
+        ("loop/body/gelu0", "loop/body", "tanh", "pattern:tanh", "v", "w")
+    ]
+    assert sites[0].nodes == (
+        "cube",
+        "cube_2",
+        "mul_k3",
+        "add_x",
+        "mul_k",
+        "tanh",
+        "add_1",
+        "mul",
+        "mul_half",
+    )
+    feeds, pre = sample_inputs(model)
+    np.testing.assert_allclose(run_ort(model, feeds)[0], gelu_tanh(pre), rtol=1e-5, atol=2e-5)
+
+
+def test_intermediate_captured_by_a_subgraph_is_not_replaceable() -> None:
+    text = (FIXTURES / "erf_dynamo.onnxtxt").read_text()
+    text = text.replace("(float[N,16] x)", "(float[N,16] x, bool c)").replace(
+        "=> (float[N,16] y)", "=> (float[N,16] y, float[N,16] z)"
+    )
+    text = text.rstrip().rstrip("}") + (
+        "  [branch] z = If (c) <"
+        "then_branch = t () => (float[N,16] p) { [cap] p = Identity (val_117) },"
+        " else_branch = f () => (float[N,16] q) { [cap2] q = Identity (x) }>\n}\n"
+    )
+    found = discover(onnx.parser.parse_model(text))
+    assert found.sites == []
+    assert [(m.node, m.reason) for m in found.near_misses] == [
+        (
+            "node_Erf_113",
+            "intermediate 'val_117' is read by 2 nodes ('node_Add_115', 'cap'): not replaceable",
+        )
+    ]
+
+
 # -- near misses ----------------------------------------------------------------------------------
 
 # fixture -> (spelling attempted, anchor node, words the reason must contain, computes GELU?)
