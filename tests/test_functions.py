@@ -4,6 +4,7 @@ polynomials)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -55,15 +56,7 @@ def three_way(op, x: np.ndarray, want: np.ndarray) -> None:
     onnx.checker.check_model(m, full_check=True)
     got_ort = run_ort(m, x)
     assert same_bits(got_ort, want), "ORT differs from the spec"
-    ref_m = (
-        m
-        if op.opset >= 19
-        else single_op_model(
-            type(op)(
-                op.kind, op.attributes, op.body, 21, op.input_type, op.output_type, op.body_kind
-            )
-        )
-    )
+    ref_m = m if op.opset >= 19 else single_op_model(dataclasses.replace(op, opset=21))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got_ref = run_reference(ref_m, x)
@@ -107,6 +100,19 @@ def test_gelu_lut_three_way_on_every_code(rng, in_dtype, out_dtype, form, body) 
         assert op.body_kind == "gather"
     codes = spec.in_qparams.codes()
     three_way(op, codes, spec.lookup(codes))
+
+
+@pytest.mark.parametrize(("rng", "in_dtype", "out_dtype", "form"), LUT_CASES[::2])
+def test_gather_elements_body_in_ort(rng, in_dtype, out_dtype, form) -> None:
+    """The opt-in ORT-only body: exact in ORT; onnx.reference cannot run it (why it is opt-in)."""
+    spec = build_lut(in_range=rng, in_dtype=in_dtype, out_dtype=out_dtype, form=form)
+    op = custom_op(spec, opset=21, lut_body="gather-elements")
+    assert op.body_kind == "gather-elements"
+    codes = spec.in_qparams.codes()
+    m = single_op_model(op)
+    assert same_bits(run_ort(m, codes), spec.lookup(codes))
+    with pytest.raises(ValueError, match="64"):
+        run_reference(m, codes)
 
 
 def test_int8_gelu_tables_get_the_fast_formula_body() -> None:

@@ -45,6 +45,7 @@ Function bodies (measured in ``benchmarks/bench_gelulut.py``; ORT 1.31, one thre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -65,8 +66,11 @@ DOMAIN_VERSION = 1
 MIN_OPSET = 13
 """Oldest default-domain opset a body can be written in."""
 
-LutBody = Literal["auto", "formula", "gather"]
-LUT_BODIES: tuple[LutBody, ...] = ("auto", "formula", "gather")
+LutBody = Literal["auto", "formula", "gather", "gather-elements"]
+LUT_BODIES: tuple[LutBody, ...] = ("auto", "formula", "gather", "gather-elements")
+"""``gather-elements``: ``GatherElements`` on the flattened tensor, as fast as DQ->Gelu->Q in ORT
+for *any* table, but onnx.reference (numpy ``choose``) cannot run it for more than 64 entries:
+opt-in, for ORT-only deployments of non-GELU tables."""
 
 GELU_ERROR_MARGIN = 32.0
 """Float32 GELU error bound assumed for the formula body, in units of ``2⁻²⁴·(|x|+1)``."""
@@ -106,6 +110,9 @@ class CustomOp:
     body_kind: str
     """Which body was generated (``formula``, ``gather``, ``poly``, …)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    value_info: tuple[onnx.ValueInfoProto, ...] = ()
+    """Types of body tensors (onnx.reference needs them to expand context-dependent ops such
+    as ``Gelu`` inside a function)."""
 
     @property
     def digest(self) -> str:
@@ -122,7 +129,7 @@ class CustomOp:
 
     def function(self) -> onnx.FunctionProto:
         """The model-local function defining the op."""
-        return helper.make_function(
+        fn = helper.make_function(
             DOMAIN,
             self.op_type,
             ["X"],
@@ -131,6 +138,8 @@ class CustomOp:
             [helper.make_opsetid("", self.opset)],
             attributes=[a.name for a in self.attributes],
         )
+        fn.value_info.extend(self.value_info)
+        return fn
 
     def node(self, x: str, y: str, name: str) -> onnx.NodeProto:
         """A node calling the function on tensor ``x``, writing ``y``."""
@@ -223,6 +232,28 @@ def gather_body(table: npt.NDArray[Any], qmin: int) -> list[onnx.NodeProto]:
         helper.make_node("Cast", ["X"], ["index"], to=TensorProto.INT32),
         helper.make_node("Gather", ["table", "index"], ["Y"], axis=0),
     ]
+
+
+def gather_elements_body(table: npt.NDArray[Any], qmin: int) -> list[onnx.NodeProto]:
+    """``Y = table[X - qmin]`` with ``GatherElements`` on the flattened input (ORT-fast)."""
+    data = np.roll(np.ascontiguousarray(table), qmin) if qmin else np.ascontiguousarray(table)
+    return [
+        const("table", data),
+        helper.make_node("Shape", ["X"], ["shape"]),
+        const("minus1", [-1], np.int64),
+        helper.make_node("Reshape", ["X", "minus1"], ["flat"]),
+        helper.make_node("Cast", ["flat"], ["index"], to=TensorProto.INT32),
+        helper.make_node("GatherElements", ["table", "index"], ["y"], axis=0),
+        helper.make_node("Reshape", ["y", "shape"], ["Y"]),
+    ]
+
+
+def _table_body(
+    table: npt.NDArray[Any], qmin: int, lut_body: LutBody
+) -> tuple[str, tuple[onnx.NodeProto, ...]]:
+    if lut_body == "gather-elements":
+        return "gather-elements", tuple(gather_elements_body(table, qmin))
+    return "gather", tuple(gather_body(table, qmin))
 
 
 def gelu_formula_nodes(x: str, y: str, form: str, prefix: str = "") -> list[onnx.NodeProto]:
@@ -378,14 +409,18 @@ def fit_formula(spec: Any, *, max_codes_for_search: int = 256) -> FormulaFit | N
     return None
 
 
-def _formula_body(spec: Any, fit: FormulaFit) -> list[onnx.NodeProto]:
+def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto]:
     qp = spec.in_qparams
     nodes = [
         const("in_scale", fit.in_scale, np.float32),
         const("in_zero_point", qp.zero_point, qp.np_dtype),
         helper.make_node("DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"]),
     ]
-    nodes += gelu_formula_nodes("x", "g", spec.form)
+    if opset >= 20:  # the Gelu op: exactly the DQ -> Gelu -> Q it replaces, as fast
+        approximate = "none" if spec.form == "exact" else "tanh"
+        nodes.append(helper.make_node("Gelu", ["x"], ["g"], approximate=approximate))
+    else:
+        nodes += gelu_formula_nodes("x", "g", spec.form)
     if spec.out_qparams is None:
         nodes.append(helper.make_node("Cast", ["g"], ["Y"], to=onnx_type(spec.out_dtype)))
     else:
@@ -405,15 +440,7 @@ def verify_on_all_codes(op: CustomOp, codes: npt.NDArray[Any], want: npt.NDArray
     got = run_ort(m, codes)
     if got.dtype != want.dtype or not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
         problems.append(f"ORT differs on {int(np.sum(got != want))} codes")
-    ref_op = CustomOp(
-        op.kind,
-        op.attributes,
-        op.body,
-        _reference_opset(op.opset),
-        op.input_type,
-        op.output_type,
-        op.body_kind,
-    )
+    ref_op = dataclasses.replace(op, opset=_reference_opset(op.opset))
     got = run_reference(single_op_model(ref_op), codes)
     if got.dtype != want.dtype or not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
         problems.append(f"onnx.reference differs on {int(np.sum(got != want))} codes")
@@ -435,23 +462,25 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
             if fit is None:
                 notes.append("formula body: codes on rounding boundaries, no scale nudge helps")
         if fit is not None:
-            op = CustomOp(
-                "GeluLut", attrs, tuple(_formula_body(spec, fit)), opset, in_t, out_t, "formula", ()
+            vi = (
+                helper.make_tensor_value_info("X", in_t, None),
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("g", TensorProto.FLOAT, None),
             )
+            body = tuple(_formula_body(spec, fit, opset))
+            op = CustomOp("GeluLut", attrs, body, opset, in_t, out_t, "formula", (), vi)
             if fit.nudged:
                 notes.append(
                     f"formula body with nudged scales in={fit.in_scale!r} out={fit.out_scale!r}"
                 )
             problem = verify_on_all_codes(op, qp.codes(), spec.table) if verify else ""
             if not problem:
-                return CustomOp(
-                    op.kind, attrs, op.body, opset, in_t, out_t, "formula", tuple(notes)
-                )
+                return dataclasses.replace(op, notes=tuple(notes))
             notes.append(f"formula body rejected: {problem}")
         if lut_body == "formula":
             raise SpecError("cannot prove a formula body equal to the table: " + "; ".join(notes))
-    body = gather_body(spec.table, qp.qmin)
-    return CustomOp("GeluLut", attrs, tuple(body), opset, in_t, out_t, "gather", tuple(notes))
+    kind, body = _table_body(spec.table, qp.qmin, lut_body)
+    return CustomOp("GeluLut", attrs, body, opset, in_t, out_t, kind, tuple(notes))
 
 
 def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
@@ -465,15 +494,9 @@ def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Cus
         helper.make_attribute("out_zero_point", int(oq.zero_point)),
         helper.make_attribute("form", spec.form),
     )
-    body = gather_body(spec.full_table(), qp.qmin)
+    kind, body = _table_body(spec.full_table(), qp.qmin, lut_body)
     return CustomOp(
-        "GeluInterpLut",
-        attrs,
-        tuple(body),
-        opset,
-        onnx_type(qp.np_dtype),
-        onnx_type(oq.np_dtype),
-        "gather",
+        "GeluInterpLut", attrs, body, opset, onnx_type(qp.np_dtype), onnx_type(oq.np_dtype), kind
     )
 
 

@@ -1,0 +1,154 @@
+"""Throughput of the GeluLut bodies in ONNX Runtime against the DQ -> Gelu -> Q they replace.
+
+All candidates run on the same int8 tensor (default 32x128x1536), interleaved round by round, at
+1 and 2 intra-op threads; the best time of each is reported with its throughput relative to
+``DequantizeLinear -> Gelu -> QuantizeLinear`` (ratio > 1: faster than the baseline).
+
+Candidates:
+
+* ``GeluLut exact/tanh (formula)`` - the default body for GELU tables, proved equal to the table;
+* ``GeluLut arbitrary (Gather)`` - the general body (a random 256-entry table);
+* ``GeluInterpLut 32 (Gather)`` - interpolated table, expanded to 256 entries;
+* ``GeluLut exact (formula, opset 17)`` - the same table in an opset-17 model (no Gelu op: the
+  erf formula as separate kernels);
+* ``GeluLut arbitrary (gather-elements)`` - the opt-in ORT-only body (``--lut-body
+  gather-elements``): onnx.reference cannot run it;
+* ``Cast -> Gather int64`` - the naive body (for scale).
+
+Usage: ``python benchmarks/bench_gelulut.py [--shape 32 128 1536] [--rounds 7]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from gelu_quant.graph.functions import custom_op, single_op_model
+from gelu_quant.lut.interp import build_interp_lut
+from gelu_quant.lut.table import LutSpec, build_lut
+
+
+def _plain(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_t: int
+) -> onnx.ModelProto:
+    g = helper.make_graph(
+        nodes,
+        "bench",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, None)],
+        [helper.make_tensor_value_info("y", out_t, None)],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
+def dq_gelu_q(spec: LutSpec, approximate: str) -> onnx.ModelProto:
+    qi, qo = spec.in_qparams, spec.out_qparams
+    assert qo is not None
+    inits = [
+        numpy_helper.from_array(np.float32(qi.scale), "si"),
+        numpy_helper.from_array(np.int8(qi.zero_point), "zi"),
+        numpy_helper.from_array(np.float32(qo.scale), "so"),
+        numpy_helper.from_array(np.int8(qo.zero_point), "zo"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "si", "zi"], ["f"]),
+        helper.make_node("Gelu", ["f"], ["g"], approximate=approximate),
+        helper.make_node("QuantizeLinear", ["g", "so", "zo"], ["y"]),
+    ]
+    return _plain(nodes, inits, TensorProto.INT8)
+
+
+def gather_int64(table: np.ndarray) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["t", "i"], ["y"], axis=0),
+    ]
+    return _plain(nodes, [numpy_helper.from_array(np.roll(table, -128), "t")], TensorProto.INT8)
+
+
+def session(m: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def bench(
+    models: dict[str, onnx.ModelProto], x: np.ndarray, threads: int, rounds: int
+) -> dict[str, float]:
+    sessions = {k: session(m, threads) for k, m in models.items()}
+    runs: dict[str, Callable[[], object]] = {
+        k: (lambda s=s: s.run(None, {"x": x})) for k, s in sessions.items()
+    }
+    for r in runs.values():
+        r()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for k, r in runs.items():
+            t = time.perf_counter()
+            r()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs="+", default=[32, 128, 1536])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, size=args.shape).astype(np.int8)
+    exact = build_lut(in_range=(-9.0, 4.5), form="exact")
+    tanh = build_lut(in_range=(-9.0, 4.5), form="tanh")
+    arbitrary = LutSpec(
+        in_qparams=exact.in_qparams,
+        out_dtype="int8",
+        out_qparams=exact.out_qparams,
+        form="exact",
+        table=rng.integers(-128, 128, 256).astype(np.int8),
+    )
+    interp = build_interp_lut(segments=32, in_range=(-9.0, 4.5))
+    ops = {
+        "GeluLut exact (formula)": custom_op(exact),
+        "GeluLut tanh (formula)": custom_op(tanh),
+        "GeluLut exact (formula, opset 17)": custom_op(exact, opset=17),
+        "GeluLut arbitrary (Gather)": custom_op(arbitrary),
+        "GeluLut arbitrary (gather-elements)": custom_op(arbitrary, lut_body="gather-elements"),
+        "GeluInterpLut 32 (Gather)": custom_op(interp),
+    }
+    assert ops["GeluLut exact (formula)"].body_kind == "formula"
+    assert ops["GeluLut arbitrary (Gather)"].body_kind == "gather"
+    models = {
+        "DQ->Gelu->Q exact": dq_gelu_q(exact, "none"),
+        "DQ->Gelu->Q tanh": dq_gelu_q(tanh, "tanh"),
+        **{k: single_op_model(op, shape=args.shape) for k, op in ops.items()},
+        "Cast->Gather int64 (naive)": gather_int64(arbitrary.table),
+    }
+    base_of = {k: ("DQ->Gelu->Q tanh" if "tanh" in k else "DQ->Gelu->Q exact") for k in models}
+    print(f"int8 tensor {'x'.join(map(str, args.shape))}, best of {args.rounds} interleaved rounds")
+    print(f"onnxruntime {ort.__version__}; ratio = baseline time / candidate time (>1 faster)")
+    results = {t: bench(models, x, t, args.rounds) for t in args.threads}
+    head = "".join(f"{f'{t} thr ms':>11}{'ratio':>8}" for t in args.threads)
+    print(f"{'candidate':<40}{head}")
+    for k in models:
+        cells = ""
+        for t in args.threads:
+            ms = results[t][k] * 1e3
+            ratio = results[t][base_of[k]] / results[t][k]
+            cells += f"{ms:>11.2f}{ratio:>8.2f}"
+        print(f"{k:<40}{cells}")
+
+
+if __name__ == "__main__":
+    main()
