@@ -22,6 +22,7 @@ from gelu_quant.evaluate.report import (
     to_markdown,
     write_text_atomic,
 )
+from gelu_quant.graph.inject import default_manifest_path
 
 
 def _graph_inputs(path: Path) -> list[str]:
@@ -90,6 +91,18 @@ def _summary(r: AccuracyReport) -> str:
     metavar="NAME",
     help="Treat this output as [batch, classes] logits (repeatable; "
     "default: every rank-2 float output).",
+)
+@click.option(
+    "--no-classification",
+    is_flag=True,
+    help="Treat every output as a plain tensor (no top-1/KL), e.g. embeddings.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The candidate's conversion manifest (default: CANDIDATE's <stem>.manifest.json when "
+    "it exists): per-site ranges and quantized outputs.",
 )
 @click.option(
     "--max-accuracy-drop",
@@ -168,6 +181,8 @@ def eval_cmd(
     labels: Path | None,
     label_output: str | None,
     classification_outputs: tuple[str, ...],
+    no_classification: bool,
+    manifest: Path | None,
     max_accuracy_drop: float | None,
     min_cosine: float | None,
     min_worst_cosine: float | None,
@@ -195,7 +210,13 @@ def eval_cmd(
     )
     gate = load_gate_config(gate_config).merged(flags) if gate_config is not None else flags
 
-    inputs = {p.resolve() for p in (reference, candidate, labels, gate_config) if p is not None}
+    if no_classification and classification_outputs:
+        raise BadInputError("--no-classification contradicts --classification-output")
+    if manifest is None and default_manifest_path(candidate).is_file():
+        manifest = default_manifest_path(candidate)
+    inputs = {
+        p.resolve() for p in (reference, candidate, labels, gate_config, manifest) if p is not None
+    }
     data_path = Path(data)
     if data_path.exists():
         inputs.add(data_path.resolve())
@@ -220,7 +241,8 @@ def eval_cmd(
         gate=gate,
         labels=labels,
         label_output=label_output,
-        classification_outputs=classification_outputs or None,
+        classification_outputs=() if no_classification else (classification_outputs or None),
+        manifest=manifest,
         compare_sites=not no_sites,
         plots_dir=plots_dir,
         max_batches=max_batches,

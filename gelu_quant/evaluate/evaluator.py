@@ -25,9 +25,11 @@ from gelu_quant.evaluate.metrics import OutputAccumulator, OutputKind
 from gelu_quant.evaluate.probe import ProbeSession, TensorSpec, load_model
 from gelu_quant.evaluate.report import AccuracyReport, ModelInfo
 from gelu_quant.evaluate.sites import (
+    QuantizedOutput,
     SiteAccumulator,
     SiteMetrics,
-    comparable_sites,
+    SitePlan,
+    plan_sites,
     quantized_input_ranges,
     rank_worst_first,
 )
@@ -53,6 +55,9 @@ class EvalConfig:
     site_ranges: tuple[tuple[str, float, float], ...] = ()
     """``(site id, lo, hi)``: the approximation's input range per site, for plots and the report;
     overrides the range read from a QuantizeLinear on the site's input in the candidate."""
+    manifest: Path | None = None
+    """The conversion manifest of the candidate (``gelu-quant convert`` writes it): per-site
+    input ranges, and the quantized outputs of converted QDQ sites."""
     plots_dir: Path | None = None
     """Write one PNG per site here (needs matplotlib, the ``plots`` extra)."""
     max_batches: int | None = None
@@ -133,6 +138,32 @@ def output_kinds(
     return kinds
 
 
+def read_manifest(
+    path: Path,
+) -> tuple[dict[str, tuple[float, float]], dict[str, QuantizedOutput]]:
+    """Per-site input ranges and quantized outputs of converted sites, from a manifest."""
+    from gelu_quant.graph.manifest import load_manifest_json
+
+    d = load_manifest_json(path)
+    ranges: dict[str, tuple[float, float]] = {}
+    qouts: dict[str, QuantizedOutput] = {}
+    try:
+        for rec in d["sites"]:
+            if rec.get("status") != "converted":
+                continue
+            rng = rec.get("range")
+            if rng is not None:
+                ranges[str(rec["id"])] = (float(rng[0]), float(rng[1]))
+            q = rec.get("quantized_output")
+            if q is not None:
+                qouts[str(rec["id"])] = QuantizedOutput(
+                    str(q["tensor"]), float(q["scale"]), int(q["zero_point"])
+                )
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BadInputError(f"manifest {path} has a malformed site record: {e!r}") from None
+    return ranges, qouts
+
+
 def _find_sites(reference_path: Path) -> tuple[list[GeluSite], str | None]:
     try:
         from gelu_quant.graph.discover import find_gelu_sites
@@ -144,6 +175,10 @@ def _find_sites(reference_path: Path) -> tuple[list[GeluSite], str | None]:
 def _batch_size(outputs: dict[str, np.ndarray], first_output: str) -> int:
     y = outputs[first_output]
     return int(y.shape[0]) if y.ndim else 1
+
+
+def _reason(plan: SitePlan | str) -> str | None:
+    return plan if isinstance(plan, str) else None
 
 
 def evaluate(
@@ -183,17 +218,24 @@ def evaluate(
 
     ref_model = load_model(reference)
     cand_model = load_model(candidate)
-    reasons = comparable_sites(ref_model, cand_model, sites)
+    manifest_ranges, qouts = ({}, {}) if config.manifest is None else read_manifest(config.manifest)
+    plans = plan_sites(ref_model, cand_model, sites, qouts)
     ranges = quantized_input_ranges(cand_model, sites)
+    ranges.update(manifest_ranges)
     for sid, lo, hi in config.site_ranges:
         ranges[sid] = (float(lo), float(hi))
-    live = [s for s in sites if reasons[s.id] is None]
-    probe = sorted({t for s in live for t in (s.input, s.output)})
+    live: list[tuple[GeluSite, SitePlan]] = []
+    for s in sites:
+        plan = plans[s.id]
+        if isinstance(plan, SitePlan):
+            live.append((s, plan))
+    ref_probe = sorted({t for s, p in live for t in (s.input, s.output, p.ref_tensor)})
+    cand_probe = sorted({t for s, p in live for t in (s.input, s.output, p.cand_tensor)})
     del ref_model, cand_model
 
     with (
-        ProbeSession(reference, probe, threads=config.threads) as ref_sess,
-        ProbeSession(candidate, probe, threads=config.threads) as cand_sess,
+        ProbeSession(reference, ref_probe, threads=config.threads) as ref_sess,
+        ProbeSession(candidate, cand_probe, threads=config.threads) as cand_sess,
     ):
         check_interfaces(ref_sess.inputs, ref_sess.outputs, cand_sess.inputs, cand_sess.outputs)
         if not ref_sess.outputs:
@@ -217,7 +259,7 @@ def evaluate(
         check_applicable(config.gate, kinds, labels is not None, label_output)
 
         accs = {o.name: OutputAccumulator(o.name, kinds[o.name]) for o in ref_sess.outputs}
-        site_accs = [SiteAccumulator(s, with_plot_data=plot_writer is not None) for s in live]
+        site_accs = [SiteAccumulator(s, p, with_plot_data=plot_writer is not None) for s, p in live]
         input_names = [i.name for i in ref_sess.inputs]
         first_output = ref_sess.outputs[0].name
 
@@ -279,11 +321,12 @@ def evaluate(
             input=s.input,
             output=s.output,
             variant=s.variant,
-            comparable=reasons[s.id] is None,
-            reason=reasons[s.id],
+            comparable=s.id in by_id,
+            reason=_reason(plans[s.id]),
             errors=by_id[s.id].errors.result() if s.id in by_id else None,
             input_range=ranges.get(s.id),
             plot=plots.get(s.id),
+            compared=by_id[s.id].plan.label if s.id in by_id else None,
         )
         for s in sites
     ]

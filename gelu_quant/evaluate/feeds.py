@@ -29,9 +29,13 @@ class DataSource(Protocol):
 def describe(source: Iterable[Feed]) -> str:
     """The source's ``describe()`` text, else its type name."""
     d = getattr(source, "describe", None)
-    if callable(d):
-        return str(d())
-    return type(source).__name__
+    if not callable(d):
+        return type(source).__name__
+    text = d()
+    if isinstance(text, Mapping):  # gelu_quant.calib.data: {"source", "kind", "samples", ...}
+        kind, src = text.get("kind"), text.get("source")
+        return " ".join(str(v) for v in (kind, src) if v is not None) or type(source).__name__
+    return str(text)
 
 
 class NpzBatches:

@@ -26,7 +26,8 @@ change of meaning bumps ``schema_version``)::
         "comparable": true, "reason": null,
         "elements": ..., "nonfinite": 0,
         "max_abs_error": ..., "mean_abs_error": ..., "rmse": ..., "sqnr_db": ...,
-        "input_range": [lo, hi] | null, "plot": "plots/gelu0.png" | null
+        "input_range": [lo, hi] | null, "plot": "plots/gelu0.png" | null,
+        "compared": "g0" | "q0 (dequantized)" | null   # the tensor compared
       }],
       "gate": {
         "config": {"max_accuracy_drop": null, "min_cosine": 0.999, ..., "outputs": null},
@@ -206,6 +207,7 @@ def _site_json(s: SiteMetrics) -> dict[str, Any]:
         **_errors_json(s.errors),
         "input_range": None if s.input_range is None else [_f(v) for v in s.input_range],
         "plot": s.plot,
+        "compared": s.compared,
     }
 
 
@@ -221,6 +223,7 @@ def _site_from(d: Mapping[str, Any]) -> SiteMetrics:
         errors=_errors_from(d),
         input_range=None if rng is None else (_uf_req(rng[0]), _uf_req(rng[1])),
         plot=d.get("plot"),
+        compared=d.get("compared"),
     )
 
 

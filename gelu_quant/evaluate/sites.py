@@ -46,6 +46,9 @@ class SiteMetrics:
     site's input in the candidate, or given in the config)."""
     plot: str | None = None
     """Path of the site's plot image, when plots were written."""
+    compared: str | None = None
+    """What was compared: the output tensor's name, or ``"<int8 tensor> (dequantized)"`` for a
+    QDQ site whose float output the candidate no longer has."""
 
 
 def rank_worst_first(sites: Sequence[SiteMetrics]) -> list[SiteMetrics]:
@@ -79,8 +82,9 @@ def quantized_input_ranges(
     """The real range of a per-tensor ``QuantizeLinear`` applied to each site's input.
 
     Reads the candidate model: a site whose input tensor feeds a QuantizeLinear with constant
-    scale and zero point has the range ``[(qmin - zp) * scale, (qmax - zp) * scale]``. Sites
-    without one are absent from the result.
+    scale and zero point has the range ``[(qmin - zp) * scale, (qmax - zp) * scale]``; a QDQ site
+    (input from a DequantizeLinear) has the range of its ``qdq_in``. Sites with neither are
+    absent from the result.
     """
     consts = _const_values(model)
     by_input: dict[str, onnx.NodeProto] = {}
@@ -90,6 +94,11 @@ def quantized_input_ranges(
     out: dict[str, tuple[float, float]] = {}
     for s in sites:
         node = by_input.get(s.input)
+        if node is None and s.qdq_in is not None and s.qdq_in.dtype in ("int8", "uint8", "int16"):
+            qi = s.qdq_in
+            qp_in = QParams(scale=qi.scale, zero_point=qi.zero_point, dtype=qi.dtype)  # type: ignore[arg-type]
+            out[s.id] = qp_in.real_range
+            continue
         if node is None or len(node.input) < 2 or node.input[1] not in consts:
             continue
         scale = consts[node.input[1]]
@@ -117,11 +126,21 @@ def _reference_gelu(site: GeluSite, x: np.ndarray) -> np.ndarray:
     return gelu_exact(x)
 
 
+def _dequantized(x: np.ndarray, q: tuple[float, int] | None) -> np.ndarray:
+    if q is None:
+        return x
+    # ONNX scales are float32: dequantize with the float32 value, in float64.
+    return (x.astype(np.float64) - q[1]) * float(np.float32(q[0]))
+
+
 class SiteAccumulator:
     """Streaming comparison of one site; optionally the data for its plot."""
 
-    def __init__(self, site: GeluSite, *, with_plot_data: bool = False) -> None:
+    def __init__(
+        self, site: GeluSite, plan: SitePlan | None = None, *, with_plot_data: bool = False
+    ) -> None:
         self.site = site
+        self.plan = plan if plan is not None else SitePlan(site.output, site.output)
         self.errors = ErrorAccumulator()
         self.histogram: AdaptiveHistogram | None = None
         self.error_curve: AdaptiveHistogram | None = None
@@ -131,11 +150,13 @@ class SiteAccumulator:
                 self.error_curve = AdaptiveHistogram(bins=512, track_max=True)
 
     def update(self, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> None:
-        s = self.site
-        self.errors.update(ref[s.output], cand[s.output])
+        s, p = self.site, self.plan
+        self.errors.update(
+            _dequantized(ref[p.ref_tensor], p.ref_q), _dequantized(cand[p.cand_tensor], p.cand_q)
+        )
         if self.histogram is not None and s.input in ref:
             self.histogram.update(ref[s.input])
-        if self.error_curve is not None and s.input in cand:
+        if self.error_curve is not None and s.input in cand and s.output in cand:
             x = np.asarray(cand[s.input]).ravel()
             y = np.asarray(cand[s.output]).ravel()
             if x.shape == y.shape:
@@ -144,13 +165,52 @@ class SiteAccumulator:
                 self.error_curve.update(xs, np.abs(ys - _reference_gelu(s, xs)))
 
 
-def comparable_sites(
-    reference: onnx.ModelProto, candidate: onnx.ModelProto, sites: Sequence[GeluSite]
-) -> dict[str, str | None]:
-    """For each site id: None if it can be compared, else the reason it cannot."""
+@dataclass(frozen=True)
+class SitePlan:
+    """How one site is compared: which tensor in each model, dequantized or not."""
+
+    ref_tensor: str
+    cand_tensor: str
+    ref_q: tuple[float, int] | None = None
+    """(scale, zero point) to dequantize the reference tensor with; None: already float."""
+    cand_q: tuple[float, int] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.ref_q is None:
+            return self.ref_tensor
+        if self.ref_tensor == self.cand_tensor:
+            return f"{self.ref_tensor} (dequantized)"
+        return f"{self.ref_tensor} / {self.cand_tensor} (dequantized)"
+
+
+@dataclass(frozen=True)
+class QuantizedOutput:
+    """The quantized tensor a converted QDQ site writes (from the conversion manifest)."""
+
+    tensor: str
+    scale: float
+    zero_point: int
+
+
+def plan_sites(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    sites: Sequence[GeluSite],
+    quantized_outputs: Mapping[str, QuantizedOutput] | None = None,
+) -> dict[str, SitePlan | str]:
+    """For each site id: how to compare it, or the reason it cannot be compared.
+
+    The site's float output is compared when both models have it. A QDQ site (GELU between
+    DequantizeLinear and QuantizeLinear) whose float output the candidate folded away is compared
+    on its quantized output, dequantized in each model with that model's scale and zero point
+    (the candidate's from ``quantized_outputs``, by site id, when the conversion manifest gives
+    them; else the reference's).
+    """
     ref_names, cand_names = produced_tensors(reference), produced_tensors(candidate)
+    qouts = quantized_outputs or {}
     seen: set[str] = set()
-    out: dict[str, str | None] = {}
+    out: dict[str, SitePlan | str] = {}
     for s in sites:
         if s.id in seen:
             raise ModelError(f"two GELU sites share the id {s.id!r}; site ids must be unique")
@@ -159,11 +219,23 @@ def comparable_sites(
             out[s.id] = f"site is inside subgraph {s.graph!r}; only main-graph sites are probed"
         elif s.output not in ref_names:
             out[s.id] = f"reference has no tensor {s.output!r}"
-        elif s.output not in cand_names:
+        elif s.output in cand_names:
+            out[s.id] = SitePlan(s.output, s.output)
+        elif s.qdq_out is not None and s.qdq_out.tensor in ref_names:
+            q = s.qdq_out
+            qo = qouts.get(s.id)
+            cand_t = qo.tensor if qo is not None else q.tensor
+            if cand_t not in cand_names:
+                out[s.id] = (
+                    f"candidate has neither the float output {s.output!r} nor the quantized "
+                    f"output {cand_t!r}"
+                )
+                continue
+            cand_q = (qo.scale, qo.zero_point) if qo is not None else (q.scale, q.zero_point)
+            out[s.id] = SitePlan(q.tensor, cand_t, (q.scale, q.zero_point), cand_q)
+        else:
             out[s.id] = (
                 f"candidate has no tensor {s.output!r} (the converter should keep each site's "
                 "output name)"
             )
-        else:
-            out[s.id] = None
     return out
