@@ -169,3 +169,124 @@ def lut_cmd(
     else:
         spec = build_lut(in_range=(lo, hi), in_dtype=qin, out_dtype=out, form=cast(GeluForm, form))
     emit(spec, as_json=as_json, exports=exports, name=name, show_table=show_table)
+
+
+_FLOAT_CHOICE = ("fp16", "float16", "fp32", "float32")
+
+
+@approx.command("poly")
+@range_option
+@click.option("--segments", "-k", type=int, required=True, help="Number of segments K (>= 1).")
+@click.option("--degree", "-d", type=int, required=True, help="Polynomial degree, 1 to 4.")
+@click.option(
+    "--dtype",
+    type=dtype_choice(*_FLOAT_CHOICE),
+    required=True,
+    help="Input and output dtype of the op.",
+)
+@click.option(
+    "--compute",
+    type=dtype_choice(*_FLOAT_CHOICE),
+    default=None,
+    help="Horner arithmetic (default: the same as --dtype).",
+)
+@click.option(
+    "--form",
+    type=click.Choice(["exact", "tanh"]),
+    default="exact",
+    show_default=True,
+    help="Which GELU to fit.",
+)
+@click.option(
+    "--breakpoints",
+    type=click.Choice(["optimized", "uniform"]),
+    default="optimized",
+    show_default=True,
+    help="Breakpoint placement (both keep a breakpoint at 0).",
+)
+@common_output_options
+def poly_cmd(
+    range_: tuple[float, float],
+    segments: int,
+    degree: int,
+    dtype: str,
+    compute: str | None,
+    form: str,
+    breakpoints: str,
+    as_json: bool,
+    exports: tuple[tuple[str, str], ...],
+    name: str,
+) -> None:
+    """A piecewise polynomial (minimax fit, local coordinates, exact tails)."""
+    from gelu_quant.lut.poly import MAX_DEGREE, BreakpointMode, FloatDType, build_poly
+
+    lo, hi = check_range(range_)
+    if not 1 <= degree <= MAX_DEGREE:
+        raise BadInputError(f"--degree {degree}: need 1 to {MAX_DEGREE}")
+    if segments < 1:
+        raise BadInputError(f"--segments {segments}: need at least 1")
+    io = cast(FloatDType, DTYPE_ALIASES[dtype.lower()])
+    cp = cast(FloatDType, DTYPE_ALIASES[(compute or dtype).lower()])
+    if io == "float32" and cp == "float16":
+        raise BadInputError("--compute fp16 needs --dtype fp16 (float32 inputs need fp32 Horner)")
+    spec = build_poly(
+        lo,
+        hi,
+        segments,
+        degree,
+        io_dtype=io,
+        compute_dtype=cp,
+        form=cast(GeluForm, form),
+        breakpoints=cast(BreakpointMode, breakpoints),
+    )
+    emit(spec, as_json=as_json, exports=exports, name=name)
+
+
+@approx.command("baseline")
+@click.argument("which", type=click.Choice(["tanh", "quick", "igelu"]))
+@range_option
+@click.option(
+    "--dtype",
+    type=dtype_choice(*_FLOAT_CHOICE),
+    default="fp16",
+    show_default=True,
+    help="Input and output dtype.",
+)
+@click.option(
+    "--compute",
+    type=dtype_choice(*_FLOAT_CHOICE),
+    default=None,
+    help="Arithmetic of tanh/quick (default: the same as --dtype).",
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["8", "16"]),
+    default="8",
+    show_default=True,
+    help="igelu: integer input width (symmetric scale over the range).",
+)
+@common_output_options
+def baseline_cmd(
+    which: str,
+    range_: tuple[float, float],
+    dtype: str,
+    compute: str | None,
+    bits: str,
+    as_json: bool,
+    exports: tuple[tuple[str, str], ...],
+    name: str,
+) -> None:
+    """A baseline scored against the exact GELU: the tanh formula, QuickGELU or I-BERT's i-GELU."""
+    from gelu_quant.lut.baselines import FloatDType, IGeluSpec, QuickGeluSpec, TanhGeluSpec
+
+    lo, hi = check_range(range_)
+    io = cast(FloatDType, DTYPE_ALIASES[dtype.lower()])
+    cp = cast(FloatDType, DTYPE_ALIASES[(compute or dtype).lower()])
+    spec: GeluApprox
+    if which == "igelu":
+        spec = IGeluSpec(lo, hi, in_bits=int(bits), io_dtype=io)
+    elif which == "tanh":
+        spec = TanhGeluSpec(lo, hi, io_dtype=io, compute_dtype=cp)
+    else:
+        spec = QuickGeluSpec(lo, hi, io_dtype=io, compute_dtype=cp)
+    emit(spec, as_json=as_json, exports=exports, name=name)
