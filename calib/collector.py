@@ -82,15 +82,19 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def build_probe(
-    model: onnx.ModelProto, sites: Sequence[GeluSite]
+    model: onnx.ModelProto, sites: Sequence[GeluSite], *, in_place: bool = False
 ) -> tuple[onnx.ModelProto, dict[str, tuple[str, str | None, str | None]], dict[str, str]]:
-    """A copy of ``model`` whose outputs are the sites' pre-activations and output min/max.
+    """A copy of ``model`` (or ``model`` itself when ``in_place``) whose outputs are the sites'
+    pre-activations and output min/max.
 
     Returns ``(probe, names, skipped)`` with ``names[site_id] = (input_output, min_output,
     max_output)`` naming the probe's graph outputs.
     """
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    if in_place:
+        probe = model
+    else:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
     g = probe.graph
     del g.output[:]
     names: dict[str, tuple[str, str | None, str | None]] = {}
@@ -134,7 +138,7 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def make_session(
-    model: onnx.ModelProto | str | os.PathLike[str],
+    model: onnx.ModelProto | bytes | str | os.PathLike[str],
     *,
     base_dir: Path | None = None,
     threads: int | None = None,
@@ -146,10 +150,13 @@ def make_session(
     so.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     try:
+        if isinstance(model, bytes):
+            return ort.InferenceSession(model, so, providers=providers)
         if not isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(os.fspath(model), so, providers=providers)
         if not _uses_external_data(model):
-            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            data = model.SerializeToString()
+            return ort.InferenceSession(data, so, providers=providers)
         # external data paths are relative to the model file: save the probe beside it
         folder = base_dir or Path.cwd()
         fd, tmp = tempfile.mkstemp(prefix=".gq-probe-", suffix=".onnx", dir=folder)
@@ -177,14 +184,24 @@ def collect(
     if not isinstance(model, onnx.ModelProto):
         base_dir = Path(os.fspath(model)).resolve().parent
         try:
-            model = onnx.load(os.fspath(model), load_external_data=False)
+            loaded = onnx.load(os.fspath(model), load_external_data=False)
         except Exception as e:
             raise ModelError(f"cannot read ONNX model: {e}") from None
-    probe, names, skipped = build_probe(model, sites)
+        # our own copy: build the probe in place (one copy of the weights in Python, not two)
+        probe, names, skipped = build_probe(loaded, sites, in_place=True)
+        del loaded
+    else:
+        probe, names, skipped = build_probe(model, sites)
     result = Collected(stats={sid: TensorStats() for sid in names}, skipped=skipped)
     if not names:
         return result
-    session = make_session(probe, base_dir=base_dir, threads=threads)
+    if _uses_external_data(probe):
+        session = make_session(probe, base_dir=base_dir, threads=threads)
+    else:
+        serialized = probe.SerializeToString()
+        del probe  # one copy of the weights at a time: the bytes, then ORT's own
+        session = make_session(serialized, threads=threads)
+        del serialized
     fetch: list[str] = []
     for x, lo, hi in names.values():
         fetch += [x, lo or "", hi or ""]

@@ -51,42 +51,32 @@ def collect_stats(
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:
         raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
-    found = list(sites) if sites is not None else _find_sites(path)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    # discovery reads small constants: from the path when they live in external files
+    found = list(sites) if sites is not None else _find_sites(path if external else proto)
     if not found:
         raise ModelError(
             f"{path}: no GELU found; nothing to calibrate (gelu-quant inspect shows near misses)"
         )
+    fingerprint = model_fingerprint(proto, path.resolve().parent)
+    specs = model_input_specs(proto)
+    del proto  # the collector loads its own copy: keep one copy of the weights at a time
     source = open_data_source(
         data,
-        model_input_specs(proto),
+        specs,
         batch_size=batch_size,
         max_batches=max_batches,
         tokenizer=tokenizer,
         max_length=max_length,
     )
-    total = max_batches
-    c = collect(
-        proto_with_base(proto, path),
-        found,
-        source,
-        threads=threads,
-        progress=progress,
-        total_batches=total,
-    )
+    c = collect(path, found, source, threads=threads, progress=progress, total_batches=max_batches)
     return StatsFile(
         model_name=path.name,
-        fingerprint=model_fingerprint(proto, path.resolve().parent),
+        fingerprint=fingerprint,
         sites=found,
         collected=c,
         sources=[source.describe()],
     )
-
-
-def proto_with_base(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto | str:
-    """The path when the model keeps weights in external files (the session resolves them),
-    else the loaded proto."""
-    ext = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    return str(path) if ext else proto
 
 
 def calibrate_model(

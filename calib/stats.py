@@ -143,13 +143,14 @@ class TensorStats:
             x = x.astype(np.float32)
         if x.size == 0:
             return
-        self._update_channels(x)
-        lo = float(x.min())
-        hi = float(x.max())
+        extremes = self._update_channels(x)
+        if extremes is None:
+            lo, hi = float(x.min()), float(x.max())
+        else:
+            lo, hi = extremes
         if not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(x)
-            nf = int(x.size - np.count_nonzero(finite))
-            self.nonfinite += nf
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
             x = x[finite]
             if x.size == 0:
                 return
@@ -213,17 +214,23 @@ class TensorStats:
         np.copyto(idx, buf, casting="unsafe")
         return np.bincount(idx, minlength=self.num_bins).astype(np.int64, copy=False)
 
-    def _update_channels(self, x: npt.NDArray[np.floating]) -> None:
+    def _update_channels(self, x: npt.NDArray[np.floating]) -> tuple[float, float] | None:
+        """Fold ``x`` into the per-channel extremes; returns the batch's ``(min, max)`` (NaN or
+        ±inf when ``x`` holds non-finite values) when it computed them on the way."""
         if self.channel_mismatch or x.ndim == 0:
-            return
+            return None
         c = x.shape[-1]
+        if c == 0:
+            return None
         if self.channel_min is not None and self.channel_min.size != c:
             self._drop_channels()
-            return
+            return None
         flat = x.reshape(-1, c)
         cmin = flat.min(axis=0).astype(np.float64)
         cmax = flat.max(axis=0).astype(np.float64)
-        if not (np.isfinite(cmin).all() and np.isfinite(cmax).all()):
+        # the batch extremes come for free from the channel extremes (NaN propagates)
+        extremes = (float(cmin.min()), float(cmax.max()))
+        if not (math.isfinite(extremes[0]) and math.isfinite(extremes[1])):
             finite = np.isfinite(flat)
             cmin = np.where(finite, flat, np.inf).min(axis=0).astype(np.float64)
             cmax = np.where(finite, flat, -np.inf).max(axis=0).astype(np.float64)
@@ -232,6 +239,7 @@ class TensorStats:
         else:
             np.minimum(self.channel_min, cmin, out=self.channel_min)
             np.maximum(self.channel_max, cmax, out=self.channel_max)
+        return extremes
 
     def _merge_channels(self, other: TensorStats) -> None:
         if self.channel_mismatch:
