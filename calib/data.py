@@ -212,6 +212,17 @@ class _Counting:
             self._samples += _batch_of(feed)
             yield feed
 
+    def _planned_batches(self) -> int | None:
+        return None
+
+    @property
+    def num_batches(self) -> int | None:
+        """How many batches a pass yields, when known in advance (for progress bars)."""
+        n = self._planned_batches()
+        if n is None or self._max_batches is None:
+            return n
+        return min(n, self._max_batches)
+
     def describe(self) -> dict[str, Any]:
         return {
             "source": self._source,
@@ -274,6 +285,9 @@ class NpzSource(_Counting):
         self._arrays = feed
         self._extras = {k: v for k, v in arrays.items() if k not in names}
         self._n = distinct.pop() if distinct else 1
+
+    def _planned_batches(self) -> int | None:
+        return -(-self._n // self._bs)
 
     def _feeds(self) -> Iterator[Feed]:
         for i in range(0, self._n, self._bs):
@@ -537,6 +551,9 @@ class TextSource(_Counting):
     @property
     def max_length(self) -> int:
         return self._max_length
+
+    def _planned_batches(self) -> int | None:
+        return -(-self._n // self._bs)
 
     def encode(self, lines: Sequence[str]) -> Feed:
         """Tokenize ``lines`` into a feed dict for the model's token inputs."""

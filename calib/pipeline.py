@@ -69,7 +69,8 @@ def collect_stats(
         tokenizer=tokenizer,
         max_length=max_length,
     )
-    c = collect(path, found, source, threads=threads, progress=progress, total_batches=max_batches)
+    total = getattr(source, "num_batches", None)
+    c = collect(path, found, source, threads=threads, progress=progress, total_batches=total)
     return StatsFile(
         model_name=path.name,
         fingerprint=fingerprint,

@@ -58,7 +58,9 @@ def test_npz_batches_extras_and_describe(tmp_path: Path) -> None:
     assert set(feeds[0]) == {"x", "ids"}
     np.testing.assert_array_equal(src.extras()["labels"], np.arange(10))
     assert src.describe() == {"source": str(p), "kind": "npz", "samples": 10, "batches": 3}
+    assert getattr(src, "num_batches", None) == 3
     src2 = open_data_source(str(p), SPECS, batch_size=4, max_batches=2)
+    assert getattr(src2, "num_batches", None) == 2
     assert sum(f["x"].shape[0] for f in src2) == 8
     assert src2.describe()["batches"] == 2
 
