@@ -159,6 +159,14 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         ),
         {},
     ),
+    "tanh_sigmoid": (
+        "tanh",
+        "pattern:tanh-sigmoid",
+        "x",
+        "y",
+        ("pow", "mul_k3", "add_x", "mul_k", "sigmoid", "mul"),
+        {},
+    ),
     "quick_pattern": (
         "quick",
         "pattern:quick",
@@ -212,6 +220,14 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
             "half_dq",
             "mul_1",
         ),
+        {"qdq_in": Q_IN, "qdq_out": Q_OUT},
+    ),
+    "qdq_erf_dedicated": (
+        "erf",
+        "pattern:erf",
+        "x",
+        "g",
+        ("x_dq_b", "div", "erf", "add", "mul", "mul_half"),
         {"qdq_in": Q_IN, "qdq_out": Q_OUT},
     ),
     "unnamed_nodes": (

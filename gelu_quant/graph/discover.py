@@ -5,7 +5,9 @@ Spellings found (see :class:`~gelu_quant.graph.sites.GeluSite` ``spelling``):
 * single ops — ONNX ``Gelu`` (opset 20+, ``approximate`` none or tanh), ``com.microsoft``
   ``Gelu``, ``FastGelu`` (with or without bias), ``BiasGelu`` and ``QuickGelu``;
 * decomposed patterns around ``Erf``, ``Tanh`` and ``Sigmoid`` (see
-  :mod:`gelu_quant.graph.patterns`), including the Q/DQ pairs ORT's quantizer puts inside them;
+  :mod:`gelu_quant.graph.patterns`): ``pattern:erf``, ``pattern:tanh``, ``pattern:quick`` and
+  ``pattern:tanh-sigmoid`` (the tanh form as ``x·σ(2√(2/π)(x + 0.044715x³))``), including the
+  Q/DQ pairs ORT's quantizer puts inside them and per-reader (dedicated) DQs of the input;
 * each of them between a ``DequantizeLinear`` and a ``QuantizeLinear`` (reported as the site's
   ``qdq_in`` / ``qdq_out``, not as part of its ``nodes``);
 * inside If/Loop/Scan bodies (``graph`` is the subgraph path ``<node>/<attr>``).

@@ -169,6 +169,22 @@ def pair_forward(v: ir.Value) -> tuple[ir.Value, ir.Node, ir.Node] | None:
     return dq.outputs[0], q, dq
 
 
+def dq_twins(a: ir.Value, b: ir.Value) -> bool:
+    """True when ``a`` and ``b`` come from two DequantizeLinear nodes of the same int8 tensor
+    with the same scale, zero point and attributes (quantizers that give each reader its own
+    DQ write these)."""
+    pa, pb = a.producer(), b.producer()
+    if pa is None or pb is None or pa is pb:
+        return False
+    if not (is_op(pa, "DequantizeLinear") and is_op(pb, "DequantizeLinear")):
+        return False
+    if list(pa.inputs) != list(pb.inputs):
+        return False
+    attrs_a = {k: v.value for k, v in pa.attributes.items()}
+    attrs_b = {k: v.value for k, v in pb.attributes.items()}
+    return attrs_a == attrs_b
+
+
 def shape_of(v: ir.Value) -> tuple[int | str | None, ...] | None:
     """The static/symbolic shape of ``v`` when known."""
     if v.shape is None:

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from gelu_quant.graph.irview import STD_DOMAINS, const_array, consumers, pair_back, pair_forward
+from gelu_quant.graph.irview import (
+    STD_DOMAINS,
+    const_array,
+    consumers,
+    dq_twins,
+    pair_back,
+    pair_forward,
+)
 from gelu_quant.graph.polynomial import Monomial, Poly, PolynomialError
 
 ARITH_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Pow", "Identity"})
@@ -85,6 +92,16 @@ QUICK = Formula(
     argument_text="1.702·x",
     body_text="x·sigmoid(1.702·x)",
 )
+TANH_SIGMOID = Formula(
+    anchor="Sigmoid",
+    variant="tanh",
+    spelling="pattern:tanh-sigmoid",
+    argument={(1,): 2 * SQRT_2_OVER_PI, (3,): 2 * SQRT_2_OVER_PI * TANH_CUBIC},
+    body={(1, 1): 1.0},
+    argument_text="2·√(2/π)·(x + 0.044715·x³) (1.59577·x + 0.0713548·x^3)",
+    body_text="x·sigmoid(2·√(2/π)·(x + 0.044715·x³))",
+)
+"""The tanh form rewritten with 0.5·(1 + tanh(z)) = sigmoid(2z)."""
 FORMULAS = {f.anchor: f for f in (ERF, TANH, QUICK)}
 
 
@@ -109,6 +126,10 @@ class _Evaluator:
     def _leaf(self, v: ir.Value) -> Poly:
         if v in self.atoms:
             return Poly.atom(self.nvars, self.atoms[v])
+        for atom, i in self.atoms.items():
+            if dq_twins(atom, v):  # a dedicated DQ of the same int8 tensor (one DQ per reader)
+                self.nodes.append(v.producer())  # type: ignore[arg-type]
+                return Poly.atom(self.nvars, i)
         if self.new_atom_allowed and not self.atoms:
             self.atoms[v] = 0
             return Poly.atom(self.nvars, 0)
@@ -216,6 +237,8 @@ def match_anchor(
         return refuse(f"{anchor.op_type} argument is a constant")
     (x,) = arg_eval.atoms
     alpha: float | None = None
+    if formula is QUICK and (3,) in arg.terms:
+        formula, quiet = TANH_SIGMOID, False
     if formula is QUICK:
         alpha = arg.terms.get((1,))
         if alpha is None or set(arg.terms) != {(1,)}:
@@ -297,7 +320,9 @@ def _walk_forward(
             continue
         user = users[0]
         if user.domain not in STD_DOMAINS or user.op_type not in ARITH_OPS:
-            return f"{v.name!r} flows into {user.op_type} {user.name!r}{last}"
+            return (
+                f"{v.name!r} flows into {user.op_type} {user.name!r}{_qoperator_hint(user)}{last}"
+            )
         body_eval = _Evaluator(atoms={x: 0, t_out: 1}, names=("x", "T"))
         try:
             body = body_eval.poly(user.outputs[0], top=True)
@@ -308,6 +333,19 @@ def _walk_forward(
         last = f" (last expression {body.format(('x', 'T'))}, expected {formula.body_text})"
         v = user.outputs[0]
     return f"no complete formula within {MAX_FORWARD_STEPS} nodes{last}"
+
+
+def _qoperator_hint(user: ir.Node) -> str:
+    """A hint when the formula continues in integer QLinear* ops (ORT's QOperator format)."""
+    if user.op_type != "QuantizeLinear":
+        return ""
+    nxt = [u.op_type for u in consumers(user.outputs[0]) if u.op_type.startswith("QLinear")]
+    if not nxt:
+        return ""
+    return (
+        f" and on into {nxt[0]}: the formula continues in integer QLinear ops (a QOperator-"
+        "format model); quantize with the QDQ format to make it replaceable"
+    )
 
 
 def _with_private_constants(core: set[ir.Node], const_nodes: list[ir.Node]) -> list[ir.Node]:
