@@ -1,0 +1,99 @@
+"""Latency of all-MiniLM-L6-v2 converted by gelu-quant against the model it came from, in ORT.
+
+Each export variant is converted (``int8-lut`` with one range for all sites, QDQ sites from their
+own scales; ``fp16-poly``), then every model runs on the same batch, interleaved round by round,
+at 1 and 2 intra-op threads. Printed: best latency and ``converted / original`` (the target is
+<= 1.10).
+
+Usage: ``python benchmarks/bench_minilm_latency.py [--batch 1] [--seq 128] [--rounds 15]
+[--variants opset17 opset20 qdq]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.models.minilm import INPUT_NAMES, minilm_onnx
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, size=(batch, seq)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones((batch, seq), np.int64),
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--variants", nargs="+", default=["opset17", "opset20", "qdq"])
+    ap.add_argument("--range", type=float, nargs=2, default=[-12.0, 12.0])
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gq-bench-"))
+    pairs: list[tuple[str, Path, Path]] = []  # (label, original, converted)
+    for v in args.variants:
+        src = minilm_onnx(v)
+        targets = ["int8-lut"] if v == "qdq" else ["int8-lut", "fp16-poly"]
+        for t in targets:
+            out = tmp / f"{v}-{t}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cfg = ConvertConfig(target=t, range=None if v == "qdq" else tuple(args.range))
+                res = convert_file(src, out, cfg)
+            bodies = sorted({s.body or "" for s in res.manifest.converted})
+            pairs.append((f"{v} -> {t} ({'/'.join(bodies)})", src, out))
+    x = feeds(args.batch, args.seq)
+    print(
+        f"all-MiniLM-L6-v2, batch {args.batch} x {args.seq} tokens, best of {args.rounds} "
+        f"interleaved rounds, onnxruntime {ort.__version__}"
+    )
+    head = "".join(f"{f'{t}thr orig ms':>14}{'conv ms':>9}{'ratio':>7}" for t in args.threads)
+    print(f"{'model':<40}{head}")
+    rows: dict[str, str] = {label: "" for label, _, _ in pairs}
+    for th in args.threads:
+        paths = {p for _, a, b in pairs for p in (a, b)}
+        sessions = {p: session(p, th) for p in paths}
+        inputs = {
+            p: {i.name: x[i.name] for i in s.get_inputs() if i.name in INPUT_NAMES}
+            for p, s in sessions.items()
+        }
+        for p, s in sessions.items():
+            s.run(None, inputs[p])
+        best = dict.fromkeys(sessions, float("inf"))
+        for _ in range(args.rounds):
+            for p, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, inputs[p])
+                best[p] = min(best[p], time.perf_counter() - t0)
+        for label, a, b in pairs:
+            rows[label] += f"{best[a] * 1e3:>14.2f}{best[b] * 1e3:>9.2f}{best[b] / best[a]:>7.3f}"
+    for label, cells in rows.items():
+        print(f"{label:<40}{cells}")
+
+
+if __name__ == "__main__":
+    main()
