@@ -338,6 +338,31 @@ def test_intermediate_captured_by_a_subgraph_is_not_replaceable() -> None:
     ]
 
 
+def test_rank_two_scalar_constant_is_accepted_only_when_it_cannot_broadcast() -> None:
+    text = (FIXTURES / "erf_dynamo.onnxtxt").read_text()
+    text = text.replace("float val_120 = {0.5}", "float[1,1] val_120 = {0.5}")
+    sites = find_gelu_sites(onnx.parser.parse_model(text))  # x is [N,16]: same rank
+    assert [s.output for s in sites] == ["y"]
+    rank1 = text.replace("float[N,16] x", "float[16] x").replace("float[N,16] y", "float[1,16] y")
+    found = discover(onnx.parser.parse_model(rank1))
+    assert found.sites == []
+    assert "rank-2 constant may broadcast" in found.near_misses[0].reason
+
+
+def test_gelu_in_a_model_local_function_is_noted() -> None:
+    text = (FIXTURES / "onnx_gelu.onnxtxt").read_text()
+    text = text.replace('"" : 20]', '"" : 20, "local" : 1]').replace(
+        "[gelu] y = Gelu (x)", "[call] y = local.act (x)"
+    )
+    text += '<domain: "local", opset_import: ["" : 20]>\nact (a) => (b) {\n  b = Gelu (a)\n}\n'
+    found = discover(onnx.parser.parse_model(text))
+    assert found.sites == []
+    assert found.notes == (
+        "model-local function local:act uses Gelu: GELUs inside functions are not reported "
+        "(inline the functions first)",
+    )
+
+
 # -- near misses ----------------------------------------------------------------------------------
 
 # fixture -> (spelling attempted, anchor node, words the reason must contain, computes GELU?)

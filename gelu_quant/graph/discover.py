@@ -125,11 +125,22 @@ def discover(
     sites: list[GeluSite] = []
     misses: list[NearMiss] = []
     for graph, path in _graphs(irmodel.graph, "", include_subgraphs):
+        _apply_inferred(graph, inferred)
         s, m = _discover_graph(graph, path, inferred)
         sites += s
         misses += m
-    notes = (f"{renamed} unnamed or duplicate-named nodes were named",) if renamed else ()
-    return Discovery(sites, misses, renamed, notes)
+    notes = [f"{renamed} unnamed or duplicate-named nodes were named"] if renamed else []
+    for fn in proto.functions:
+        ops = sorted({n.op_type for n in fn.node} & _GELU_LIKE_OPS)
+        if ops:
+            notes.append(
+                f"model-local function {fn.domain}:{fn.name} uses {', '.join(ops)}: "
+                "GELUs inside functions are not reported (inline the functions first)"
+            )
+    return Discovery(sites, misses, renamed, tuple(notes))
+
+
+_GELU_LIKE_OPS = frozenset({"Gelu", "Erf", "Tanh", "FastGelu", "BiasGelu", "QuickGelu"})
 
 
 def load_model_proto(model: ModelLike) -> tuple[onnx.ModelProto, str, bool]:
@@ -182,6 +193,24 @@ class _Found:
 
 
 _Inferred = dict[str, tuple[str | None, tuple[int | str | None, ...] | None]]
+
+
+def _apply_inferred(graph: ir.Graph, inferred: _Inferred) -> None:
+    """Give node outputs without a recorded dtype/shape what shape inference found."""
+    for node in graph:
+        for v in node.outputs:
+            known = inferred.get(str(v.name))
+            if known is None:
+                continue
+            if v.type is None and known[0] is not None:
+                dt = _DTYPES_BY_NAME.get(known[0])
+                if dt is not None:
+                    v.dtype = dt
+            if v.shape is None and known[1] is not None:
+                v.shape = ir.Shape(list(known[1]))
+
+
+_DTYPES_BY_NAME = {dtype_name(dt): dt for dt in ir.DataType}
 
 
 def _discover_graph(

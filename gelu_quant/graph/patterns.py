@@ -118,6 +118,8 @@ class _Evaluator:
     new_atom_allowed: bool = False
     nodes: list[ir.Node] = field(default_factory=list)
     const_nodes: list[ir.Node] = field(default_factory=list)
+    const_rank: int = 0
+    """Highest rank among the one-element constants read (rank > 1 may broadcast the result)."""
 
     @property
     def nvars(self) -> int:
@@ -144,8 +146,9 @@ class _Evaluator:
             return Poly.atom(self.nvars, self.atoms[v])
         arr = const_array(v, self.const_nodes)
         if arr is not None:
-            if arr.size != 1 or arr.ndim > 1:
+            if arr.size != 1:
                 raise Refused(f"constant {v.name!r} has shape {list(arr.shape)}, not a scalar")
+            self.const_rank = max(self.const_rank, arr.ndim)
             return Poly.const(self.nvars, float(arr.reshape(-1)[0]))
         node = v.producer()
         if node is None:
@@ -258,7 +261,9 @@ def match_anchor(
     core = {*arg_eval.nodes, anchor, *body_eval.nodes}
     nodes = _with_private_constants(core, [*arg_eval.const_nodes, *body_eval.const_nodes])
     nodes.sort(key=lambda n: order.get(n, len(order)))
-    problem = _escaping_intermediate(core, nodes, root.outputs[0])
+    problem = _escaping_intermediate(core, nodes, root.outputs[0]) or _broadcasting_constant(
+        x, max(arg_eval.const_rank, body_eval.const_rank)
+    )
     if problem is not None:
         return PatternRefusal(formula, anchor, problem, nodes)
     if (
@@ -333,6 +338,20 @@ def _walk_forward(
         last = f" (last expression {body.format(('x', 'T'))}, expected {formula.body_text})"
         v = user.outputs[0]
     return f"no complete formula within {MAX_FORWARD_STEPS} nodes{last}"
+
+
+def _broadcasting_constant(x: ir.Value, const_rank: int) -> str | None:
+    """Why a one-element constant of rank > 1 may change the output shape, or None if it can't."""
+    if const_rank <= 1:
+        return None
+    rank = None if x.shape is None else len(x.shape)
+    if rank is not None and rank >= const_rank:
+        return None
+    known = "unknown" if rank is None else str(rank)
+    return (
+        f"a rank-{const_rank} constant may broadcast the result beyond the input's rank "
+        f"({known}): the output shape is not the input's"
+    )
 
 
 def _qoperator_hint(user: ir.Node) -> str:
