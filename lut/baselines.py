@@ -241,7 +241,11 @@ class IGeluSpec(GeluApprox):
                     object.__setattr__(self, "shift_bits", n)
                     break
             else:
-                raise SpecError(f"no shift keeps i-GELU in int32 for [{self.lo}, {self.hi}]")
+                raise SpecError(
+                    f"i-GELU overflows int32 before any shift for int{self.in_bits} input on "
+                    f"[{self.lo}, {self.hi}] (the scale is too fine: q_c = floor(1/(a S^2)) "
+                    "is too large); use 8-bit input or a wider range"
+                )
         elif not (isinstance(self.shift_bits, int) and 0 <= self.shift_bits <= 30):
             raise SpecError(f"shift_bits must be 0..30, got {self.shift_bits!r}")
         peak = igelu_int(codes, self.constants)[1]
