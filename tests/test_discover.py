@@ -87,8 +87,11 @@ def sample_inputs(model: onnx.ModelProto, cond: bool = True) -> tuple[dict[str, 
         else:
             feeds[inp.name] = x.astype(np.float32)
             pre = x.astype(np.float32).astype(np.float64)
-    if model.graph.name.startswith("qdq_"):
-        pre = np.round(x * 32.0) / 32.0  # what QuantizeLinear -> DequantizeLinear gives the GELU
+    if model.graph.name.startswith("qdq_"):  # what QuantizeLinear -> DequantizeLinear passes on
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        scale, zp = float(inits[q.input[1]]), float(inits[q.input[2]])
+        pre = (np.clip(np.round(x / np.float32(scale)) + zp, -128, 127) - zp) * np.float32(scale)
     return feeds, pre
 
 
@@ -98,6 +101,26 @@ Q_IN = QuantInfo(tensor="hq", scale=0.03125, zero_point=0, dtype="int8", node="x
 Q_OUT = QuantInfo(
     tensor="gq", scale=float(np.float32(0.0166)), zero_point=-118, dtype="int8", node="g_q"
 )
+
+# quantize_static's outer Q/DQ in qdq_tanh_ort / qdq_quick_ort
+ORT_Q_IN = QuantInfo(
+    tensor="x_QuantizeLinear_Output",
+    scale=float(np.float32(0.031242011)),
+    zero_point=-1,
+    dtype="int8",
+    node="x_DequantizeLinear",
+)
+
+
+def ort_q_out(scale: float) -> QuantInfo:
+    return QuantInfo(
+        tensor="y_QuantizeLinear_Output",
+        scale=float(np.float32(scale)),
+        zero_point=-118,
+        dtype="int8",
+        node="y_QuantizeLinear",
+    )
+
 
 # fixture -> (variant, spelling, input, output, nodes, extra fields) of its single site
 EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] = {
@@ -229,6 +252,63 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         "g",
         ("x_dq_b", "div", "erf", "add", "mul", "mul_half"),
         {"qdq_in": Q_IN, "qdq_out": Q_OUT},
+    ),
+    "qdq_tanh_ort": (
+        "tanh",
+        "pattern:tanh",
+        "x_DequantizeLinear_Output",
+        "y_QuantizeLinear_Input",
+        (
+            "half_DequantizeLinear",
+            "k3_DequantizeLinear",
+            "k_DequantizeLinear",
+            "one_DequantizeLinear",
+            "pow",
+            "mul_half",
+            "p_QuantizeLinear",
+            "hx_QuantizeLinear",
+            "p_DequantizeLinear",
+            "hx_DequantizeLinear",
+            "mul_k3",
+            "p3_QuantizeLinear",
+            "p3_DequantizeLinear",
+            "add_x",
+            "s_QuantizeLinear",
+            "s_DequantizeLinear",
+            "mul_k",
+            "u_QuantizeLinear",
+            "u_DequantizeLinear",
+            "tanh",
+            "t_QuantizeLinear",
+            "t_DequantizeLinear",
+            "add_1",
+            "a_QuantizeLinear",
+            "a_DequantizeLinear",
+            "mul",
+        ),
+        {"qdq_in": ORT_Q_IN, "qdq_out": ort_q_out(0.016322255)},
+    ),
+    "qdq_quick_ort": (
+        "quick",
+        "pattern:quick",
+        "x_DequantizeLinear_Output",
+        "y_QuantizeLinear_Input",
+        (
+            "alpha_DequantizeLinear",
+            "scale",
+            "s_QuantizeLinear",
+            "s_DequantizeLinear",
+            "sigmoid",
+            "g_QuantizeLinear",
+            "g_DequantizeLinear",
+            "mul",
+        ),
+        {
+            "qdq_in": ORT_Q_IN,
+            "qdq_out": ort_q_out(0.016279813),
+            # DequantizeLinear(127; scale, zero point -128) in float32
+            "alpha": float(np.float32(255) * np.float32(0.00667451)),
+        },
     ),
     "unnamed_nodes": (
         "erf",
