@@ -99,3 +99,18 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path: Path) -> None
     assert result.exit_code == 2
     assert "is not" in result.output and "ONNX model" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_onnx_text_files_are_read_directly_and_bad_text_is_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(FIXTURES / "onnx_gelu.onnxtxt")])
+    assert result.exit_code == 0
+    assert "Warning" not in result.output
+    assert result.output.splitlines()[2].split()[:3] == ["gelu0", "erf", "onnx:Gelu"]
+    bad = tmp_path / "bad.onnxtxt"
+    bad.write_text("not < valid\nat all\n")
+    result = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    assert "is not a readable ONNX model" in result.output

@@ -24,6 +24,7 @@ Models given by path are read without their external data; only constants of at 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Union
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
+from onnx.parser import ParseError
 
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.graph.irview import (
@@ -153,9 +155,12 @@ def load_model_proto(model: ModelLike) -> tuple[onnx.ModelProto, str, bool]:
     if not path.is_file():
         raise BadInputError(f"{path}: no such model file; give the path of an .onnx file")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeWarning, ValueError, OSError) as err:
-        raise ModelError(f"{path} is not a readable ONNX model: {err}") from err
+        with warnings.catch_warnings():  # the .onnxtxt reader warns that it is experimental
+            warnings.simplefilter("ignore", UserWarning)
+            proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ParseError, ValueError, OSError) as err:
+        detail = " ".join(str(err).split())
+        raise ModelError(f"{path} is not a readable ONNX model: {detail}") from err
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path} is not an ONNX model (no graph found)")
     return proto, str(path.parent), True
