@@ -331,20 +331,17 @@ def build_poly(
         bps, fixed = _optimised(grid, zero_i, segments, degree, compute_dtype)
 
     cp = _NP[compute_dtype]
-    fits: list[pf.FittedSegment | None] = []
-    for k in range(len(bps) - 1):
-        if k in fixed:
-            o, coefs = fixed[k]
-            row = np.zeros(degree + 1)
-            row[: len(coefs)] = coefs
-            fits.append(pf.FittedSegment(o, row.astype(cp), (0.0, 0.0), 0))
-        else:
-            fits.append(None)
 
     def fit(k: int) -> pf.FittedSegment:
         return pf.fit_segment(grid, bps[k], bps[k + 1], k == len(bps) - 2, degree, compute_dtype)
 
-    fits = [f if f is not None else fit(k) for k, f in enumerate(fits)]
+    def exact(k: int) -> pf.FittedSegment:
+        o, coefs = fixed[k]
+        row = np.zeros(degree + 1)
+        row[: len(coefs)] = coefs
+        return pf.FittedSegment(o, row.astype(cp), (0.0, 0.0), 0)
+
+    fits = [exact(k) if k in fixed else fit(k) for k in range(len(bps) - 1)]
     special = set(fixed)
     # Segments left over by the breakpoint search split the worst fitted segment (scored
     # exactly, in the target arithmetic) at its middle input.

@@ -94,8 +94,8 @@ def lawson(a: F64, f: F64, w: F64, iters: int = 40) -> tuple[F64, float]:
     """
     n = f.size
     if n <= a.shape[1]:
-        c = np.linalg.lstsq(a, f, rcond=None)[0]
-        return c, float(np.max(w * np.abs(a @ c - f))) if n else 0.0
+        c0: F64 = np.asarray(np.linalg.lstsq(a, f, rcond=None)[0], dtype=np.float64)
+        return c0, float(np.max(w * np.abs(a @ c0 - f))) if n else 0.0
     v = np.full(n, 1.0 / n)
     best_c, best_e = np.zeros(a.shape[1]), math.inf
     w2 = w * w
@@ -103,10 +103,10 @@ def lawson(a: F64, f: F64, w: F64, iters: int = 40) -> tuple[F64, float]:
         vw = v * w2
         aw = a * vw[:, None]
         try:
-            c = np.linalg.solve(aw.T @ a, aw.T @ f)  # normal equations: columns are scaled
-        except np.linalg.LinAlgError:
+            c = np.asarray(np.linalg.solve(aw.T @ a, aw.T @ f), dtype=np.float64)
+        except np.linalg.LinAlgError:  # normal equations (columns are scaled) failed
             sw = np.sqrt(vw)
-            c = np.linalg.lstsq(a * sw[:, None], f * sw, rcond=None)[0]
+            c = np.asarray(np.linalg.lstsq(a * sw[:, None], f * sw, rcond=None)[0], np.float64)
         e = w * np.abs(a @ c - f)
         emax = float(e.max())
         if emax < best_e:
@@ -317,13 +317,14 @@ class SegmentData:
         with np.errstate(all="ignore"):
             y = _horner_fast(coefs, t).astype(io)
         if self.cr is not None:
-            if self._ob is None:
+            if self._ob is None or self._normal is None:
                 self._ob = _ordered16(self.cr)
                 self._normal = np.abs(self.g) >= FP16_MIN_NORMAL
+            normal = self._normal
             ulp = np.abs(_ordered16(y) - self._ob[None, :])
-            err = np.where(self._normal[None, :], ulp, 0)
+            err = np.where(normal[None, :], ulp, 0)
             # below 2**-14 only an absolute error over 2**-14 counts (>= 512 steps away)
-            ci, ni = np.nonzero(~self._normal[None, :] & (ulp >= 512))
+            ci, ni = np.nonzero(~normal[None, :] & (ulp >= 512))
             if ci.size:
                 bad = np.abs(y[ci, ni].astype(np.float64) - self.g[ni]) > FP16_MIN_NORMAL
                 err[ci[bad], ni[bad]] = _ULP_PENALTY
