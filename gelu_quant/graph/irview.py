@@ -194,5 +194,7 @@ def shape_of(v: ir.Value) -> tuple[int | str | None, ...] | None:
         if isinstance(d, int):
             dims.append(d)
         else:
-            dims.append(getattr(d, "value", None))
+            name = getattr(d, "value", None)
+            # "unk__N": a placeholder made up by shape inference, not a name the model chose
+            dims.append(None if name is None or name.startswith("unk__") else name)
     return tuple(dims)
