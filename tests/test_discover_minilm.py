@@ -17,8 +17,7 @@ import pytest
 
 from gelu_quant.graph.discover import discover
 from gelu_quant.graph.sites import GeluSite
-
-minilm = pytest.importorskip("gelu_quant.models.minilm")
+from gelu_quant.models import minilm
 
 SPELLING = {
     "opset17": "pattern:erf",
