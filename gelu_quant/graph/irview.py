@@ -69,15 +69,31 @@ def _constant_node_value(node: ir.Node) -> np.ndarray | None:
     return None
 
 
+_CONST_KEY = "gelu_quant.const"
+
+
 def const_array(v: ir.Value | None, nodes: list[ir.Node] | None = None) -> np.ndarray | None:
     """The value of ``v`` when it is a small constant, else None.
 
     Understands initializers, ``Constant`` nodes, ``DequantizeLinear`` of constants (ORT's
     quantizer wraps GELU constants that way), ``Cast`` and ``Identity`` of constants. The
-    nodes that compute the constant are appended to ``nodes`` when given.
+    nodes that compute the constant are appended to ``nodes`` when given. Results are cached in
+    the value's ``meta`` (shared constants are read once).
     """
     if v is None:
         return None
+    cached = v.meta.get(_CONST_KEY)
+    if cached is None:
+        found: list[ir.Node] = []
+        cached = (_const_array(v, found), tuple(found))
+        v.meta[_CONST_KEY] = cached
+    value, producers = cached
+    if value is not None and nodes is not None:
+        nodes.extend(producers)
+    return value
+
+
+def _const_array(v: ir.Value, nodes: list[ir.Node]) -> np.ndarray | None:
     tensor = v.const_value
     if tensor is not None:
         if v.is_graph_input():  # an overridable initializer is not a constant
@@ -108,9 +124,8 @@ def const_array(v: ir.Value | None, nodes: list[ir.Node] | None = None) -> np.nd
         value = _dequantize_const(node, found)
     if value is None:
         return None
-    if nodes is not None:
-        nodes.extend(found)
-        nodes.append(node)
+    nodes.extend(found)
+    nodes.append(node)
     return value
 
 
