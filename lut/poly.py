@@ -172,9 +172,10 @@ class PolySpec(GeluApprox):
         return int(self.coefficients.shape[1]) - 1
 
     @property
-    def ulp_dtype(self) -> str | None:
-        """``"float16"`` when inputs and outputs are float16 (scored in ulps), else ``None``."""
-        return "float16" if self.io_dtype == "float16" else None
+    def ulp_dtype(self) -> str:
+        """The io dtype: float16 specs are scored in float16 ulps on every float16 input, and
+        float32 specs on float32 inputs (see :func:`gelu_quant.lut.report.error_report`)."""
+        return self.io_dtype
 
     # -- semantics ---------------------------------------------------------------------------
     def segment_index(self, xi: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
