@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import onnx.helper as oh
 import onnx.parser
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.graph.discover import discover, explain, find_gelu_sites
@@ -650,3 +653,97 @@ def test_polynomial_arithmetic_and_format() -> None:
         x.power(7)
     assert Poly.const(1, 2.0).constant_value() == 2.0
     assert x.constant_value() is None
+
+
+# -- random arrangements of the tanh form (hypothesis) --------------------------------------------
+
+
+class _Builder:
+    """Writes an expression as ONNX nodes, swapping commutative operands at random."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, value: float) -> str:
+        name = f"c{len(self.inits)}"
+        self.inits.append(oh.make_tensor(name, onnx.TensorProto.FLOAT, [], [value]))
+        return name
+
+    def op(self, op_type: str, a: str, b: str) -> str:
+        if op_type in ("Add", "Mul") and self.rng.random() < 0.5:
+            a, b = b, a
+        out = f"t{len(self.nodes)}"
+        self.nodes.append(oh.make_node(op_type, [a, b], [out], name=f"n{len(self.nodes)}"))
+        return out
+
+    def cube(self, x: str) -> str:
+        kind = self.rng.randrange(3)
+        if kind == 0:
+            return self.op("Pow", x, self.const(3.0))
+        if kind == 1:
+            return self.op("Mul", self.op("Mul", x, x), x)
+        return self.op("Mul", self.op("Pow", x, self.const(2.0)), x)
+
+    def tanh_argument(self, x: str) -> str:
+        k, c3 = math.sqrt(2 / math.pi), 0.044715
+        kind = self.rng.randrange(4)
+        if kind == 0:  # k * (x + c3 * x^3)
+            return self.op(
+                "Mul",
+                self.const(k),
+                self.op("Add", x, self.op("Mul", self.const(c3), self.cube(x))),
+            )
+        if kind == 1:  # k*x + (k*c3) * x^3
+            return self.op(
+                "Add",
+                self.op("Mul", self.const(k), x),
+                self.op("Mul", self.const(k * c3), self.cube(x)),
+            )
+        if kind == 2:  # x * (k + k*c3 * x*x)
+            xx = self.op("Mul", x, x)
+            return self.op(
+                "Mul", x, self.op("Add", self.const(k), self.op("Mul", self.const(k * c3), xx))
+            )
+        # (x * (1 + c3*x*x)) * k, the 1 subtracted from 2
+        one = self.op("Sub", self.const(2.0), self.const(1.0))
+        inner = self.op("Add", one, self.op("Mul", self.const(c3), self.op("Mul", x, x)))
+        return self.op("Mul", self.op("Mul", x, inner), self.const(k))
+
+    def body(self, x: str, t: str) -> str:
+        kind = self.rng.randrange(4)
+        if kind == 0:  # product of 0.5, x, (1 + t) in a random association
+            factors = [self.const(0.5), x, self.op("Add", self.const(1.0), t)]
+            self.rng.shuffle(factors)
+            return self.op("Mul", self.op("Mul", factors[0], factors[1]), factors[2])
+        if kind == 1:  # (x + x*t) / 2
+            return self.op("Div", self.op("Add", x, self.op("Mul", x, t)), self.const(2.0))
+        if kind == 2:  # 0.5*x + 0.5*x*t, each written out
+            left = self.op("Mul", self.const(0.5), x)
+            return self.op("Add", left, self.op("Mul", self.op("Mul", x, self.const(0.5)), t))
+        # x * (0.5 + 0.5*t)
+        return self.op(
+            "Mul", x, self.op("Add", self.const(0.5), self.op("Mul", self.const(0.5), t))
+        )
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_random_arrangements_of_the_tanh_form_are_found(seed: int) -> None:
+    b = _Builder(random.Random(seed))
+    u = b.tanh_argument("x")
+    t = f"t{len(b.nodes)}"
+    b.nodes.append(oh.make_node("Tanh", [u], [t], name=f"n{len(b.nodes)}"))
+    y = b.body("x", t)
+    vi_x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [16, 16])
+    vi_y = oh.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [16, 16])
+    graph = oh.make_graph(b.nodes, "tanh_random", [vi_x], [vi_y], b.inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=10)
+    sites = find_gelu_sites(model)
+    assert [(s.variant, s.spelling, s.input, s.output) for s in sites] == [
+        ("tanh", "pattern:tanh", "x", y)
+    ]
+    assert sites[0].nodes == tuple(n.name for n in b.nodes)  # every node is part of the GELU
+    feeds, pre = sample_inputs(model)
+    np.testing.assert_allclose(run_ort(model, feeds)[0], gelu_tanh(pre), rtol=1e-5, atol=3e-5)
