@@ -75,8 +75,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _rank(spec: TensorSpec) -> int:
-    return len(spec.shape)
+def _rank(spec: TensorSpec) -> int | None:
+    return None if spec.shape is None else len(spec.shape)
 
 
 def check_interfaces(
@@ -104,7 +104,7 @@ def check_interfaces(
                 continue
             if r[n].type != c[n].type:
                 problems.append(f"{what} {n!r}: reference {r[n].type}, candidate {c[n].type}")
-            elif _rank(r[n]) != _rank(c[n]):
+            elif None not in (_rank(r[n]), _rank(c[n])) and _rank(r[n]) != _rank(c[n]):
                 problems.append(
                     f"{what} {n!r}: reference rank {_rank(r[n])}, candidate rank {_rank(c[n])}"
                 )
@@ -131,6 +131,7 @@ def output_kinds(
     for o in outputs:
         is_cls = (
             o.type in _FLOAT_TYPES
+            and o.shape is not None
             and len(o.shape) == 2
             and not (isinstance(o.shape[1], int) and o.shape[1] < 2)
         )
@@ -220,7 +221,7 @@ def evaluate(
     cand_model = load_model(candidate)
     manifest_ranges, qouts = ({}, {}) if config.manifest is None else read_manifest(config.manifest)
     plans = plan_sites(ref_model, cand_model, sites, qouts)
-    ranges = quantized_input_ranges(cand_model, sites)
+    ranges = quantized_input_ranges(cand_model, sites, str(candidate.resolve().parent))
     ranges.update(manifest_ranges)
     for sid, lo, hi in config.site_ranges:
         ranges[sid] = (float(lo), float(hi))

@@ -28,17 +28,23 @@ class TensorSpec:
 
     name: str
     type: str
-    shape: tuple[int | str | None, ...]
+    shape: tuple[int | str | None, ...] | None
+    """None when the rank is unknown."""
 
 
-def load_model(path: Path) -> onnx.ModelProto:
-    """``onnx.load`` with external data, turning failures into :class:`ModelError`."""
+def load_model(path: Path, *, external_data: bool = False) -> onnx.ModelProto:
+    """``onnx.load``, by default without external data; failures become :class:`ModelError`."""
     if not path.is_file():
         raise ModelError(f"model {path} does not exist (or is not a file)")
     try:
-        return onnx.load(str(path), load_external_data=True)
+        return onnx.load(str(path), load_external_data=external_data)
     except Exception as e:  # protobuf decode errors, missing external data files …
         raise ModelError(f"cannot read ONNX model {path}: {e}") from e
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any initializer of the main graph keeps its data in an external file."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def produced_tensors(model: onnx.ModelProto) -> set[str]:
@@ -71,10 +77,18 @@ def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
     return added
 
 
+def _shape(shape: Sequence[int | str | None] | None) -> tuple[int | str | None, ...] | None:
+    return None if shape is None else tuple(shape)
+
+
 class ProbeSession:
     """An ORT session over a (probe copy of a) model; ``run(feeds)`` returns name → array.
 
-    Use as a context manager: the temporary directory of a > 2 GB probe copy is removed on exit.
+    The probe copy is the model's graph without its external data, handed to ORT as bytes with
+    the model's folder as the place to read external initializers from, so weights are never
+    copied through Python. Only a model whose inline weights leave no room below protobuf's 2 GB
+    limit is written to a temporary directory with external data instead. Use as a context
+    manager: that directory is removed on exit.
     """
 
     def __init__(
@@ -86,6 +100,7 @@ class ProbeSession:
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         model = load_model(path)
+        external = uses_external_data(model)
         original = [o.name for o in model.graph.output]
         self.extra_outputs = add_outputs(model, extra_outputs) if extra_outputs else []
         opts = ort.SessionOptions()
@@ -95,8 +110,15 @@ class ProbeSession:
         opts.log_severity_level = 3
         try:
             if model.ByteSize() < _SAFE_INLINE:
+                if external:
+                    opts.add_session_config_entry(
+                        "session.model_external_initializers_file_folder_path",
+                        str(path.resolve().parent),
+                    )
                 src: str | bytes = model.SerializeToString()
             else:
+                if external:
+                    onnx.load_external_data_for_model(model, str(path.resolve().parent))
                 self._tmp = tempfile.TemporaryDirectory(prefix="gelu-quant-probe-")
                 probe = Path(self._tmp.name) / "probe.onnx"
                 onnx.save(
@@ -113,11 +135,11 @@ class ProbeSession:
             self.close()
             raise ModelError(f"ONNX Runtime cannot open {path}: {e}") from e
         self.inputs = [
-            TensorSpec(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()
+            TensorSpec(i.name, i.type, _shape(i.shape)) for i in self.session.get_inputs()
         ]
         outs = {o.name: o for o in self.session.get_outputs()}
         self.outputs = [
-            TensorSpec(n, outs[n].type, tuple(outs[n].shape)) for n in original if n in outs
+            TensorSpec(n, outs[n].type, _shape(outs[n].shape)) for n in original if n in outs
         ]
         self._names = list(outs)
 

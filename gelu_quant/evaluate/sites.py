@@ -66,8 +66,16 @@ def rank_worst_first(sites: Sequence[SiteMetrics]) -> list[SiteMetrics]:
     return sorted(sites, key=key)
 
 
-def _const_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    vals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+def _const_values(model: onnx.ModelProto, base_dir: str) -> dict[str, np.ndarray]:
+    """Scalar-sized constants (initializers and Constant nodes), external data read from
+    ``base_dir``; big tensors are skipped."""
+    vals: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if int(np.prod(t.dims)) <= 16:
+            try:
+                vals[t.name] = numpy_helper.to_array(t, base_dir=base_dir)
+            except Exception:  # unreadable external data: the range stays unknown
+                continue
     for node in model.graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for a in node.attribute:
@@ -77,7 +85,7 @@ def _const_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def quantized_input_ranges(
-    model: onnx.ModelProto, sites: Sequence[GeluSite]
+    model: onnx.ModelProto, sites: Sequence[GeluSite], base_dir: str = ""
 ) -> dict[str, tuple[float, float]]:
     """The real range of a per-tensor ``QuantizeLinear`` applied to each site's input.
 
@@ -86,7 +94,7 @@ def quantized_input_ranges(
     (input from a DequantizeLinear) has the range of its ``qdq_in``. Sites with neither are
     absent from the result.
     """
-    consts = _const_values(model)
+    consts = _const_values(model, base_dir)
     by_input: dict[str, onnx.NodeProto] = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx"):
