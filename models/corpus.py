@@ -39,7 +39,7 @@ Split = Literal["calibration", "evaluation", "all"]
 SPLITS: tuple[str, ...] = ("calibration", "evaluation", "all")
 
 # Part of the disk-cache key: bump when the extraction or cleaning below changes.
-CORPUS_FORMAT = 1
+CORPUS_FORMAT = 3
 MIN_CHARS = 30
 MAX_CHARS = 300
 MIN_WORDS = 5
@@ -66,6 +66,7 @@ SKIP_DIRS = frozenset(
 )
 
 _ABBREVIATIONS = frozenset({"e.g.", "i.e.", "etc.", "vs.", "cf.", "no.", "mr.", "dr.", "approx."})
+_ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf)\.", re.IGNORECASE)
 _ROLE = re.compile(r":[a-zA-Z]+(?::[a-zA-Z]+)?:`~?([^`]*)`")
 _BACKQUOTES = re.compile(r"`+([^`]*)`+")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s+(?=[A-Z\"'(])")
@@ -128,7 +129,7 @@ def _split_sentences(paragraph: str) -> Iterator[str]:
     start = 0
     for match in _SENTENCE_END.finditer(paragraph):
         end = match.start() + 1
-        last_word = paragraph[start:end].rsplit(None, 1)[-1].lower()
+        last_word = paragraph[start:end].rsplit(None, 1)[-1].lower().lstrip("(\"'[")
         if last_word in _ABBREVIATIONS or (len(last_word) == 2 and last_word[0].isalpha()):
             continue  # "e.g. Foo", or an initial such as "J. Smith"
         yield paragraph[start : match.end()].strip()
@@ -146,7 +147,7 @@ def _clean(sentence: str) -> str | None:
         return None
     if not text[0].isupper() or text[-1] not in ".!?" or text.endswith("::"):
         return None
-    if _CODE_HINTS.search(text):
+    if _CODE_HINTS.search(_ABBREVIATION.sub(" ", text)):
         return None
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
