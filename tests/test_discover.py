@@ -446,6 +446,18 @@ def test_gelu_in_a_model_local_function_is_noted() -> None:
     )
 
 
+@pytest.mark.parametrize("infer_shapes", [True, False])
+def test_qdq_without_zero_points_is_uint8(infer_shapes: bool) -> None:
+    """ONNX: a QuantizeLinear without zero point and output_dtype makes uint8, zero point 0."""
+    text = (FIXTURES / "qdq_gelu.onnxtxt").read_text()
+    for old in (", int8 zp_in = {0}", ", int8 zp_out = {-118}", ", zp_in)", ", zp_out)"):
+        text = text.replace(old, ")" if old.endswith(")") else "")
+    site = discover(onnx.parser.parse_model(text), infer_shapes=infer_shapes).sites[0]
+    assert site.qdq_in == QuantInfo("hq", 0.03125, 0, "uint8", "x_dq")
+    assert site.qdq_out == QuantInfo("gq", float(np.float32(0.0166)), 0, "uint8", "g_q")
+    assert (site.dtype, site.notes) == ("float32", ())
+
+
 # -- near misses ----------------------------------------------------------------------------------
 
 # fixture -> (spelling attempted, anchor node, words the reason must contain, computes GELU?)

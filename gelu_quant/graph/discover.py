@@ -327,6 +327,10 @@ def _to_site(site_id: str, f: _Found, path: str, inferred: _Inferred) -> GeluSit
         dtype = inferred.get(str(f.output.name), (None, None))[0]
     if dtype is None and f.bias is not None:
         dtype = dtype_name(f.bias.dtype)
+    dq = f.x.producer()
+    if dtype is None and dq is not None and is_op(dq, "DequantizeLinear") and len(dq.inputs) > 1:
+        scale = const_array(dq.inputs[1])  # DequantizeLinear gives the scale's float type
+        dtype = None if scale is None else scale.dtype.name
     if dtype is None:
         dtype = "float32"
         notes.append("input dtype unknown; assumed float32")
@@ -356,8 +360,10 @@ def _quant_info(
     tensor: ir.Value,
     inferred: _Inferred,
     notes: list[str],
-    default_dtype: str | None,
 ) -> QuantInfo | None:
+    """Scale, zero point and integer type of a per-tensor Q or DQ node (None, with a note, if
+    they are not constants or not per-tensor). A Q without zero point and output_dtype gives
+    uint8, as ONNX says."""
     ins = [*node.inputs, None, None, None]
     scale = const_array(ins[1])
     if scale is None or scale.size != 1:
@@ -372,9 +378,10 @@ def _quant_info(
         or dtype_name(tensor.dtype)
         or inferred.get(str(tensor.name), (None, None))[0]
     )
-    if dtype is None and node.op_type == "QuantizeLinear":
-        attr = node.attributes.get("output_dtype")
-        dtype = dtype_name(ir.DataType(attr.as_int())) if attr is not None else default_dtype
+    q = node if node.op_type == "QuantizeLinear" else tensor.producer()
+    if dtype is None and q is not None and is_op(q, "QuantizeLinear"):
+        attr = q.attributes.get("output_dtype")
+        dtype = dtype_name(ir.DataType(attr.as_int())) if attr is not None else "uint8"
     if dtype is None:
         notes.append(f"{node.op_type} {node.name!r}: integer dtype unknown")
         return None
@@ -393,7 +400,7 @@ def _qdq_in(
     dq = x.producer()
     if dq is None or not is_op(dq, "DequantizeLinear") or dq.inputs[0] is None:
         return None
-    info = _quant_info(dq, dq.inputs[0], inferred, notes, None)
+    info = _quant_info(dq, dq.inputs[0], inferred, notes)
     outside = [u for u in consumers(x) if u not in members]
     if info is not None and (outside or x.is_graph_output()):
         names = ", ".join(repr(u.name) for u in outside) or "the graph output"
@@ -412,7 +419,7 @@ def _qdq_out(y: ir.Value, notes: list[str], inferred: _Inferred) -> QuantInfo | 
         )
         return None
     q = qs[0]
-    return _quant_info(q, q.outputs[0], inferred, notes, "uint8")
+    return _quant_info(q, q.outputs[0], inferred, notes)
 
 
 # -- shape inference ------------------------------------------------------------------------------
