@@ -325,7 +325,8 @@ def run_reference(model: onnx.ModelProto, x: npt.NDArray[Any]) -> npt.NDArray[An
     from onnx.reference import ReferenceEvaluator
 
     ref = ReferenceEvaluator(model)
-    return np.asarray(ref.run(None, {model.graph.input[0].name: x})[0])
+    outs: Any = ref.run(None, {model.graph.input[0].name: x})
+    return np.asarray(outs[0])
 
 
 def _reference_opset(opset: int) -> int:
@@ -425,6 +426,7 @@ def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto
         nodes.append(helper.make_node("Cast", ["g"], ["Y"], to=onnx_type(spec.out_dtype)))
     else:
         oq = spec.out_qparams
+        assert fit.out_scale is not None
         nodes += [
             const("out_scale", fit.out_scale, np.float32),
             const("out_zero_point", oq.zero_point, oq.np_dtype),

@@ -22,6 +22,7 @@ QuickGELU sites are reported as skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -422,8 +423,8 @@ def _plan_site(
             s = init("in_scale", qp.scale, np.float32)
             z = init("in_zero_point", qp.zero_point, qp.np_dtype)
             codes = node("QuantizeLinear", [x, s, z], "codes")
-            out_qp = getattr(spec, "out_qparams", None)
-            if out_qp is None:  # float-output table
+            lut_out_qp: QParams | None = getattr(spec, "out_qparams", None)
+            if lut_out_qp is None:  # float-output table
                 if op.output_type == site_t:
                     new_nodes.append(op.node(codes, site.output, new_name(f"{pre}_{op.kind}")))
                 else:
@@ -433,8 +434,8 @@ def _plan_site(
             else:
                 y = new_name(f"{pre}_out_codes")
                 new_nodes.append(op.node(codes, y, new_name(f"{pre}_{op.kind}")))
-                s = init("out_scale", out_qp.scale, np.float32)
-                z = init("out_zero_point", out_qp.zero_point, out_qp.np_dtype)
+                s = init("out_scale", lut_out_qp.scale, np.float32)
+                z = init("out_zero_point", lut_out_qp.zero_point, lut_out_qp.np_dtype)
                 if site.dtype == "float32":
                     node("DequantizeLinear", [y, s, z], "", out=site.output)
                 else:
@@ -713,11 +714,13 @@ def convert_file(
 
     fingerprint = model_fingerprint(str(src_p))
     model = onnx.load(str(src_p), load_external_data=True) if external else header
-    result = convert_model(model, config, sites=sites, ranges=ranges, source_name=src_p.name)
+    # the checker runs on the written file (works beyond 2 GB), not in memory
+    in_memory = dataclasses.replace(config, check=False)
+    result = convert_model(model, in_memory, sites=sites, ranges=ranges, source_name=src_p.name)
     del model, header
     result.manifest = Manifest(
         target=result.manifest.target,
-        config=result.manifest.config,
+        config=config.to_json(),
         sites=result.manifest.sites,
         source_name=src_p.name,
         source_fingerprint=fingerprint,
