@@ -39,7 +39,7 @@ Split = Literal["calibration", "evaluation", "all"]
 SPLITS: tuple[str, ...] = ("calibration", "evaluation", "all")
 
 # Part of the disk-cache key: bump when the extraction or cleaning below changes.
-CORPUS_FORMAT = 3
+CORPUS_FORMAT = 4
 MIN_CHARS = 30
 MAX_CHARS = 300
 MIN_WORDS = 5
@@ -141,7 +141,7 @@ def _split_sentences(paragraph: str) -> Iterator[str]:
 
 def _clean(sentence: str) -> str | None:
     text = _ROLE.sub(r"\1", sentence)
-    text = _BACKQUOTES.sub(r"\1", text)
+    text = _BACKQUOTES.sub(r"\1", text).replace("`", "'")  # old style: `name'
     text = " ".join(text.split())
     if not MIN_CHARS <= len(text) <= MAX_CHARS or len(text.split()) < MIN_WORDS:
         return None
