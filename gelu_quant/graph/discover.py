@@ -120,7 +120,8 @@ def discover(
     try:
         irmodel = ir.serde.deserialize_model(proto)
     except Exception as err:  # onnx-ir rejects malformed graphs with assorted errors
-        raise ModelError(f"cannot read the model's graph: {err}") from err
+        detail = " ".join(str(err).split())
+        raise ModelError(f"cannot read the model's graph: {detail}") from err
     if base_dir:
         ir.external_data.set_base_dir(irmodel.graph, base_dir)
 
