@@ -16,7 +16,7 @@ from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
 from gelu_quant.evaluate.feeds import open_source
 from gelu_quant.evaluate.gate import GateConfig, load_gate_config
 from gelu_quant.evaluate.report import (
-    AccuracyReport,
+    text_summary,
     to_json,
     to_junit_xml,
     to_markdown,
@@ -32,33 +32,6 @@ def _graph_inputs(path: Path) -> list[str]:
         raise ModelError(f"cannot read ONNX model {path}: {e}") from e
     inits = {t.name for t in m.graph.initializer}
     return [i.name for i in m.graph.input if i.name not in inits]
-
-
-def _summary(r: AccuracyReport) -> str:
-    lines = []
-    for o in r.outputs:
-        extra = ""
-        if o.top1_agreement is not None:
-            extra += f"  top1 {o.top1_agreement:.4f}  KL {o.kl_divergence:.3g}"
-        if o.accuracy_drop is not None:
-            extra += (
-                f"  acc {o.accuracy_reference:.4f} -> {o.accuracy_candidate:.4f}"
-                f" (drop {o.accuracy_drop:.3f} pp)"
-            )
-        lines.append(
-            f"output {o.name}: cosine mean {o.cosine_mean:.6f} worst {o.cosine_min:.6f}  "
-            f"SQNR {o.errors.sqnr_db:.2f} dB  max|err| {o.errors.max_abs_error:.4g}{extra}"
-        )
-    for s in r.sites[:3]:
-        if s.errors is not None:
-            lines.append(
-                f"site {s.id}: SQNR {s.errors.sqnr_db:.2f} dB  max|err| "
-                f"{s.errors.max_abs_error:.4g}"
-            )
-    for c in r.verdict.checks:
-        lines.append(("ok   " if c.passed else "FAIL ") + c.message)
-    lines.append(f"gate {'passed' if r.passed else 'FAILED'} ({r.samples} samples)")
-    return "\n".join(lines)
 
 
 @click.command("eval")
@@ -260,7 +233,7 @@ def eval_cmd(
     if as_json:
         click.echo(to_json(report), nl=False)
     elif not quiet:
-        click.echo(_summary(report))
+        click.echo(text_summary(report))
     if not report.passed:
         failed = "; ".join(c.message for c in report.verdict.failed)
         raise GateFailed(f"accuracy gate failed: {failed}")

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from gelu_quant.errors import BadInputError
-from gelu_quant.evaluate.gate import GateConfig, check_applicable, judge, load_gate_config
+from gelu_quant.evaluate.gate import (
+    GateConfig,
+    check_applicable,
+    gate_config_from_table,
+    judge,
+    load_gate_config,
+)
 from gelu_quant.evaluate.metrics import ErrorStats, OutputMetrics
 
 
@@ -94,3 +100,10 @@ def test_inapplicable_thresholds_are_bad_input() -> None:
     check_applicable(GateConfig(max_accuracy_drop=1), {"l": "classification"}, True, "l")
     with pytest.raises(BadInputError):
         GateConfig(min_sqnr=math.inf)
+
+
+def test_gate_config_from_table_names_the_table() -> None:
+    g = gate_config_from_table({"min-cosine": 0.99, "outputs": ["a"]}, "pipeline.toml [gate]")
+    assert g == GateConfig(min_cosine=0.99, outputs=("a",))
+    with pytest.raises(BadInputError, match=r"pipeline.toml \[gate\]: gate threshold min_sqnr"):
+        gate_config_from_table({"min_sqnr": "x"}, "pipeline.toml [gate]")

@@ -20,6 +20,7 @@ from gelu_quant.evaluate.report import (
     AccuracyReport,
     ModelInfo,
     from_json,
+    text_summary,
     to_json,
     to_junit_xml,
     to_markdown,
@@ -138,3 +139,13 @@ def test_report_from_a_real_run_round_trips(tmp_path: Path) -> None:
     r = evaluate(ref, cand, em.batches(em.data(40), 16), cfg)
     assert from_json(to_json(r)) == r
     assert validate(ET.fromstring(to_junit_xml(r)), load_schema(XSD)) == []
+
+
+def test_text_summary_lists_outputs_sites_checks_and_verdict() -> None:
+    lines = text_summary(hand_report(n_sites=8), max_sites=2).splitlines()
+    assert lines[0].startswith("output logits: cosine mean 0.990000 worst 0.900000")
+    assert "acc 0.6000 -> 0.4000 (drop 20.000 pp)" in lines[0]
+    assert [ln.split(":")[0] for ln in lines[2:4]] == ["site gelu0", "site gelu1"]
+    assert lines[-3].startswith("ok   min_cosine on logits")
+    assert lines[-2].startswith("FAIL max_accuracy_drop on logits: 20 <= 0.5")
+    assert lines[-1] == "gate FAILED (5 samples)"

@@ -117,24 +117,33 @@ def load_gate_config(path: Path) -> GateConfig:
         raise BadInputError(
             f"{path} has no [tool.gelu-quant.gate] table; add one or give thresholds as flags"
         )
-    if not isinstance(table, dict):
-        raise BadInputError(f"[tool.gelu-quant.gate] in {path} must be a table")
+    return gate_config_from_table(table, f"[tool.gelu-quant.gate] in {path}")
+
+
+def gate_config_from_table(table: Mapping[str, Any], where: str = "gate table") -> GateConfig:
+    """A :class:`GateConfig` from a parsed TOML table (keys with dashes or underscores).
+
+    ``where`` names the table in error messages.
+    """
+    if not isinstance(table, Mapping):
+        raise BadInputError(f"{where} must be a table")
     known = {*THRESHOLDS, "outputs"}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         k = key.replace("-", "_")
         if k not in known:
             allowed = ", ".join(n.replace("_", "-") for n in sorted(known))
-            raise BadInputError(
-                f"unknown key {key!r} in [tool.gelu-quant.gate] of {path}; allowed: {allowed}"
-            )
+            raise BadInputError(f"unknown key {key!r} in {where}; allowed: {allowed}")
         if k == "outputs":
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise BadInputError(f"'outputs' in {path} must be a list of output names")
+                raise BadInputError(f"'outputs' in {where} must be a list of output names")
             kwargs[k] = tuple(value)
         else:
             kwargs[k] = value
-    return GateConfig(**kwargs)
+    try:
+        return GateConfig(**kwargs)
+    except BadInputError as e:
+        raise BadInputError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,34 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def text_summary(r: AccuracyReport, *, max_sites: int = 6) -> str:
+    """Plain-text summary for a terminal: outputs, the worst sites, each check, the verdict."""
+    lines = []
+    for o in r.outputs:
+        extra = ""
+        if o.top1_agreement is not None:
+            extra += f"  top1 {o.top1_agreement:.4f}  KL {o.kl_divergence:.3g}"
+        if o.accuracy_drop is not None:
+            extra += (
+                f"  acc {o.accuracy_reference:.4f} -> {o.accuracy_candidate:.4f}"
+                f" (drop {o.accuracy_drop:.3f} pp)"
+            )
+        lines.append(
+            f"output {o.name}: cosine mean {o.cosine_mean:.6f} worst {o.cosine_min:.6f}  "
+            f"SQNR {o.errors.sqnr_db:.2f} dB  max|err| {o.errors.max_abs_error:.4g}{extra}"
+        )
+    for s in r.sites[:max_sites]:
+        if s.errors is not None:
+            lines.append(
+                f"site {s.id}: SQNR {s.errors.sqnr_db:.2f} dB  max|err| "
+                f"{s.errors.max_abs_error:.4g}"
+            )
+    for c in r.verdict.checks:
+        lines.append(("ok   " if c.passed else "FAIL ") + c.message)
+    lines.append(f"gate {'passed' if r.passed else 'FAILED'} ({r.samples} samples)")
+    return "\n".join(lines)
+
+
 def to_markdown(r: AccuracyReport, *, markdown_path: Path | None = None) -> str:
     """A summary for a CI step summary: verdict, checks, outputs, the worst sites.
 
