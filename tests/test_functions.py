@@ -191,6 +191,68 @@ def test_gelu_poly_three_way_on_every_fp16_input(rng, segments, degree, io, cp, 
     three_way(op, x, want)
 
 
+BASELINE_CASES = [
+    ("tanh", "float16", "float16"),
+    ("tanh", "float16", "float32"),
+    ("tanh", "float32", "float32"),
+    ("quick", "float16", "float16"),
+    ("quick", "float32", "float32"),
+]
+
+
+@pytest.mark.parametrize(("which", "io", "cp"), BASELINE_CASES)
+def test_float_baselines(which: str, io: str, cp: str) -> None:
+    """Tanh-formula and QuickGELU baselines: bit-exact with onnx.reference on every float16
+    input; in ORT bit-exact when the arithmetic is float16 (every op rounded to float16), and
+    within 2^-20 (float32) / 2^-10 relative (float16 out) otherwise: ORT's Tanh and Exp kernels
+    are not correctly rounded like numpy's."""
+    from gelu_quant.lut.baselines import QuickGeluSpec, TanhGeluSpec
+
+    cls = TanhGeluSpec if which == "tanh" else QuickGeluSpec
+    spec = cls(-8.0, 8.0, io, cp)  # type: ignore[arg-type]
+    op = custom_op(spec, opset=21)
+    x = _all_fp16().astype(io)
+    with np.errstate(all="ignore"):
+        want = spec.evaluate(x)
+    m = single_op_model(op)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert same_bits(run_reference(m, x), want)
+    got = run_ort(m, x)
+    if cp == "float16":
+        assert same_bits(got, want)
+    else:
+        tol = 2.0**-20 if io == "float32" else 2.0**-10
+        fin = np.isfinite(x)
+        np.testing.assert_allclose(got[fin], want[fin], rtol=tol, atol=tol)
+        assert same_bits(got[~fin], want[~fin])
+
+
+@pytest.mark.parametrize(("in_bits", "io"), [(8, "float32"), (8, "float16"), (16, "float32")])
+def test_igelu_three_way(in_bits: int, io: str) -> None:
+    """I-BERT's integer GELU: int32 arithmetic, bit-exact three ways on every float16 input
+    (onnx.reference's QuantizeLinear does not saturate +-inf, so those two are left out of its
+    comparison)."""
+    from gelu_quant.lut.baselines import IGeluSpec
+
+    spec = IGeluSpec(-8.0, 8.0, in_bits=in_bits, io_dtype=io)  # type: ignore[arg-type]
+    op = custom_op(spec, opset=21)
+    x = _all_fp16().astype(io)
+    with np.errstate(all="ignore"):
+        want = spec.evaluate(x)
+    m = single_op_model(op)
+    assert same_bits(run_ort(m, x), want)
+    finite = ~np.isinf(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert same_bits(run_reference(m, x[finite]), want[finite])
+    if in_bits == 16:
+        with pytest.raises(ModelError, match="opset 21"):
+            custom_op(spec, opset=17)
+    else:  # 8-bit Q works from opset 13
+        assert same_bits(run_ort(single_op_model(custom_op(spec, opset=13)), x), want)
+
+
 def test_fp16_poly_float32_inputs_dense() -> None:
     spec = build_poly(-8.0, 8.0, 6, 3, io_dtype="float32", compute_dtype="float32")
     x = np.random.default_rng(0).normal(0, 5, 200_000).astype(np.float32)

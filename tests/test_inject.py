@@ -168,6 +168,34 @@ def test_fixture_conversion(name: str, target: str) -> None:
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize(
+    "target", ["fp16-tanh-formula", "fp32-tanh-formula", "fp16-quick-gelu", "int8-igelu"]
+)
+def test_baseline_targets(target: str) -> None:
+    model = load_fixture("erf_div_two")
+    site = find_gelu_sites(model)[0]
+    res = convert_model(model, ConvertConfig(target, range=(-6.0, 6.0)), sites=[site])
+    rec = res.manifest.converted[0]
+    kinds = [op_kind(n.op_type) for n in res.model.graph.node if n.domain == DOMAIN]
+    assert kinds == [
+        {
+            "fp16-tanh-formula": "GeluTanhFormula",
+            "fp32-tanh-formula": "GeluTanhFormula",
+            "fp16-quick-gelu": "GeluQuick",
+            "int8-igelu": "GeluInt",
+        }[target]
+    ]
+    spec = spec_from_json(rec.spec)
+    feeds = sample_feeds(model)
+    x = run_exposing(model, feeds, [site.input])[site.input]
+    got = run_exposing(res.model, feeds, [site.output])[site.output]
+    want = np.asarray(spec.evaluate(x)).astype(np.float32)
+    if target == "fp32-tanh-formula":  # ORT's Tanh kernel is not correctly rounded
+        np.testing.assert_allclose(got, want, rtol=2.0**-20, atol=2.0**-20)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
 def test_conversion_is_deterministic_and_leaves_the_input_alone() -> None:
     model = load_fixture("erf_torchscript")
     before = model.SerializeToString()

@@ -171,7 +171,6 @@ def register_body(spec_type: type[GeluApprox]) -> Callable[[F], F]:
 
 def supported_specs() -> tuple[type[GeluApprox], ...]:
     """Spec types that have a function body."""
-    _load_optional_builders()
     return tuple(_BUILDERS)
 
 
@@ -191,7 +190,6 @@ def custom_op(
         )
     if lut_body not in LUT_BODIES:
         raise SpecError(f"unknown LUT body {lut_body!r}; expected one of {', '.join(LUT_BODIES)}")
-    _load_optional_builders()
     for t in type(spec).__mro__:
         if t in _BUILDERS:
             return _BUILDERS[t](spec, opset=opset, lut_body=lut_body, verify=verify)
@@ -199,18 +197,6 @@ def custom_op(
         f"no ONNX function body for spec kind {spec.kind!r}; supported: "
         + ", ".join(sorted(t.kind for t in _BUILDERS))
     )
-
-
-def _load_optional_builders() -> None:
-    """Body builders for spec kinds living in optional modules register on import."""
-    import importlib
-
-    for mod in ("gelu_quant.graph.functions_poly", "gelu_quant.graph.functions_baselines"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name is None or not mod.startswith(e.name):
-                raise
 
 
 # -- small helpers ----------------------------------------------------------------
@@ -601,6 +587,145 @@ def _poly_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custo
     return CustomOp("GeluPoly", attrs, tuple(poly_body(spec)), opset, t, t, "poly")
 
 
+# -- baselines ---------------------------------------------------------------------------------
+class _Seq:
+    """Builds a float body op by op; with ``round16`` every result is rounded to float16
+    (computed in float32, then ``Cast`` to float16 and back), as numpy's float16 ops do."""
+
+    def __init__(self, round16: bool) -> None:
+        self.round16 = round16
+        self.nodes: list[onnx.NodeProto] = []
+        self.n = 0
+
+    def op(self, op_type: str, *inputs: str, exact: bool = False) -> str:
+        self.n += 1
+        out = f"v{self.n}"
+        if not self.round16 or exact:
+            self.nodes.append(helper.make_node(op_type, list(inputs), [out]))
+            return out
+        self.nodes += [
+            helper.make_node(op_type, list(inputs), [f"{out}_f32"]),
+            helper.make_node("Cast", [f"{out}_f32"], [f"{out}_f16"], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", [f"{out}_f16"], [out], to=TensorProto.FLOAT),
+        ]
+        return out
+
+    def const(self, name: str, value: float, dtype: str) -> str:
+        # constants rounded to the compute dtype, held in float32 (exact)
+        self.nodes.append(const(name, np.float32(np.dtype(dtype).type(value))))
+        return name
+
+
+def _float_formula_body(spec: Any) -> list[onnx.NodeProto]:
+    """TanhGeluSpec / QuickGeluSpec: the spec's op sequence, each op rounded to compute dtype."""
+    from gelu_quant.lut.baselines import QuickGeluSpec, TanhGeluSpec
+
+    cp = spec.compute_dtype
+    seq = _Seq(round16=cp == "float16")
+    seq.nodes.append(helper.make_node("Cast", ["X"], ["xf32"], to=TensorProto.FLOAT))
+    x = "xf32"
+    if cp == "float16" and spec.io_dtype == "float32":  # x.astype(io).astype(cp)
+        x = seq.op("Identity", x)
+    if isinstance(spec, TanhGeluSpec):
+        c3 = seq.const("c3", 0.044715, cp)
+        k = seq.const("k", math.sqrt(2.0 / math.pi), cp)
+        one = seq.const("one", 1.0, cp)
+        half = seq.const("half", 0.5, cp)
+        x3 = seq.op("Mul", seq.op("Mul", x, x), x)
+        v = seq.op("Add", x, seq.op("Mul", c3, x3))
+        w = seq.op("Mul", k, v)
+        s_ = seq.op("Add", one, seq.op("Tanh", w))
+        y = seq.op("Mul", seq.op("Mul", half, x), s_)
+    elif isinstance(spec, QuickGeluSpec):
+        a = seq.const("alpha", 1.702, cp)
+        one = seq.const("one", 1.0, cp)
+        z = seq.op("Mul", a, x)
+        e = seq.op("Exp", seq.op("Neg", z, exact=True))
+        sig = seq.op("Div", one, seq.op("Add", one, e))
+        y = seq.op("Mul", x, sig)
+    else:  # pragma: no cover - registry guarantees the type
+        raise SpecError(f"no formula body for {spec.kind}")
+    seq.nodes.append(helper.make_node("Cast", [y], ["Y"], to=onnx_type(spec.io_dtype)))
+    return seq.nodes
+
+
+def _float_formula_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+    kind = "GeluTanhFormula" if spec.kind == "tanh-formula" else "GeluQuick"
+    attrs = (
+        helper.make_attribute("lo", float(spec.lo)),
+        helper.make_attribute("hi", float(spec.hi)),
+        helper.make_attribute("compute_dtype", spec.compute_dtype),
+        helper.make_attribute("form", spec.form),
+    )
+    t = onnx_type(spec.io_dtype)
+    return CustomOp(kind, attrs, tuple(_float_formula_body(spec)), opset, t, t, "formula")
+
+
+def igelu_body(spec: Any, opset: int) -> list[onnx.NodeProto]:
+    """I-BERT's i-GELU (:func:`gelu_quant.lut.baselines.igelu_int`) in int32 ONNX ops."""
+    k = spec.constants
+    qp = spec.qparams
+    if qp.dtype == "int16" and opset < 21:
+        raise ModelError(f"16-bit i-GELU needs opset 21 for int16 QuantizeLinear (model: {opset})")
+    i32 = np.int32
+    nodes = [
+        helper.make_node("Cast", ["X"], ["x32"], to=TensorProto.FLOAT),
+        const("scale", qp.scale, np.float32),
+        const("zero", 0, qp.np_dtype),
+        helper.make_node("QuantizeLinear", ["x32", "scale", "zero"], ["q8"]),
+        helper.make_node("Cast", ["q8"], ["q"], to=TensorProto.INT32),
+        const("neg_q_b", -k.q_b, i32),
+        const("q_b", k.q_b, i32),
+        const("q_c", k.q_c, i32),
+        const("q_1", k.q_1, i32),
+        helper.make_node("Abs", ["q"], ["q_abs0"]),
+        helper.make_node("Min", ["q_abs0", "neg_q_b"], ["q_abs"]),
+        helper.make_node("Add", ["q_abs", "q_b"], ["base"]),
+        helper.make_node("Mul", ["base", "base"], ["sq"]),
+        helper.make_node("Add", ["sq", "q_c"], ["q_l"]),
+        helper.make_node("Sign", ["q"], ["sign"]),
+        helper.make_node("Mul", ["sign", "q_l"], ["signed"]),
+    ]
+    erf = "signed"
+    if k.shift_bits:
+        # floor division by 2^n: subtract the (non-negative) remainder, then divide exactly
+        nodes += [
+            const("pow2", 1 << k.shift_bits, i32),
+            helper.make_node("Mod", ["signed", "pow2"], ["rem"], fmod=0),
+            helper.make_node("Sub", ["signed", "rem"], ["floored"]),
+            helper.make_node("Div", ["floored", "pow2"], ["q_erf"]),
+        ]
+        erf = "q_erf"
+    nodes += [
+        helper.make_node("Add", [erf, "q_1"], ["inner"]),
+        helper.make_node("Mul", ["q", "inner"], ["q_out"]),
+        helper.make_node("Cast", ["q_out"], ["q_out64"], to=TensorProto.DOUBLE),
+        const("s_out", k.s_out, np.float64),
+        helper.make_node("Mul", ["q_out64", "s_out"], ["y64"]),
+        helper.make_node("Cast", ["y64"], ["y32"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["y32"], ["y_io"], to=onnx_type(spec.io_dtype)),
+        helper.make_node("IsNaN", ["X"], ["nan"]),
+        helper.make_node("Where", ["nan", "X", "y_io"], ["Y"]),
+    ]
+    return nodes
+
+
+def _igelu_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+    k = spec.constants
+    attrs = (
+        helper.make_attribute("in_scale", float(k.scale)),
+        helper.make_attribute("in_bits", int(spec.in_bits)),
+        helper.make_attribute("q_b", int(k.q_b)),
+        helper.make_attribute("q_c", int(k.q_c)),
+        helper.make_attribute("q_1", int(k.q_1)),
+        helper.make_attribute("shift_bits", int(k.shift_bits)),
+        helper.make_attribute("out_scale", float(k.s_out)),
+        helper.make_attribute("form", spec.form),
+    )
+    t = onnx_type(spec.io_dtype)
+    return CustomOp("GeluInt", attrs, tuple(igelu_body(spec, opset)), opset, t, t, "int32")
+
+
 def _register_builtin() -> None:
     from gelu_quant.lut.interp import InterpLutSpec
     from gelu_quant.lut.poly import PolySpec
@@ -609,6 +734,11 @@ def _register_builtin() -> None:
     register_body(LutSpec)(_lut_op)
     register_body(InterpLutSpec)(_interp_op)
     register_body(PolySpec)(_poly_op)
+    from gelu_quant.lut.baselines import IGeluSpec, QuickGeluSpec, TanhGeluSpec
+
+    register_body(TanhGeluSpec)(_float_formula_op)
+    register_body(QuickGeluSpec)(_float_formula_op)
+    register_body(IGeluSpec)(_igelu_op)
 
 
 _register_builtin()

@@ -64,11 +64,12 @@ MIN_IR_VERSION = 8
 class Target:
     """What a ``--target`` name builds."""
 
-    kind: Literal["lut", "interp", "poly"]
+    kind: Literal["lut", "interp", "poly", "baseline"]
     in_dtype: str = "int8"
     out_dtype: str = "int8"
     segments: int | None = None
     """Interpolated tables: number of segments."""
+    baseline: Literal["tanh", "quick", "igelu"] | None = None
     help: str = ""
 
 
@@ -84,6 +85,18 @@ TARGETS: dict[str, Target] = {
     "fp16-poly": Target("poly", "float16", "float16", help="float16 piecewise polynomial"),
     "fp16-poly-fp32acc": Target("poly", "float16", "float32", help="float16 io, float32 Horner"),
     "fp32-poly": Target("poly", "float32", "float32", help="float32 piecewise polynomial"),
+    "fp16-tanh-formula": Target(
+        "baseline", "float16", "float16", baseline="tanh", help="baseline: tanh form"
+    ),
+    "fp32-tanh-formula": Target(
+        "baseline", "float32", "float32", baseline="tanh", help="baseline: tanh form"
+    ),
+    "fp16-quick-gelu": Target(
+        "baseline", "float16", "float16", baseline="quick", help="baseline: QuickGELU"
+    ),
+    "int8-igelu": Target(
+        "baseline", "int8", "float32", baseline="igelu", help="baseline: I-BERT i-GELU"
+    ),
 }
 
 
@@ -192,9 +205,19 @@ def build_spec(
             out_qparams=out_qparams,
             form=form,
         )
+    assert in_range is not None
+    if target.kind == "baseline":
+        from gelu_quant.lut import baselines as bl
+
+        lo, hi = in_range
+        if target.baseline == "igelu":
+            return bl.IGeluSpec(lo, hi, in_bits=8, io_dtype="float32")
+        fd: Any = target.in_dtype
+        if target.baseline == "quick":
+            return bl.QuickGeluSpec(lo, hi, fd, fd)
+        return bl.TanhGeluSpec(lo, hi, fd, fd)
     from gelu_quant.lut.poly import build_poly
 
-    assert in_range is not None
     io: Any = target.in_dtype
     cp: Any = target.out_dtype
     return build_poly(
