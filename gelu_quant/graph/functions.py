@@ -14,33 +14,49 @@ whose meaning is a model-local ``FunctionProto`` of standard ONNX ops (so ONNX R
 ``GeluPoly``      float16/float32 in and out, piecewise polynomial. Attributes: ``breakpoints``,
                   ``origins``, ``coefficients`` (tensors), ``lo``, ``hi``, ``compute_dtype``,
                   ``form``.
+``GeluTanhFormula``, ``GeluQuick``  the float baselines (tanh formula, QuickGELU), op by op in
+                  their compute dtype. Attributes: ``lo``, ``hi``, ``compute_dtype``, ``form``.
+``GeluInt``       I-BERT's integer i-GELU (int32 arithmetic). Attributes: ``in_scale``,
+                  ``in_bits``, ``q_b``, ``q_c``, ``q_1``, ``shift_bits``, ``out_scale``.
 
 A node's ``op_type`` is the kind followed by a content hash of its body (``GeluLut_3fa2c1d09e4b``):
 ``onnx.reference`` ignores function overloads, so distinct bodies need distinct names. The kind
 is the part before the last underscore (:func:`op_kind`). The body reads no attributes.
 
-Function bodies (measured in ``benchmarks/bench_gelulut.py``; ORT 1.31, one thread):
+Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x1536 int8):
 
-* **GELU tables** (:class:`~gelu_quant.lut.table.LutSpec`): ``Gather`` is ~7x slower than the
-  ``DequantizeLinear -> Gelu -> QuantizeLinear`` it replaces, and ``GatherElements`` on a flat
-  table (as fast as DQ->Gelu->Q in ORT) cannot run in ``onnx.reference`` (numpy ``choose`` takes
-  at most 64 entries). So the default body *recomputes* the table:
-  ``DequantizeLinear -> x·(1 + erf(x/√2))/2 (or the tanh form) -> QuantizeLinear`` (``Cast``
-  for float16 outputs), which ORT fuses into its Gelu kernel. It equals the table on every input
-  code because (1) the float64 GELU of every code's float32 input lies, with a margin of
+* **GELU tables** (:class:`~gelu_quant.lut.table.LutSpec`): ``Cast -> Gather`` is ~7x slower than
+  the ``DequantizeLinear -> Gelu -> QuantizeLinear`` it replaces; ``GatherElements`` on the
+  flattened tensor is as fast as DQ->Gelu->Q in ORT but ``onnx.reference`` cannot run it (numpy
+  ``choose`` takes at most 63 entries), and every reference-compatible rewrite of it (2-D
+  GatherElements, GatherND) is slower still in ORT. So the default body (``formula``)
+  *recomputes* the table: ``DequantizeLinear -> Gelu -> QuantizeLinear`` (``Cast`` for float
+  outputs) in models of opset 20 and later -- after ORT inlines the function, the very graph it
+  replaces, at the same speed; older opsets have no ``Gelu``, so the body spells
+  ``x·(1 + erf(x/√2))/2`` (or the tanh form) out, which ORT runs as separate kernels (it does not
+  fuse a GELU pattern fed by DequantizeLinear). The body equals the table on every input code
+  because (1) the float64 GELU of every code's float32 input lies, with a margin of
   ``32·2⁻²⁴·(|x|+1)`` (14x the worst float32 GELU error measured for ORT's Gelu and Erf kernels
-  and onnx.reference, see ``tests/test_functions.py``), strictly inside the rounding interval of
-  its table entry: when a code sits on a rounding boundary, the body's scales are nudged (input
-  and output scale, a few parts per million, searched) until none does; and (2) the body is run
-  on all codes with ORT and ``onnx.reference`` at build time and must reproduce the table
-  exactly. When no nudge works or a run disagrees, the body falls back to ``Gather`` (correct
-  everywhere, slow in ORT). :attr:`CustomOp.body_kind` says which body was used.
+  and onnx.reference; ``tests/test_functions.py`` keeps checking a 4x margin), strictly inside
+  the rounding interval of its table entry -- when a code sits on a rounding boundary, the body's
+  scales are nudged (input and output scale, up to 80 parts per million, searched) until none
+  does; and (2) the body is run on all codes with ORT and ``onnx.reference`` at build time and
+  must reproduce the table exactly. When no nudge works or a run disagrees, the body falls back
+  to ``Gather`` (correct everywhere, slow in ORT). In practice int8/uint8-output GELU tables get
+  the formula body; float16/float32/int16 outputs and int16 inputs (65536 codes) do not (their
+  rounding intervals are finer than float32 GELU's error) and use ``Gather``.
+  :attr:`CustomOp.body_kind` says which body was used; ``lut_body="gather-elements"`` opts into
+  the ORT-only fast body for any table.
 * **Interpolated tables**: ``Gather`` of the equivalent 256-entry table (the attributes keep the
   knots).
 * **Polynomials**: the exact operation sequence of :meth:`PolySpec.evaluate`: segment index by
   comparisons with the inner breakpoints, per-segment origin and coefficients by
-  ``GatherElements`` on flat tensors (at most 64 segments, which ``onnx.reference`` can run),
-  Horner with one rounding per op, tails by ``Where``.
+  ``GatherElements`` on flat tensors (at most 63 segments, which ``onnx.reference`` can run),
+  Horner with one rounding per op, tails by ``Where``. Float16 arithmetic is float32 ops each
+  followed by ``Cast`` to float16 and back: ORT's CPU kernels otherwise run a float16 chain in
+  float32 and drop the intermediate roundings.
+* **Baselines**: their op sequences the same way; I-BERT's i-GELU in int32 (floor division by
+  ``2**n`` as ``(a - Mod(a, 2**n)) / 2**n``).
 """
 
 from __future__ import annotations
@@ -489,8 +505,8 @@ def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Cus
 
 
 # -- GeluPoly ------------------------------------------------------------------------------------
-MAX_POLY_SEGMENTS = 64
-"""onnx.reference's GatherElements (numpy ``choose``) takes at most 64 entries."""
+MAX_POLY_SEGMENTS = 63
+"""onnx.reference's GatherElements (numpy ``choose``) takes at most 63 entries."""
 
 
 def poly_body(spec: Any) -> list[onnx.NodeProto]:
