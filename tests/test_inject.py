@@ -374,6 +374,12 @@ def test_ranges_file_gives_per_site_ranges(tmp_path: Path) -> None:
         ConvertConfig("int8-lut", ranges_file=str(rf), method="percentile"),
     )
     assert res.manifest.converted[0].range == (-3.5, 1.5)
+    with pytest.raises(ModelError, match="no 'entropy' range"):
+        convert_file(
+            src,
+            tmp_path / "e.onnx",
+            ConvertConfig("int8-lut", ranges_file=str(rf), method="entropy"),
+        )
     # a ranges file of another model is refused unless forced
     other = tmp_path / "other.onnx"
     onnx.save_model(load_fixture("erf_div_two"), str(other))

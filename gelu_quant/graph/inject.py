@@ -413,7 +413,10 @@ def _plan_site(
         if target.kind != "poly" and site.dtype not in ("float32", "float16"):
             raise ModelError(f"site dtype {site.dtype} is not float32 or float16")
         if ranges is not None:
-            rng = ranges.range_for(site.id, config.method)
+            try:
+                rng = ranges.range_for(site.id, config.method)
+            except BadInputError as e:  # e.g. a site the calibrator skipped: skip it too
+                raise ModelError(str(e)) from None
             source = f"ranges:{config.method or 'chosen'}"
         elif config.range is not None:
             rng, source = config.range, "--range"
