@@ -81,8 +81,11 @@ class PolySpec(GeluApprox):
     6. ``y = Cast(acc, io_dtype)``;
     7. tails: ``xi < lo -> 0``, ``xi > hi -> xi``; NaN in, NaN out.
 
-    The tails are exact to the output precision for the ranges this is built for: below -8,
-    ``|GELU(x)| < 6e-15``; above 8, ``GELU(x)`` equals ``x`` in float32 and float16.
+    The tails are GELU's limits. They are exact to the output precision when the range reaches
+    far enough: in float16, 0 meets the absolute target (``|GELU| < 2**-14``) below -4.18 and
+    GELU rounds to ``x`` above 3.45; in float32, ``|GELU| < 6e-15`` below -8 and GELU rounds
+    to ``x`` above 5.35. A narrower range is a choice to clip there (calibrated ranges
+    usually are); the fitted range [-8, 8] needs no such choice.
     """
 
     kind = "poly"
