@@ -549,20 +549,26 @@ def poly_body(spec: Any) -> list[onnx.NodeProto]:
     coefs = spec.coefficients.astype(np.float32)
     origins = np.asarray(spec.origins, dtype=np.float32)
     if k_seg > 1:
+        # k = number of inner breakpoints <= x, one scalar comparison each (float32: exact for
+        # float16 values; ORT's broadcast [N, K-1] comparison is 10x slower)
+        for j, b in enumerate(spec.breakpoints[1:-1], start=1):
+            nodes += [
+                const(f"b{j}", b, np.float32),
+                helper.make_node("GreaterOrEqual", [xc, f"b{j}"], [f"ge{j}"]),
+                helper.make_node("Cast", [f"ge{j}"], [f"ge{j}_i"], to=TensorProto.INT32),
+            ]
+            if j > 1:
+                prev = "ge1_i" if j == 2 else f"k{j - 1}"
+                nodes.append(helper.make_node("Add", [prev, f"ge{j}_i"], [f"k{j}"]))
+        k_name = "ge1_i" if k_seg == 2 else f"k{k_seg - 1}"
         nodes += [
-            const("inner", np.asarray(spec.breakpoints[1:-1], dtype=npio)),
-            const("one_axis", [1], np.int64),
-            helper.make_node("Unsqueeze", ["x", "one_axis"], ["x_col"]),
-            helper.make_node("GreaterOrEqual", ["x_col", "inner"], ["above"]),
-            helper.make_node("Cast", ["above"], ["above_i"], to=TensorProto.INT32),
-            helper.make_node("ReduceSum", ["above_i", "one_axis"], ["k"], keepdims=0),
             const("origins", origins),
-            helper.make_node("GatherElements", ["origins", "k"], ["origin"], axis=0),
+            helper.make_node("GatherElements", ["origins", k_name], ["origin"], axis=0),
         ]
         for j in range(deg + 1):
             nodes += [
                 const(f"c{j}_table", np.ascontiguousarray(coefs[:, j])),
-                helper.make_node("GatherElements", [f"c{j}_table", "k"], [f"c{j}"], axis=0),
+                helper.make_node("GatherElements", [f"c{j}_table", k_name], [f"c{j}"], axis=0),
             ]
     else:
         nodes.append(const("origin", origins[0]))
@@ -577,12 +583,12 @@ def poly_body(spec: Any) -> list[onnx.NodeProto]:
         nodes.append(helper.make_node("Cast", [acc], ["y_poly"], to=onnx_type(io)))
         acc = "y_poly"
     nodes += [
-        const("lo", spec.lo, npio),
-        const("hi", spec.hi, npio),
+        const("lo", spec.lo, np.float32),
+        const("hi", spec.hi, np.float32),
         const("zero", 0.0, npio),
-        helper.make_node("Less", ["x", "lo"], ["below"]),
+        helper.make_node("Less", [xc, "lo"], ["below"]),
         helper.make_node("Where", ["below", "zero", acc], ["y_lo"]),
-        helper.make_node("Greater", ["x", "hi"], ["beyond"]),
+        helper.make_node("Greater", [xc, "hi"], ["beyond"]),
         helper.make_node("Where", ["beyond", "x", "y_lo"], ["y"]),
         helper.make_node("Reshape", ["y", "shape"], ["Y"]),
     ]
