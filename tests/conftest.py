@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -70,3 +71,19 @@ def corpus_evaluation() -> list[str]:
     from gelu_quant.models.corpus import stdlib_sentences
 
     return stdlib_sentences("evaluation")
+
+
+@pytest.fixture(scope="session")
+def digits_vit_model() -> Path:
+    """The committed digits ViT (tanh GELU, opset 17): ``models/fixtures/digits_vit.onnx``."""
+    from gelu_quant.models.digits_vit import digits_vit_path
+
+    return digits_vit_path()
+
+
+@pytest.fixture(scope="session")
+def digits_test_data() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The digits ViT's held-out test split: ``({"pixels": float32 [n, 8, 8]}, labels int64)``."""
+    from gelu_quant.models.digits_vit import digits_test_data as load
+
+    return load()
