@@ -4,6 +4,7 @@ all-MiniLM-L6-v2 in every export variant (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from gelu_quant.graph.discover import find_gelu_sites
 from gelu_quant.graph.functions import DOMAIN, op_kind
 from gelu_quant.graph.inject import ConvertConfig, convert_file, convert_model
 from gelu_quant.graph.names import ensure_node_names
+from gelu_quant.graph.sites import QuantInfo
 from gelu_quant.lut.spec import spec_from_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spellings"
@@ -237,6 +239,37 @@ def test_qdq_site_needs_no_range_and_collapses() -> None:
     assert spec.in_qparams.scale == np.float32(site.qdq_in.scale)  # type: ignore[attr-defined]
     assert spec.out_qparams.scale == np.float32(site.qdq_out.scale)  # type: ignore[attr-defined]
     assert rec.quantized_output is not None and rec.quantized_output["tensor"] == lut.output[0]
+
+
+def test_qdq_site_whose_float_output_is_read_elsewhere() -> None:
+    """The float GELU output also feeds a residual Add: it is rebuilt by a DequantizeLinear of
+    the op's codes, and the DQ feeding the GELU stays when something else reads it."""
+    text = (FIXTURES / "qdq_gelu.onnxtxt").read_text()
+    text = text.replace("=> (float[N,16] y)", "=> (float[N,16] y, float[N,16] r)")
+    text = text.replace(
+        "[y_dq] y = DequantizeLinear (gq, s_out, zp_out)",
+        "[y_dq] y = DequantizeLinear (gq, s_out, zp_out)\n  [res] r = Add (g, x)",
+    )
+    model = onnx.parser.parse_model(text)
+    site = find_gelu_sites(model)[0]
+    if site.qdq_out is None:  # discovery does not claim a Q whose input has other readers
+        site = dataclasses.replace(
+            site, qdq_out=QuantInfo("gq", float(np.float32(0.0166)), -118, "int8", "g_q")
+        )
+    res = convert_model(model, ConvertConfig("int8-lut"), sites=[site])
+    rec = res.manifest.converted[0]
+    assert rec.output_tensor == "g"
+    ops = [n.op_type for n in res.model.graph.node]
+    assert ops.count("DequantizeLinear") == 3  # x_dq kept, g rebuilt, y_dq
+    assert "Gelu" not in ops
+    feeds = sample_feeds(model)
+    out = run_exposing(res.model, feeds, ["hq", "gq", "g", "r"])
+    spec = spec_from_json(rec.spec)
+    np.testing.assert_array_equal(out["gq"], spec.lookup(out["hq"]))  # type: ignore[attr-defined]
+    oq = spec.out_qparams  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(out["g"], oq.dequantize(out["gq"], np.float32))
+    x = spec.in_qparams.dequantize(out["hq"], np.float32)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(out["r"], out["g"] + x)
 
 
 def test_expand_gives_the_same_outputs() -> None:
