@@ -75,3 +75,8 @@ main.add_command(merge_stats_cmd)
 from gelu_quant.cli.convert import convert  # noqa: E402
 
 main.add_command(convert)
+
+from gelu_quant.cli.pipeline_cmd import demo_cmd, pipeline_cmd  # noqa: E402
+
+main.add_command(pipeline_cmd)
+main.add_command(demo_cmd)

@@ -38,7 +38,8 @@ class GeluSite:
     spelling: str
     """How it was written: ``onnx:Gelu``, ``pattern:erf``, ``pattern:tanh``,
     ``com.microsoft:Gelu``, ``com.microsoft:FastGelu``, ``com.microsoft:BiasGelu``,
-    ``com.microsoft:QuickGelu``, ``pattern:quick`` …"""
+    ``com.microsoft:QuickGelu``, ``pattern:quick``, ``pattern:tanh-sigmoid`` (the tanh form
+    written as ``x·σ(2√(2/π)(x + 0.044715x³))``) …"""
     input: str
     """The pre-activation tensor (for bias-folded spellings: ``x``; the site's true input is
     ``input + bias``)."""
