@@ -599,7 +599,10 @@ def convert_model(
     else:
         for op in functions.values():
             out.functions.append(op.function())
-    if config.check and out.ByteSize() < (1 << 31) - 1 and not _has_external_data(out):
+    weights = sum(len(t.raw_data) for t in out.graph.initializer)
+    if config.check and weights < (1 << 30) and not _has_external_data(out):
+        # in-memory check for models far from protobuf's 2 GB limit; convert_file checks the
+        # written file instead, whatever its size
         try:
             onnx.checker.check_model(out, full_check=True)
         except onnx.checker.ValidationError as e:
