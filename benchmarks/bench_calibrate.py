@@ -77,12 +77,14 @@ def child_plain(model: str, data: str, threads: int) -> dict[str, Any]:
     }
 
 
-def child_calibrate(model: str, data: str, threads: int) -> dict[str, Any]:
+def child_calibrate(
+    model: str, data: str, threads: int, workers: int | None = None
+) -> dict[str, Any]:
     from gelu_quant.calib.pipeline import collect_stats
     from gelu_quant.calib.ranges_file import MethodParams
 
     t0, c0 = time.perf_counter(), time.process_time()
-    sf = collect_stats(model, data, batch_size=BATCH, threads=threads)
+    sf = collect_stats(model, data, batch_size=BATCH, threads=threads, workers=workers)
     t1 = time.perf_counter()
     ranges = sf.to_ranges("minmax", MethodParams())
     t2 = time.perf_counter()
@@ -167,6 +169,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variant", default="opset17", help="MiniLM export variant")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="also run calibrate with the statistics updated in the calling thread",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--data-file", default=None, help=argparse.SUPPRESS)
@@ -174,12 +181,14 @@ def main() -> int:
     a = ap.parse_args()
 
     if a.child:
-        fn = {"plain": child_plain, "calibrate": child_calibrate}.get(a.child)
-        res = (
-            fn(a.model, a.data_file, a.threads)
-            if fn
-            else child_ort_entropy(a.model, a.data_file, a.threads, a.op_type)
-        )
+        if a.child == "plain":
+            res = child_plain(a.model, a.data_file, a.threads)
+        elif a.child == "calibrate":
+            res = child_calibrate(a.model, a.data_file, a.threads)
+        elif a.child == "calibrate-sequential":
+            res = child_calibrate(a.model, a.data_file, a.threads, workers=0)
+        else:
+            res = child_ort_entropy(a.model, a.data_file, a.threads, a.op_type)
         res["peak_rss_mb"] = _peak_mb()
         print(json.dumps(res))
         return 0
@@ -203,9 +212,10 @@ def main() -> int:
         for n in sizes:
             data = os.path.join(tmp, f"data{n}.npz")
             _data(Path(data), n)
-            runs: dict[str, list[dict[str, Any]]] = {"plain": [], "calibrate": []}
+            kinds = ["plain", "calibrate"] + (["calibrate-sequential"] if a.sequential else [])
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
             for _ in range(a.repeats):
-                for kind in ("plain", "calibrate"):
+                for kind in kinds:
                     r = run_child(kind, model, data, a.threads, op_type)
                     runs[kind].append(r)
                     print(f"[{n} samples] {kind}: {r}", file=sys.stderr)
@@ -220,6 +230,12 @@ def main() -> int:
                 cpu_ratio = min(r["cpu_seconds"] for r in runs["calibrate"]) / min(
                     r["cpu_seconds"] for r in runs["plain"]
                 )
+                if a.sequential:
+                    seq = runs["calibrate-sequential"]
+                    entry["sequential_time_ratio"] = min(r["seconds"] for r in seq) / plain
+                    entry["sequential_cpu_time_ratio"] = min(r["cpu_seconds"] for r in seq) / min(
+                        r["cpu_seconds"] for r in runs["plain"]
+                    )
                 entry.update(
                     plain_s=plain,
                     calibrate_s=calib,
@@ -271,6 +287,11 @@ def main() -> int:
                 f"[{n} samples] calibrate / plain inference: wall {e['time_ratio']:.2f}x "
                 f"(target <= 1.25), CPU {e['cpu_time_ratio']:.2f}x, batch loop only "
                 f"{e['loop_time_ratio']:.2f}x"
+            )
+        if "sequential_time_ratio" in e:
+            print(
+                f"[{n} samples] statistics in the calling thread (no overlap): wall "
+                f"{e['sequential_time_ratio']:.2f}x, CPU {e['sequential_cpu_time_ratio']:.2f}x"
             )
     return 0
 

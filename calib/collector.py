@@ -21,9 +21,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -170,6 +172,15 @@ def make_session(
         raise ModelError(f"ONNX Runtime cannot load the calibration probe model: {e}") from None
 
 
+def _update_sites(stats: Sequence[TensorStats], tensors: Sequence[np.ndarray]) -> None:
+    for st, t in zip(stats, tensors, strict=True):
+        st.update(t)
+
+
+def _default_workers(n_sites: int) -> int:
+    return max(1, min(n_sites, os.cpu_count() or 1, 4))
+
+
 def collect(
     model: onnx.ModelProto | str | os.PathLike[str],
     sites: Sequence[GeluSite],
@@ -178,8 +189,15 @@ def collect(
     threads: int | None = None,
     progress: bool = False,
     total_batches: int | None = None,
+    workers: int | None = None,
 ) -> Collected:
-    """Run ``data`` through the probe model once and accumulate per-site statistics."""
+    """Run ``data`` through the probe model once and accumulate per-site statistics.
+
+    The statistics of batch ``t`` are updated by ``workers`` threads (default: up to the CPU
+    count, at most 4; 0 = in the calling thread) while ONNX Runtime runs batch ``t + 1`` (numpy
+    releases the GIL in the heavy loops). Each site's statistics are updated by one task at a
+    time, in batch order; at most two batches of site tensors are alive at once.
+    """
     base_dir: Path | None = None
     if not isinstance(model, onnx.ModelProto):
         base_dir = Path(os.fspath(model)).resolve().parent
@@ -207,6 +225,11 @@ def collect(
         fetch += [x, lo or "", hi or ""]
     fetch = list(dict.fromkeys(f for f in fetch if f))
     pos = {n: i for i, n in enumerate(fetch)}
+    n_workers = _default_workers(len(names)) if workers is None else max(0, workers)
+    site_ids = list(names)
+    groups = [site_ids[i::n_workers] for i in range(n_workers)] if n_workers else [site_ids]
+    pool = ThreadPoolExecutor(max_workers=n_workers) if n_workers else None
+    pending: list[Future[None]] = []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -221,8 +244,18 @@ def collect(
                 raise DataError(
                     f"ONNX Runtime failed on batch {result.batches}: {e}".splitlines()[0]
                 ) from None
-            for sid, (x, lo, hi) in names.items():
-                result.stats[sid].update(outs[pos[x]])
+            for f in pending:  # the previous batch's updates ran while ORT worked
+                f.result()
+            pending = []
+            for group in groups:
+                st = [result.stats[sid] for sid in group]
+                tensors = [outs[pos[names[sid][0]]] for sid in group]
+                if pool is None:
+                    _update_sites(st, tensors)
+                else:
+                    pending.append(pool.submit(_update_sites, st, tensors))
+                del tensors
+            for sid, (_, lo, hi) in names.items():
                 if lo is not None and hi is not None:
                     vlo, vhi = float(outs[pos[lo]]), float(outs[pos[hi]])
                     if math.isfinite(vlo):
@@ -236,7 +269,11 @@ def collect(
                 bar.update(1)
                 rate = result.samples / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(samples=result.samples, samples_per_s=f"{rate:.1f}")
+        for f in pending:
+            f.result()
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
     result.seconds = time.perf_counter() - t0

@@ -42,6 +42,7 @@ def collect_stats(
     max_length: int | None = None,
     progress: bool = False,
     threads: int | None = None,
+    workers: int | None = None,
 ) -> StatsFile:
     """One streaming pass of ``data`` through ``model``: the raw per-site statistics."""
     path = Path(os.fspath(model))
@@ -70,7 +71,15 @@ def collect_stats(
         max_length=max_length,
     )
     total = getattr(source, "num_batches", None)
-    c = collect(path, found, source, threads=threads, progress=progress, total_batches=total)
+    c = collect(
+        path,
+        found,
+        source,
+        threads=threads,
+        progress=progress,
+        total_batches=total,
+        workers=workers,
+    )
     return StatsFile(
         model_name=path.name,
         fingerprint=fingerprint,

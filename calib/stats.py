@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,19 +391,23 @@ class TensorStats:
             return cls.from_arrays(dict(z))
 
 
-_SCRATCH: dict[np.dtype[Any], np.ndarray] = {}
+_SCRATCH = threading.local()
 
 
 def _scratch(n: int, dtype: np.dtype[Any]) -> np.ndarray:
-    """A reusable work buffer of ``n`` elements (one per dtype, grown on demand).
+    """A reusable work buffer of ``n`` elements (one per dtype and thread, grown on demand).
 
     Re-using buffers avoids page-faulting fresh memory for every batch; it costs one buffer of
-    the largest batch per dtype. Not thread-safe (the collector updates statistics in one thread).
+    the largest batch per dtype and thread.
     """
-    buf = _SCRATCH.get(dtype)
+    bufs: dict[np.dtype[Any], np.ndarray] | None = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = {}
+        _SCRATCH.bufs = bufs
+    buf = bufs.get(dtype)
     if buf is None or buf.size < n:
         buf = np.empty(n, dtype=dtype)
-        _SCRATCH[dtype] = buf
+        bufs[dtype] = buf
     return buf[:n]
 
 

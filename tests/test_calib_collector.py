@@ -18,10 +18,11 @@ def _oracle_stats(values: np.ndarray) -> TensorStats:
     return st
 
 
-def test_collect_equals_stats_of_the_concatenated_preactivations() -> None:
+@pytest.mark.parametrize("workers", [0, 1, 2, None])
+def test_collect_equals_stats_of_the_concatenated_preactivations(workers: int | None) -> None:
     model, sites = two_gelu_model()
     data = batches(5)
-    c = collect(model, sites, ({"x": b} for b in data), threads=1)
+    c = collect(model, sites, ({"x": b} for b in data), threads=1, workers=workers)
     p0, p1 = oracle_preactivations(data)
     assert c.batches == 5 and c.samples == sum(b.shape[0] for b in data)
     for sid, p in (("gelu0", p0), ("gelu1", p1)):
