@@ -10,10 +10,14 @@ The fitter (:func:`build_poly`) minimises the error that is scored: relative err
 ``|GELU(x)| >= 2**-14`` (float16 ulps for float16 outputs) and absolute error below. It
 
 1. chooses breakpoints: uniformly (per side of 0), or *optimised*: a binary search on a target
-   error ``eps`` such that greedy segment growth from 0 outwards covers the range with ``K``
-   segments. For float16 outputs the range's ends get exact special segments where possible: a
-   zero segment where ``|GELU(x)| < 2**-14`` (the absolute target is met by 0) and an identity
-   segment where GELU(x) rounds to ``x`` for every float16 input;
+   error ``eps`` such that greedy segment growth from 0 outwards covers the range with at most
+   ``K`` segments, each segment's error estimated by a weighted least-squares fit plus (in
+   float16 arithmetic) a running bound of Horner's rounding errors; in float32 arithmetic the
+   breakpoints are then moved to even out neighbouring errors. For float16 outputs the range's
+   ends get exact special segments where possible: a zero segment where ``|GELU(x)| < 2**-14``
+   (the absolute target is met by 0) and an identity segment where GELU(x) rounds to ``x`` for
+   every float16 input. Segments the search leaves over split, one at a time, the segment
+   whose exact score (step 3) is worst;
 2. fits each segment with Lawson's iteratively reweighted least squares (a minimax fit) on the
    segment's float16 inputs (or a dense grid for float32 inputs), with ``c_0 = 0`` and origin 0
    for the two segments adjacent to 0 (GELU(x) ~ x/2 there, relative accuracy);
