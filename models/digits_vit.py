@@ -85,6 +85,13 @@ def digits_test_data(folder: Path | None = None) -> tuple[dict[str, np.ndarray],
     return {INPUT_NAME: pixels}, labels
 
 
+def digits_train_data() -> tuple[np.ndarray, np.ndarray]:
+    """The training split the fixture was trained on, rebuilt from scikit-learn's digits with the
+    fixed seed: ``(pixels float32 [n, 8, 8], labels int64 [n])``. Use it to calibrate."""
+    x_train, _, y_train, _ = _split()
+    return x_train, y_train
+
+
 def digits_vit_info(folder: Path | None = None) -> dict[str, Any]:
     """The recorded facts of the fixture (seed, settings, fp32 ``accuracy``, ``n_test``, names)."""
     data: dict[str, Any] = json.loads(((folder or FIXTURES) / INFO_FILE).read_text())
