@@ -125,6 +125,17 @@ def test_int8_gelu_tables_get_the_fast_formula_body() -> None:
             assert not any(n.op_type.startswith("Gather") for n in op.body)
 
 
+@pytest.mark.parametrize(("rng", "in_dtype", "out_dtype", "form"), LUT_CASES[:6])
+def test_opset17_formula_body_three_way(rng, in_dtype, out_dtype, form) -> None:
+    """Before opset 20 the body spells GELU out on Cast -> Mul -> Sub (no Gelu op)."""
+    spec = build_lut(in_range=rng, in_dtype=in_dtype, out_dtype=out_dtype, form=form)
+    op = custom_op(spec, opset=17)
+    assert op.body_kind == "formula"
+    assert "Gelu" not in {n.op_type for n in op.body}
+    codes = spec.in_qparams.codes()
+    three_way(op, codes, spec.lookup(codes))
+
+
 def test_int16_lut_three_way_on_all_65536_codes() -> None:
     spec = build_lut(in_range=(-8.0, 8.0), in_dtype="int16", out_dtype="int16")
     op = custom_op(spec, opset=21)

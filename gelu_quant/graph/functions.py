@@ -363,11 +363,23 @@ class FormulaFit:
     nudged: bool
 
 
-def _margin_ok(spec: Any, s_in: np.float32, s_out: npt.NDArray[np.float32] | None) -> Any:
+def dequantize_mul_sub(q: npt.NDArray[Any], scale: float, zero_point: int) -> npt.NDArray[Any]:
+    """``float32(q)·s − float32(zp·s)`` in float32, two roundings: the opset < 20 body's input."""
+    s32 = np.float32(scale)
+    c32 = np.float32(np.float64(zero_point) * np.float64(s32))
+    return ((q.astype(np.float32) * s32).astype(np.float32) - c32).astype(np.float32)
+
+
+def _margin_ok(
+    spec: Any, s_in: np.float32, s_out: npt.NDArray[np.float32] | None, mul_sub: bool = False
+) -> Any:
     """For each candidate output scale: does every code round to its entry with margin?"""
     qp = spec.in_qparams
     codes = qp.codes().astype(np.int64)
-    x = ((codes - qp.zero_point).astype(np.float64) * np.float64(s_in)).astype(np.float32)
+    if mul_sub:
+        x = dequantize_mul_sub(codes, float(s_in), qp.zero_point)
+    else:
+        x = ((codes - qp.zero_point).astype(np.float64) * np.float64(s_in)).astype(np.float32)
     x64 = x.astype(np.float64)
     g = gelu(x64, spec.form)
     err = GELU_ERROR_MARGIN * 2.0**-24 * (np.abs(x64) + 1.0)
@@ -389,7 +401,9 @@ _NUDGES = (0, 1, -1, 2, -2, 3, -3, 5, -5, 8, -8, 13, -13, 20, -20, 30, -30, 50, 
 """Relative scale perturbations tried, in parts per million (smallest first)."""
 
 
-def fit_formula(spec: Any, *, max_codes_for_search: int = 256) -> FormulaFit | None:
+def fit_formula(
+    spec: Any, *, max_codes_for_search: int = 256, mul_sub: bool = False
+) -> FormulaFit | None:
     """Find input/output scales that make the formula body reproduce ``spec.table``.
 
     Returns None when no perturbation in :data:`_NUDGES` gives every code its margin.
@@ -404,7 +418,7 @@ def fit_formula(spec: Any, *, max_codes_for_search: int = 256) -> FormulaFit | N
         out_cands[0] = np.float32(spec.out_qparams.scale)
     for d in nudges:
         s_in = np.float32(np.float64(s_in0) * (1.0 + 1e-6 * d)) if d else s_in0
-        ok = _margin_ok(spec, s_in, out_cands)
+        ok = _margin_ok(spec, s_in, out_cands, mul_sub)
         if ok.any():
             j = int(np.argmax(ok))
             s_out = None if out_cands is None else float(out_cands[j])
@@ -414,15 +428,26 @@ def fit_formula(spec: Any, *, max_codes_for_search: int = 256) -> FormulaFit | N
 
 def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto]:
     qp = spec.in_qparams
-    nodes = [
-        const("in_scale", fit.in_scale, np.float32),
-        const("in_zero_point", qp.zero_point, qp.np_dtype),
-        helper.make_node("DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"]),
-    ]
     if opset >= 20:  # the Gelu op: exactly the DQ -> Gelu -> Q it replaces, as fast
         approximate = "none" if spec.form == "exact" else "tanh"
-        nodes.append(helper.make_node("Gelu", ["x"], ["g"], approximate=approximate))
+        nodes = [
+            const("in_scale", fit.in_scale, np.float32),
+            const("in_zero_point", qp.zero_point, qp.np_dtype),
+            helper.make_node("DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"]),
+            helper.make_node("Gelu", ["x"], ["g"], approximate=approximate),
+        ]
     else:
+        # No Gelu op before opset 20. A DequantizeLinear feeding the formula stops ORT from
+        # fusing it into its Gelu kernel (and is duplicated per reader), Cast -> Mul -> Sub
+        # does not: x = float(q)·s - float(zp·s), modelled exactly by dequantize_mul_sub.
+        s32 = np.float32(fit.in_scale)
+        nodes = [
+            helper.make_node("Cast", ["X"], ["q"], to=TensorProto.FLOAT),
+            const("in_scale", s32, np.float32),
+            const("in_offset", np.float64(qp.zero_point) * np.float64(s32), np.float32),
+            helper.make_node("Mul", ["q", "in_scale"], ["qs"]),
+            helper.make_node("Sub", ["qs", "in_offset"], ["x"]),
+        ]
         nodes += gelu_formula_nodes("x", "g", spec.form)
     if spec.out_qparams is None:
         nodes.append(helper.make_node("Cast", ["g"], ["Y"], to=onnx_type(spec.out_dtype)))
@@ -462,7 +487,7 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
         if int16 and opset < 21:
             notes.append(f"formula body needs opset 21 for int16 Q/DQ (model has {opset})")
         else:
-            fit = fit_formula(spec)
+            fit = fit_formula(spec, mul_sub=opset < 20)
             if fit is None:
                 notes.append("formula body: codes on rounding boundaries, no scale nudge helps")
         if fit is not None:
