@@ -32,9 +32,10 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
   GatherElements, GatherND) is slower still in ORT. So the default body (``formula``)
   *recomputes* the table: ``DequantizeLinear -> Gelu -> QuantizeLinear`` (``Cast`` for float
   outputs) in models of opset 20 and later -- after ORT inlines the function, the very graph it
-  replaces, at the same speed; older opsets have no ``Gelu``, so the body spells
-  ``x·(1 + erf(x/√2))/2`` (or the tanh form) out, which ORT runs as separate kernels (it does not
-  fuse a GELU pattern fed by DequantizeLinear). The body equals the table on every input code
+  replaces, at the same speed. Older opsets have no ``Gelu``: there the body is ``Cast -> Mul
+  -> Sub`` (``x = float(q)·s - float(zp·s)``) and ``x·(1 + erf(x/√2))/2`` (or the tanh form)
+  spelled out; ORT fuses the erf form into its Gelu kernel (not when a DequantizeLinear feeds
+  the pattern: it then also duplicates the DQ per reader) and runs the tanh form op by op. The body equals the table on every input code
   because (1) the float64 GELU of every code's float32 input lies, with a margin of
   ``32·2⁻²⁴·(|x|+1)`` (14x the worst float32 GELU error measured for ORT's Gelu and Erf kernels
   and onnx.reference; ``tests/test_functions.py`` keeps checking a 4x margin), strictly inside
