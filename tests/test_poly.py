@@ -390,3 +390,52 @@ def test_fast_fp16_rounding_equals_numpy_float16_arithmetic():
             want = op(a, b)  # numpy float16 arithmetic: each op rounded to float16
             got = round_to_fp16(op(a.astype(np.float32), b.astype(np.float32)))
             assert np.array_equal(got.astype(np.float16).view(np.uint16), want.view(np.uint16))
+
+
+@st.composite
+def random_specs(draw: st.DrawFn) -> PolySpec:
+    """Arbitrary valid specs (not fitted): float16 breakpoints around 0, finite coefficients."""
+    k = draw(st.integers(2, 12))
+    degree = draw(st.integers(1, 4))
+    io, cp = draw(
+        st.sampled_from([("float16", "float16"), ("float16", "float32"), ("float32",) * 2])
+    )
+    vals = draw(
+        st.lists(st.floats(-60, 60, width=16, allow_subnormal=False), min_size=k + 4, max_size=40)
+    )
+    bps = sorted({float(v) for v in vals if v != 0.0} | {0.0})
+    lo_n = sum(b < 0 for b in bps)
+    if lo_n == 0 or lo_n == len(bps) - 1 or len(bps) < k + 1:
+        bps = [-1.0, 0.0, 1.0]
+    bps = bps[: k + 1] if 0.0 in bps[: k + 1] and bps[0] < 0 else bps
+    n = len(bps) - 1
+    cdt = np.float16 if cp == "float16" else np.float32
+    coefs = draw(
+        st.lists(st.floats(-4, 4, width=16), min_size=n * (degree + 1), max_size=n * (degree + 1))
+    )
+    origins = draw(st.lists(st.floats(-8, 8, width=16), min_size=n, max_size=n))
+    return PolySpec(
+        form="exact",
+        lo=bps[0],
+        hi=bps[-1],
+        breakpoints=tuple(bps),
+        origins=tuple(float(o) for o in origins),
+        coefficients=np.array(coefs, dtype=cdt).reshape(n, degree + 1),
+        io_dtype=io,
+        compute_dtype=cp,
+    )
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(spec=random_specs())
+def test_any_spec_round_trips_and_follows_the_op_sequence(spec):
+    back = spec_from_json(json.loads(spec_json_text(spec)))
+    assert back == spec and back.coefficients.tobytes() == spec.coefficients.tobytes()
+    x = np.concatenate(
+        [np.asarray(spec.breakpoints), np.linspace(spec.lo - 1, spec.hi + 1, 41), [-0.0, np.nan]]
+    ).astype(np.float16)
+    with np.errstate(all="ignore"):
+        got = spec.evaluate(x)
+        want = np.array([reference_scalar(spec, float(v)) for v in x], dtype=got.dtype)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all()
