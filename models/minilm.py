@@ -70,7 +70,12 @@ EXPORT_SETTINGS: dict[str, Any] = {
     "max_ir_version": MAX_IR_VERSION,
     "opset17": {"exporter": "torchscript", "opset": 17},
     "opset20": {"exporter": "torchscript", "opset": 20},
-    "dynamo": {"exporter": "dynamo", "opset": 18, "external_data": True},
+    "dynamo": {
+        "exporter": "dynamo",
+        "opset": 18,
+        "external_data": True,
+        "drop_node_metadata": ["pkg.torch.onnx.stack_trace"],
+    },
     "ort-optimized": {
         "base": "opset17",
         "model_type": "bert",
@@ -181,12 +186,20 @@ def load_torch_model() -> Any:
         raise ModelError(
             f"torch and transformers are needed to export MiniLM: {_EXTRAS_HINT}"
         ) from exc
+    from transformers.utils import logging as hf_logging
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    bert = AutoModel.from_pretrained(
-        str(minilm_model_dir()),
-        attn_implementation=EXPORT_SETTINGS["attn_implementation"],
-        local_files_only=True,
-    )
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would clutter CLI output
+    try:
+        bert = AutoModel.from_pretrained(
+            str(minilm_model_dir()),
+            attn_implementation=EXPORT_SETTINGS["attn_implementation"],
+            local_files_only=True,
+        )
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
     class MiniLMWithPooling(torch.nn.Module):
         """BERT encoder followed by sentence-transformers' mean pooling and normalisation."""
@@ -344,6 +357,12 @@ def _export_dynamo(folder: Path, opset: int) -> dict[str, Any]:
         )
     if program is None:
         raise ModelError("torch.onnx.export(dynamo=True) returned no program")
+    # stack traces name this checkout's source paths and line numbers: drop them so the bytes
+    # depend on the settings only
+    drop = EXPORT_SETTINGS["dynamo"]["drop_node_metadata"]
+    for node in program.model.graph.all_nodes():
+        for key in drop:
+            node.metadata_props.pop(key, None)
     written = int(program.model.ir_version)
     program.model.ir_version = min(written, MAX_IR_VERSION)
     program.save(str(folder / MODEL_FILE), external_data=True)
