@@ -140,6 +140,7 @@ def test_variant_spells_its_six_gelus(variant: str) -> None:
     counts = _op_counts(path)
     gelu_like = {op: n for op, n in counts.items() if op.split(":")[1] in GELU_LIKE}
     assert gelu_like == GELU_OPS[variant]
+    onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     assert model.ir_version <= minilm.MAX_IR_VERSION
     assert all(o.version <= 21 for o in model.opset_import if o.domain in ("", "ai.onnx"))
