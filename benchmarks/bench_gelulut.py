@@ -9,8 +9,8 @@ Candidates:
 * ``GeluLut exact/tanh (formula)`` - the default body for GELU tables, proved equal to the table;
 * ``GeluLut arbitrary (Gather)`` - the general body (a random 256-entry table);
 * ``GeluInterpLut 32 (Gather)`` - interpolated table, expanded to 256 entries;
-* ``GeluLut exact (formula, opset 17)`` - the same table in an opset-17 model (no Gelu op: the
-  erf formula as separate kernels);
+* ``GeluLut exact (formula, opset 17)`` - the same table in an opset-17 model (no Gelu op:
+  ``Cast -> Mul -> Sub`` and the erf formula, which ORT fuses into its Gelu kernel);
 * ``GeluLut arbitrary (gather-elements)`` - the opt-in ORT-only body (``--lut-body
   gather-elements``): onnx.reference cannot run it;
 * ``Cast -> Gather int64`` - the naive body (for scale).
