@@ -118,3 +118,29 @@ def test_two_tanh_gelus_compute_tanh_gelu(
         x, y = outs[2 * i], outs[2 * i + 1]
         assert x.size >= 64 * 17 * 128
         np.testing.assert_allclose(y, _tanh_gelu(x), rtol=1e-5, atol=1e-6)
+
+
+def test_train_split_is_the_rest_of_the_digits(
+    digits_test_data: tuple[dict[str, np.ndarray], np.ndarray],
+) -> None:
+    datasets = pytest.importorskip("sklearn.datasets")
+    from gelu_quant.models.digits_vit import digits_train_data
+
+    pixels, labels = digits_train_data()
+    info = digits_vit_info()
+    assert pixels.dtype == np.float32 and labels.dtype == np.int64
+    assert len(labels) == info["n_train"] and pixels.shape == (info["n_train"], 8, 8)
+    digits = datasets.load_digits()
+    every = Counter(
+        (img.astype(np.float32).tobytes(), int(t))
+        for img, t in zip(digits.images / 16.0, digits.target, strict=True)
+    )
+    feeds, test_labels = digits_test_data
+    split = Counter(
+        (img.tobytes(), int(t))
+        for img, t in [
+            *zip(pixels, labels, strict=True),
+            *zip(feeds[INPUT_NAME], test_labels, strict=True),
+        ]
+    )
+    assert split == every  # train + test is the whole data set, each image once
