@@ -8,8 +8,9 @@ class token. Input ``pixels``: float32 ``[batch, 8, 8]``, the digits' values div
 
 ``python -m gelu_quant.models.digits_vit --out models/fixtures`` trains it with a fixed seed on a
 stratified 70 % of the 1797 images (one thread, well under a minute), exports it with the
-TorchScript exporter at opset 17 — where the tanh GELU is written out as
-``0.5·x·(1 + Tanh(√(2/π)·(x + 0.044715·x³)))`` with ``Pow``/``Mul``/``Add``/``Tanh`` nodes — and
+TorchScript exporter at opset 17 — where each tanh GELU is written out as 8 nodes with
+Constant-node scalars: ``Mul(x, x)``, ``Mul(x, x²)``, ``Mul(0.044715, x³)``, ``Add(x, ·)``,
+``Mul(√(2/π), ·)``, ``Tanh``, ``Add(1, ·)``, ``Mul(x, ·)``, ``Mul(0.5, ·)`` (no ``Pow``) — and
 writes the fixtures:
 
 - ``digits_vit.onnx``: the model (IR version ≤ 10);
