@@ -230,8 +230,19 @@ def evaluate(
         plan = plans[s.id]
         if isinstance(plan, SitePlan):
             live.append((s, plan))
-    ref_probe = sorted({t for s, p in live for t in (s.input, s.output, p.ref_tensor)})
-    cand_probe = sorted({t for s, p in live for t in (s.input, s.output, p.cand_tensor)})
+    # Site inputs (and the candidate's float site outputs beside a dequantized comparison) are
+    # only needed for the plots; leaving them out halves what each batch returns.
+    plot_data = plot_writer is not None
+    ref_probe = sorted(
+        {t for s, p in live for t in ((p.ref_tensor, s.input) if plot_data else (p.ref_tensor,))}
+    )
+    cand_probe = sorted(
+        {
+            t
+            for s, p in live
+            for t in ((p.cand_tensor, s.input, s.output) if plot_data else (p.cand_tensor,))
+        }
+    )
     del ref_model, cand_model
 
     with (
@@ -260,7 +271,7 @@ def evaluate(
         check_applicable(config.gate, kinds, labels is not None, label_output)
 
         accs = {o.name: OutputAccumulator(o.name, kinds[o.name]) for o in ref_sess.outputs}
-        site_accs = [SiteAccumulator(s, p, with_plot_data=plot_writer is not None) for s, p in live]
+        site_accs = [SiteAccumulator(s, p, with_plot_data=plot_data) for s, p in live]
         input_names = [i.name for i in ref_sess.inputs]
         first_output = ref_sess.outputs[0].name
 
