@@ -340,6 +340,7 @@ def _plan_site(
     ranges: RangeSource | None,
     opset: int,
     new_name: _Namer,
+    readers: _Readers,
 ) -> _Plan:
     """Decide the replacement of one site (raises SpecError/ModelError/BadInputError to skip)."""
     target = TARGETS[config.target]
@@ -349,7 +350,6 @@ def _plan_site(
         raise ModelError(f"nodes {missing} of the site are not in the main graph")
     remove = {index_of[n] for n in site.nodes}
     nodes = graph.node
-    producers = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     collapse = (
         target.kind in ("lut", "interp")
         and site.qdq_in is not None
@@ -388,8 +388,7 @@ def _plan_site(
         remove.add(q_i)
         # the DQ goes too when nothing else reads its output
         dq_out = nodes[dq_i].output[0]
-        readers = [i for i, n in enumerate(nodes) if dq_out in _node_reads(n)]
-        if all(i in remove for i in readers) and dq_out not in {o.name for o in graph.output}:
+        if not readers.still_read(dq_out, remove):
             remove.add(dq_i)
         new_nodes.append(op.node(qin.tensor, qout.tensor, new_name(f"{pre}_{op.kind}")))
         out_q = {
@@ -399,7 +398,7 @@ def _plan_site(
             "dtype": qout.dtype,
         }
         output_tensor: str | None = None
-        if _still_read(site.output, graph, remove):
+        if readers.still_read(site.output, remove):
             s = init("out_scale", qout.scale, np.float32)
             z = init("out_zero_point", qout.zero_point, out_qp.np_dtype)
             y = node("DequantizeLinear", [qout.tensor, s, z], "", out=site.output)
@@ -479,24 +478,33 @@ def _plan_site(
         plan = _Plan(
             site, remove, new_nodes, inits, op, spec, "float", rng, source, site.output, None
         )
-    _check_internal_tensors(plan, graph, producers)
+    _check_internal_tensors(plan, graph, readers)
     return plan
 
 
-def _still_read(tensor: str, graph: onnx.GraphProto, removed: set[int]) -> bool:
-    if tensor in {o.name for o in graph.output}:
-        return True
-    return any(tensor in _node_reads(n) for i, n in enumerate(graph.node) if i not in removed)
+class _Readers:
+    """Which main-graph nodes read each tensor (subgraph reads count for their node)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.outputs = {o.name for o in graph.output}
+        self.by_tensor: dict[str, list[int]] = {}
+        for i, n in enumerate(graph.node):
+            for t in _node_reads(n):
+                self.by_tensor.setdefault(t, []).append(i)
+
+    def still_read(self, tensor: str, removed: set[int]) -> bool:
+        """Is ``tensor`` a graph output or read by a node that is not removed?"""
+        if tensor in self.outputs:
+            return True
+        return any(i not in removed for i in self.by_tensor.get(tensor, ()))
 
 
-def _check_internal_tensors(
-    plan: _Plan, graph: onnx.GraphProto, producers: Mapping[str, int]
-) -> None:
+def _check_internal_tensors(plan: _Plan, graph: onnx.GraphProto, readers: _Readers) -> None:
     """Refuse a site whose removed nodes produce tensors that other nodes still read."""
     written = {o for n in plan.nodes for o in n.output}
     for i in plan.remove:
         for out in graph.node[i].output:
-            if out and out not in written and _still_read(out, graph, plan.remove):
+            if out and out not in written and readers.still_read(out, plan.remove):
                 raise ModelError(
                     f"tensor {out!r} inside the GELU is also read outside it; the site cannot be "
                     "replaced without changing other nodes"
@@ -534,6 +542,7 @@ def convert_model(
     records: list[SiteRecord] = []
     plans: list[_Plan] = []
     claimed: set[int] = set()
+    readers = _Readers(graph)
     for site in sites:
         if site.in_subgraph:
             records.append(_skip(site, f"inside subgraph {site.graph}; not converted"))
@@ -545,7 +554,7 @@ def convert_model(
             records.append(_skip(site, "not selected (--site)"))
             continue
         try:
-            plan = _plan_site(site, graph, index_of, config, ranges, opset, new_name)
+            plan = _plan_site(site, graph, index_of, config, ranges, opset, new_name, readers)
         except (ModelError, SpecError) as e:
             records.append(_skip(site, str(e)))
             continue
