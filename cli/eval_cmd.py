@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import click
-import onnx
 
-from gelu_quant.errors import BadInputError, GateFailed, ModelError
+from gelu_quant.calib.data import model_input_specs, open_data_source
+from gelu_quant.errors import BadInputError, GateFailed
 from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
-from gelu_quant.evaluate.feeds import open_source
 from gelu_quant.evaluate.gate import GateConfig, load_gate_config
 from gelu_quant.evaluate.report import (
     text_summary,
@@ -25,15 +24,6 @@ from gelu_quant.evaluate.report import (
 from gelu_quant.graph.inject import default_manifest_path
 
 
-def _graph_inputs(path: Path) -> list[str]:
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ModelError(f"cannot read ONNX model {path}: {e}") from e
-    inits = {t.name for t in m.graph.initializer}
-    return [i.name for i in m.graph.input if i.name not in inits]
-
-
 @click.command("eval")
 @click.argument("reference", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("candidate", type=click.Path(path_type=Path, dir_okay=False))
@@ -42,7 +32,20 @@ def _graph_inputs(path: Path) -> list[str]:
     "data",
     required=True,
     metavar="SOURCE",
-    help="Evaluation data: the same sources as `calibrate` (.npz of input arrays, …).",
+    help="Evaluation data, the same sources as `calibrate`: an .npz, a folder of "
+    "test_data_set_*/input_*.pb, module:callable, or a text file (with --tokenizer).",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Hugging Face tokenizer folder (tokenizer.json) for text data.",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Token sequence length for text data (default: the model's, else 128).",
 )
 @click.option(
     "--labels",
@@ -151,6 +154,8 @@ def eval_cmd(
     reference: Path,
     candidate: Path,
     data: str,
+    tokenizer: str | None,
+    max_length: int | None,
     labels: Path | None,
     label_output: str | None,
     classification_outputs: tuple[str, ...],
@@ -203,12 +208,13 @@ def eval_cmd(
         if not p.is_file():
             raise BadInputError(f"model {p} does not exist")
 
-    source = open_source(
+    source = open_data_source(
         data,
-        reference,
-        _graph_inputs(reference),
+        model_input_specs(reference),
         batch_size=batch_size,
         max_batches=max_batches,
+        tokenizer=tokenizer,
+        max_length=max_length,
     )
     config = EvalConfig(
         gate=gate,

@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+from gelu_quant.calib.data import model_input_specs, open_data_source
 from gelu_quant.cli.main import main
 from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
-from gelu_quant.evaluate.feeds import NpzBatches
 from gelu_quant.evaluate.gate import GateConfig, judge
 from gelu_quant.evaluate.report import from_json
 
@@ -34,19 +34,27 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from gelu_quant.calib.pipeline import calibrate_model
     from gelu_quant.graph.inject import ConvertConfig, convert_file
     from gelu_quant.models.corpus import stdlib_sentences
-    from gelu_quant.models.minilm import minilm_onnx, tokenize
+    from gelu_quant.models.minilm import minilm_onnx, minilm_tokenizer_dir, tokenize
 
     d = tmp_path_factory.mktemp("minilm_eval")
     src = minilm_onnx("opset17")
     np.savez(d / "calib.npz", **tokenize(stdlib_sentences("calibration", limit=32), SEQ))
-    np.savez(d / "eval.npz", **tokenize(stdlib_sentences("evaluation", limit=N_EVAL), SEQ))
+    sentences = stdlib_sentences("evaluation", limit=N_EVAL)
+    np.savez(d / "eval.npz", **tokenize(sentences, SEQ))
+    (d / "eval.txt").write_text("".join(f"{t}\n" for t in sentences), encoding="utf-8")
     ranges = d / "ranges.json"
     calibrate_model(src, str(d / "calib.npz"), ranges, batch_size=16, threads=2)
     dst = d / "minilm.gq.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         convert_file(src, dst, ConvertConfig("int8-lut", ranges_file=str(ranges)))
-    return {"src": src, "dst": dst, "data": d / "eval.npz", "dir": d}
+    return {
+        "src": src,
+        "dst": dst,
+        "data": d / "eval.npz",
+        "text": d / "eval.txt",
+        "tokenizer": minilm_tokenizer_dir(),
+    }
 
 
 def _embeddings(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -58,7 +66,9 @@ def _embeddings(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 def test_report_lists_all_six_sites_with_sqnr(converted: dict[str, Path]) -> None:
     names = ("input_ids", "attention_mask", "token_type_ids")
-    data = NpzBatches(converted["data"], names, batch_size=16)
+    data = open_data_source(
+        str(converted["data"]), model_input_specs(converted["src"]), batch_size=16
+    )
     manifest = converted["dst"].with_name("minilm.gq.manifest.json")
     cfg = EvalConfig(classification_outputs=(), threads=2, manifest=manifest)
     rep = evaluate(converted["src"], converted["dst"], data, cfg)
@@ -101,13 +111,15 @@ def test_cli_gate_passes_or_fails_by_threshold(
         main,
         [
             "eval", str(converted["src"]), str(converted["dst"]),
-            "--data", str(converted["data"]), "--batch-size", "16", "--threads", "2",
+            "--data", str(converted["text"]), "--tokenizer", str(converted["tokenizer"]),
+            "--max-length", str(SEQ), "--batch-size", "16", "--threads", "2",
             "--no-classification", "--min-cosine", threshold, "--report-json", str(js),
             "--junit", str(tmp_path / "junit.xml"), "-q",
         ],
     )  # fmt: skip
     assert r.exit_code == (0 if passes else 1), r.stderr
     rep = from_json(js.read_text())
+    assert rep.samples == N_EVAL
     assert len(rep.sites) == 6 and all(s.errors is not None for s in rep.sites)
     assert [c.name for c in rep.verdict.checks] == [
         "min_cosine[last_hidden_state]",
