@@ -170,6 +170,18 @@ def test_fixture_conversion(name: str, target: str) -> None:
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("target", ["int8-interp16", "int8-interp128", "uint8-lut"])
+def test_other_table_targets(target: str) -> None:
+    model = load_fixture("onnx_gelu")
+    site = find_gelu_sites(model)[0]
+    res = convert_model(model, ConvertConfig(target, range=(-6.0, 6.0)), sites=[site])
+    spec = spec_from_json(res.manifest.converted[0].spec)
+    feeds = sample_feeds(model)
+    x = run_exposing(model, feeds, [site.input])[site.input]
+    got = run_exposing(res.model, feeds, [site.output])[site.output]
+    np.testing.assert_array_equal(got, spec.evaluate(x))
+
+
 @pytest.mark.parametrize(
     "target", ["fp16-tanh-formula", "fp32-tanh-formula", "fp16-quick-gelu", "int8-igelu"]
 )

@@ -82,6 +82,7 @@ TARGETS: dict[str, Target] = {
     "int8-interp16": Target("interp", segments=16, help="16-segment interpolated table"),
     "int8-interp32": Target("interp", segments=32, help="32-segment interpolated table"),
     "int8-interp64": Target("interp", segments=64, help="64-segment interpolated table"),
+    "int8-interp128": Target("interp", segments=128, help="128-segment interpolated table"),
     "fp16-poly": Target("poly", "float16", "float16", help="float16 piecewise polynomial"),
     "fp16-poly-fp32acc": Target("poly", "float16", "float32", help="float16 io, float32 Horner"),
     "fp32-poly": Target("poly", "float32", "float32", help="float32 piecewise polynomial"),
