@@ -35,13 +35,15 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
   replaces, at the same speed. Older opsets have no ``Gelu``: there the body is ``Cast -> Mul
   -> Sub`` (``x = float(q)·s - float(zp·s)``) and ``x·(1 + erf(x/√2))/2`` (or the tanh form)
   spelled out; ORT fuses the erf form into its Gelu kernel (not when a DequantizeLinear feeds
-  the pattern: it then also duplicates the DQ per reader) and runs the tanh form op by op. The body equals the table on every input code
-  because (1) the float64 GELU of every code's float32 input lies, with a margin of
+  the pattern: it then also duplicates the DQ per reader) and runs the tanh form op by op.
+  The body equals the table on every input code because (1) the float64 GELU of every code's
+  float32 input lies, with a margin of
   ``32·2⁻²⁴·(|x|+1)`` (14x the worst float32 GELU error measured for ORT's Gelu and Erf kernels
   and onnx.reference; ``tests/test_functions.py`` keeps checking a 4x margin), strictly inside
   the rounding interval of its table entry -- when a code sits on a rounding boundary, the body's
   scales are nudged (input and output scale, up to 80 parts per million, searched) until none
-  does; and (2) the body is run on all codes with ORT and ``onnx.reference`` at build time and
+  does; and (2) the body is run on all codes with ORT (each code at every position modulo 16:
+  vectorised kernels treat a block's tail differently) and ``onnx.reference`` at build time and
   must reproduce the table exactly. When no nudge works or a run disagrees, the body falls back
   to ``Gather`` (correct everywhere, slow in ORT). In practice int8/uint8-output GELU tables get
   the formula body; float16/float32/int16 outputs and int16 inputs (65536 codes) do not (their
@@ -463,9 +465,22 @@ def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto
     return nodes
 
 
+def position_probe(
+    codes: npt.NDArray[Any], want: npt.NDArray[Any]
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """Every code at every position modulo 16 and in a ragged tail (vectorised kernels may
+    treat a block's last elements differently), with the expected outputs."""
+    shifts = range(17) if codes.size <= 4096 else range(2)
+    x = np.concatenate([np.roll(codes, k) for k in shifts] + [codes[:13]])
+    y = np.concatenate([np.roll(want, k) for k in shifts] + [want[:13]])
+    return x, y
+
+
 def verify_on_all_codes(op: CustomOp, codes: npt.NDArray[Any], want: npt.NDArray[Any]) -> str:
-    """Run ``op`` on ``codes`` in ORT and onnx.reference; '' when both give ``want`` exactly."""
+    """Run ``op`` on ``codes`` in ORT (each code at every position modulo 16, see
+    :func:`position_probe`) and onnx.reference; '' when both give ``want`` exactly."""
     m = single_op_model(op)
+    codes, want = position_probe(codes, want)
     problems = []
     got = run_ort(m, codes)
     if got.dtype != want.dtype or not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
