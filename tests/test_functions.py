@@ -23,6 +23,7 @@ from gelu_quant.graph.functions import (
     custom_op,
     expand_functions,
     op_kind,
+    position_probe,
     run_ort,
     run_reference,
     single_op_model,
@@ -99,7 +100,7 @@ def test_gelu_lut_three_way_on_every_code(rng, in_dtype, out_dtype, form, body) 
     if body == "gather":
         assert op.body_kind == "gather"
     codes = spec.in_qparams.codes()
-    three_way(op, codes, spec.lookup(codes))
+    three_way(op, *position_probe(codes, spec.lookup(codes)))
 
 
 @pytest.mark.parametrize(("rng", "in_dtype", "out_dtype", "form"), LUT_CASES[::2])
