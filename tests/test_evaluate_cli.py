@@ -146,3 +146,4 @@ def test_json_on_stdout(files: dict[str, Path]) -> None:
     assert code == 0
     r = from_json(out)
     assert r.samples == 16 and r.output("hidden").errors.max_abs_error == em.ADD_C
+    assert r.data_description.endswith("data.npz")

@@ -1,8 +1,8 @@
 """The library call behind ``gelu-quant eval``: :func:`evaluate` and its :class:`EvalConfig`.
 
-Both models run on every batch of the data source (each as a probe copy that also returns every
-GELU site's input and output), and streaming accumulators collect the metrics, so memory does not
-grow with the number of samples.
+Both models run on every batch of the data source, each as a probe copy that also returns the
+tensor compared for every GELU site (plus the sites' inputs when plots are asked for), and
+streaming accumulators collect the metrics, so memory does not grow with the number of samples.
 """
 
 from __future__ import annotations
