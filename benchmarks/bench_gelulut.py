@@ -79,6 +79,8 @@ def session(m: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # no spin-waiting: idle thread pools of the other sessions would steal the CPU
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
