@@ -55,7 +55,12 @@ def main() -> None:
     ap.add_argument("--range", type=float, nargs=2, default=[-12.0, 12.0])
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="gq-bench-"))
+    with tempfile.TemporaryDirectory(prefix="gq-bench-") as folder:
+        run(args, Path(folder))
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    """Convert into ``tmp`` and measure."""
     pairs: list[tuple[str, Path, Path]] = []  # (label, original, converted)
     for v in args.variants:
         src = minilm_onnx(v)
