@@ -7,12 +7,11 @@ All candidates run on the same int8 tensor (default 32x128x1536), interleaved ro
 Candidates:
 
 * ``GeluLut exact/tanh (formula)`` - the default body for GELU tables, proved equal to the table;
-* ``GeluLut arbitrary (Gather)`` - the general body (a random 256-entry table);
-* ``GeluInterpLut 32 (Gather)`` - interpolated table, expanded to 256 entries;
+* ``GeluLut arbitrary (GatherElements)`` - the general body (a random 256-entry table);
+* ``GeluInterpLut 32 (GatherElements)`` - interpolated table, expanded to 256 entries;
 * ``GeluLut exact (formula, opset 17)`` - the same table in an opset-17 model (no Gelu op:
   ``Cast -> Mul -> Sub`` and the erf formula, which ORT fuses into its Gelu kernel);
-* ``GeluLut arbitrary (gather-elements)`` - the opt-in ORT-only body (``--lut-body
-  gather-elements``): onnx.reference cannot run it;
+* ``GeluLut arbitrary (Gather)`` - ``--lut-body gather``: ``Cast -> Gather`` (int32 indices);
 * ``Cast -> Gather int64`` - the naive body (for scale).
 
 Usage: ``python benchmarks/bench_gelulut.py [--shape 32 128 1536] [--rounds 7]``
@@ -125,11 +124,12 @@ def main() -> None:
         "GeluLut exact (formula)": custom_op(exact),
         "GeluLut tanh (formula)": custom_op(tanh),
         "GeluLut exact (formula, opset 17)": custom_op(exact, opset=17),
-        "GeluLut arbitrary (Gather)": custom_op(arbitrary),
-        "GeluLut arbitrary (gather-elements)": custom_op(arbitrary, lut_body="gather-elements"),
-        "GeluInterpLut 32 (Gather)": custom_op(interp),
+        "GeluLut arbitrary (GatherElements)": custom_op(arbitrary),
+        "GeluLut arbitrary (Gather)": custom_op(arbitrary, lut_body="gather"),
+        "GeluInterpLut 32 (GatherElements)": custom_op(interp),
     }
     assert ops["GeluLut exact (formula)"].body_kind == "formula"
+    assert ops["GeluLut arbitrary (GatherElements)"].body_kind == "gather-elements"
     assert ops["GeluLut arbitrary (Gather)"].body_kind == "gather"
     models = {
         "DQ->Gelu->Q exact": dq_gelu_q(exact, "none"),

@@ -104,16 +104,27 @@ def test_gelu_lut_three_way_on_every_code(rng, in_dtype, out_dtype, form, body) 
 
 
 @pytest.mark.parametrize(("rng", "in_dtype", "out_dtype", "form"), LUT_CASES[::2])
-def test_gather_elements_body_in_ort(rng, in_dtype, out_dtype, form) -> None:
-    """The opt-in ORT-only body: exact in ORT; onnx.reference cannot run it (why it is opt-in)."""
+def test_gather_elements_body_three_way(rng, in_dtype, out_dtype, form) -> None:
+    """The general body agrees with the spec in ORT and onnx.reference (with reference_ops)."""
     spec = build_lut(in_range=rng, in_dtype=in_dtype, out_dtype=out_dtype, form=form)
     op = custom_op(spec, opset=21, lut_body="gather-elements")
     assert op.body_kind == "gather-elements"
     codes = spec.in_qparams.codes()
+    three_way(op, *position_probe(codes, spec.lookup(codes)))
+
+
+def test_reference_ops_fix_onnx_gather_elements() -> None:
+    """onnx 1.23's own GatherElements fails on 256 entries; the replacement follows the spec."""
+    from onnx.reference import ReferenceEvaluator
+
+    spec = build_lut(in_range=(-8, 8), out_dtype="float16")
+    op = custom_op(spec, opset=21, lut_body="gather-elements")
     m = single_op_model(op)
-    assert same_bits(run_ort(m, codes), spec.lookup(codes))
+    codes = spec.in_qparams.codes()
     with pytest.raises(ValueError, match="64"):
-        run_reference(m, codes)
+        ReferenceEvaluator(m).run(None, {"x": codes})
+    got = run_reference(m, codes)
+    assert same_bits(got, np.array([spec.table[int(c) + 128] for c in codes], np.float16))
 
 
 def test_int8_gelu_tables_get_the_fast_formula_body() -> None:

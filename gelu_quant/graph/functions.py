@@ -27,9 +27,9 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
 
 * **GELU tables** (:class:`~gelu_quant.lut.table.LutSpec`): ``Cast -> Gather`` is ~7x slower than
   the ``DequantizeLinear -> Gelu -> QuantizeLinear`` it replaces; ``GatherElements`` on the
-  flattened tensor is as fast as DQ->Gelu->Q in ORT but ``onnx.reference`` cannot run it (numpy
-  ``choose`` takes at most 63 entries), and every reference-compatible rewrite of it (2-D
-  GatherElements, GatherND) is slower still in ORT. So the default body (``formula``)
+  flattened tensor is as fast as DQ->Gelu->Q in ORT (onnx 1.23's reference ``GatherElements``
+  takes at most 64 entries: :func:`reference_ops` supplies the spec's operator, as onnx PR #8444
+  does upstream). The default body for GELU tables (``formula``)
   *recomputes* the table: ``DequantizeLinear -> Gelu -> QuantizeLinear`` (``Cast`` for float
   outputs) in models of opset 20 and later -- after ORT inlines the function, the very graph it
   replaces, at the same speed. Older opsets have no ``Gelu``: there the body is ``Cast -> Mul
@@ -45,13 +45,13 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
   does; and (2) the body is run on all codes with ORT (each code at every position modulo 16:
   vectorised kernels treat a block's tail differently) and ``onnx.reference`` at build time and
   must reproduce the table exactly. When no nudge works or a run disagrees, the body falls back
-  to ``Gather`` (correct everywhere, slow in ORT). In practice int8/uint8-output GELU tables get
-  the formula body; float16/float32/int16 outputs and int16 inputs (65536 codes) do not (their
-  rounding intervals are finer than float32 GELU's error) and use ``Gather``.
-  :attr:`CustomOp.body_kind` says which body was used; ``lut_body="gather-elements"`` opts into
-  the ORT-only fast body for any table.
-* **Interpolated tables**: ``Gather`` of the equivalent 256-entry table (the attributes keep the
-  knots).
+  to ``GatherElements`` (any table, as fast as DQ->Gelu->Q in ORT). In practice int8/uint8-output
+  GELU tables get the formula body; float16/float32/int16 outputs and int16 inputs (65536 codes)
+  do not (their rounding intervals are finer than float32 GELU's error) and use
+  ``GatherElements``. :attr:`CustomOp.body_kind` says which body was used; ``lut_body="gather"``
+  asks for ``Cast -> Gather`` (~7x slower in ORT).
+* **Interpolated tables**: ``GatherElements`` of the equivalent 256-entry table (the attributes
+  keep the knots).
 * **Polynomials**: the exact operation sequence of :meth:`PolySpec.evaluate`: segment index by
   comparisons with the inner breakpoints, per-segment origin and coefficients by
   ``GatherElements`` on flat tensors (at most 63 segments, which ``onnx.reference`` can run),
@@ -65,6 +65,7 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -87,9 +88,9 @@ MIN_OPSET = 13
 
 LutBody = Literal["auto", "formula", "gather", "gather-elements"]
 LUT_BODIES: tuple[LutBody, ...] = ("auto", "formula", "gather", "gather-elements")
-"""``gather-elements``: ``GatherElements`` on the flattened tensor, as fast as DQ->Gelu->Q in ORT
-for *any* table, but onnx.reference (numpy ``choose``) cannot run it for more than 64 entries:
-opt-in, for ORT-only deployments of non-GELU tables."""
+"""``auto``: the formula body when it is proved equal to the table, else ``gather-elements``
+(``GatherElements`` on the flattened tensor: any table, as fast as DQ->Gelu->Q in ORT; run it in
+onnx.reference with :func:`reference_ops`); ``gather``: ``Cast -> Gather`` (slow in ORT)."""
 
 GELU_ERROR_MARGIN = 32.0
 """Float32 GELU error bound assumed for the formula body, in units of ``2⁻²⁴·(|x|+1)``."""
@@ -199,7 +200,7 @@ def custom_op(
     """The custom op for ``spec`` with its body written in default-domain ``opset``.
 
     ``lut_body`` chooses the body of GELU tables (``auto``: the formula body when it is proved
-    equal to the table, else ``gather``); ``verify`` runs formula bodies on every input code in
+    equal to the table, else ``gather-elements``); ``verify`` runs formula bodies on every input code in
     ORT and onnx.reference before accepting them.
     """
     if opset < MIN_OPSET:
@@ -256,9 +257,10 @@ def gather_elements_body(table: npt.NDArray[Any], qmin: int) -> list[onnx.NodePr
 def _table_body(
     table: npt.NDArray[Any], qmin: int, lut_body: LutBody
 ) -> tuple[str, tuple[onnx.NodeProto, ...]]:
-    if lut_body == "gather-elements":
-        return "gather-elements", tuple(gather_elements_body(table, qmin))
-    return "gather", tuple(gather_body(table, qmin))
+    """The general table body: ``GatherElements`` unless ``Gather`` is asked for by name."""
+    if lut_body == "gather":
+        return "gather", tuple(gather_body(table, qmin))
+    return "gather-elements", tuple(gather_elements_body(table, qmin))
 
 
 def gelu_formula_nodes(x: str, y: str, form: str, prefix: str = "") -> list[onnx.NodeProto]:
@@ -325,11 +327,45 @@ def run_ort(model: onnx.ModelProto, x: npt.NDArray[Any], threads: int = 1) -> np
     return np.asarray(sess.run(None, {name: x})[0])
 
 
-def run_reference(model: onnx.ModelProto, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """Run a one-input model with ``onnx.reference``."""
+@functools.lru_cache(maxsize=1)
+def reference_ops() -> tuple[type[Any], ...]:
+    """Replacements for ``onnx.reference`` ops that cannot run gelu-quant bodies.
+
+    onnx 1.23's ``GatherElements`` gathers with ``numpy.choose``, which takes at most 64
+    choices, so it fails on a 256-entry table (upstream replaced it by ``take_along_axis``
+    in onnx PR #8444). This is the same operator, per the ONNX spec, with negative indices.
+    :func:`reference_evaluator` applies them inside model-local functions too.
+    """
+    from onnx.reference.op_run import OpRun
+
+    class GatherElements(OpRun):  # type: ignore[misc]
+        op_domain = ""
+
+        def _run(self, data: Any, indices: Any, axis: Any = None) -> tuple[Any]:
+            a = 0 if axis is None else int(axis)
+            a = a + data.ndim if a < 0 else a
+            idx = np.where(indices < 0, indices + data.shape[a], indices).astype(np.int64)
+            return (np.take_along_axis(data, idx, axis=a),)
+
+    return (GatherElements,)
+
+
+def reference_evaluator(model: onnx.ModelProto) -> Any:
+    """An ``onnx.reference.ReferenceEvaluator`` with :func:`reference_ops`, also inside the
+    model-local functions (the stock evaluator builds those without ``new_ops``)."""
     from onnx.reference import ReferenceEvaluator
 
-    ref = ReferenceEvaluator(model)
+    class _Evaluator(ReferenceEvaluator):  # type: ignore[misc]
+        def __init__(self, proto: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("new_ops", list(reference_ops()))
+            super().__init__(proto, *args, **kwargs)
+
+    return _Evaluator(model)
+
+
+def run_reference(model: onnx.ModelProto, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Run a one-input model with ``onnx.reference`` (see :func:`reference_evaluator`)."""
+    ref = reference_evaluator(model)
     outs: Any = ref.run(None, {model.graph.input[0].name: x})
     return np.asarray(outs[0])
 
