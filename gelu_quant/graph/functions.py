@@ -200,8 +200,8 @@ def custom_op(
     """The custom op for ``spec`` with its body written in default-domain ``opset``.
 
     ``lut_body`` chooses the body of GELU tables (``auto``: the formula body when it is proved
-    equal to the table, else ``gather-elements``); ``verify`` runs formula bodies on every input code in
-    ORT and onnx.reference before accepting them.
+    equal to the table, else ``gather-elements``); ``verify`` runs formula bodies on every input
+    code in ORT and onnx.reference before accepting them.
     """
     if opset < MIN_OPSET:
         raise ModelError(
@@ -338,7 +338,7 @@ def reference_ops() -> tuple[type[Any], ...]:
     """
     from onnx.reference.op_run import OpRun
 
-    class GatherElements(OpRun):  # type: ignore[misc]
+    class GatherElements(OpRun):
         op_domain = ""
 
         def _run(self, data: Any, indices: Any, axis: Any = None) -> tuple[Any]:
@@ -355,7 +355,7 @@ def reference_evaluator(model: onnx.ModelProto) -> Any:
     model-local functions (the stock evaluator builds those without ``new_ops``)."""
     from onnx.reference import ReferenceEvaluator
 
-    class _Evaluator(ReferenceEvaluator):  # type: ignore[misc]
+    class _Evaluator(ReferenceEvaluator):
         def __init__(self, proto: Any, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("new_ops", list(reference_ops()))
             super().__init__(proto, *args, **kwargs)
