@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,7 @@ from gelu_quant.calib.methods import (
 )
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError, GeluQuantError, ModelError
+from gelu_quant.fileio import write_bytes_atomic
 from gelu_quant.graph.sites import GeluSite, QuantInfo
 
 RANGES_SCHEMA = "gelu-quant/ranges"
@@ -154,24 +154,6 @@ def model_fingerprint(
         h.update(f.SerializeToString(deterministic=True))
     _graph_digest(model.graph, h, base_dir)
     return "sha256:" + h.hexdigest()
-
-
-# -- atomic writes -----------------------------------------------------------------------------
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    p = Path(os.fspath(path))
-    folder = p.resolve().parent
-    if not folder.is_dir():
-        raise BadInputError(f"output folder {str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def refuse_overwriting_inputs(output: str | os.PathLike[str], *inputs: object) -> None:
@@ -320,7 +302,7 @@ class RangesFile:
         return json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        write_atomic(path, self.dumps().encode())
+        write_bytes_atomic(path, self.dumps().encode())
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "ranges file") -> RangesFile:
@@ -407,7 +389,7 @@ class StatsFile:
 
         if str(path).endswith(".json"):
             meta["stats"] = {sid: st.to_json() for sid, st in self.collected.stats.items()}
-            write_atomic(path, (json.dumps(meta, indent=1) + "\n").encode())
+            write_bytes_atomic(path, (json.dumps(meta, indent=1) + "\n").encode())
             return
         arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
         for i, (sid, st) in enumerate(self.collected.stats.items()):
@@ -415,7 +397,7 @@ class StatsFile:
             arrays.update(st.to_arrays(f"site{i}/"))
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
-        write_atomic(path, buf.getvalue())
+        write_bytes_atomic(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> StatsFile:

@@ -8,7 +8,8 @@ from typing import Any, cast
 import click
 
 from gelu_quant.errors import BadInputError
-from gelu_quant.lut.export import c_header, spec_json_text, write_atomic
+from gelu_quant.fileio import write_text_atomic
+from gelu_quant.lut.export import c_header, spec_json_text
 from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.lut.table import OutDType
@@ -91,7 +92,7 @@ def emit(
                 click.echo(f"  {key}: {vals}")
     for fmt, path in exports:
         text = c_header(spec, name) if fmt == "c-header" else spec_json_text(spec)
-        write_atomic(path, text)
+        write_text_atomic(path, text)
         if not as_json:
             click.echo(f"wrote {fmt} to {path}")
 

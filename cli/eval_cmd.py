@@ -19,8 +19,8 @@ from gelu_quant.evaluate.report import (
     to_json,
     to_junit_xml,
     to_markdown,
-    write_text_atomic,
 )
+from gelu_quant.fileio import write_text_atomic
 from gelu_quant.graph.inject import default_manifest_path
 
 
@@ -231,11 +231,13 @@ def eval_cmd(
     report = evaluate(reference, candidate, source, config)
 
     if report_json is not None:
-        write_text_atomic(report_json, to_json(report))
+        write_text_atomic(report_json, to_json(report), make_parents=True)
     if report_md is not None:
-        write_text_atomic(report_md, to_markdown(report, markdown_path=report_md))
+        write_text_atomic(
+            report_md, to_markdown(report, markdown_path=report_md), make_parents=True
+        )
     if junit is not None:
-        write_text_atomic(junit, to_junit_xml(report))
+        write_text_atomic(junit, to_junit_xml(report), make_parents=True)
     if as_json:
         click.echo(to_json(report), nl=False)
     elif not quiet:

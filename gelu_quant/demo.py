@@ -51,7 +51,7 @@ def run_demo(
     log: Log | None = None,
 ) -> PipelineResult:
     """Run the demo into ``output`` and return the pipeline's result."""
-    from gelu_quant.lut.export import write_atomic
+    from gelu_quant.fileio import write_text_atomic
     from gelu_quant.models.corpus import write_corpus
     from gelu_quant.models.minilm import minilm_onnx, minilm_tokenizer_dir
 
@@ -63,7 +63,7 @@ def run_demo(
     n_eval = write_corpus(output / "evaluation.txt", "evaluation", limit=evaluation_samples)
     say(f"corpus: {n_cal} calibration and {n_eval} evaluation sentences (stdlib docstrings)")
     config_path = output / "pipeline.toml"
-    write_atomic(
+    write_text_atomic(
         config_path,
         DEMO_CONFIG.format(
             config=config_path,

@@ -261,8 +261,9 @@ def run_pipeline(
     from gelu_quant.calib.ranges_file import MethodParams
     from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
     from gelu_quant.evaluate.report import to_json, to_junit_xml, to_markdown
+    from gelu_quant.fileio import write_text_atomic
     from gelu_quant.graph.inject import ConvertConfig, convert_file
-    from gelu_quant.lut.export import c_header, spec_json_text, write_atomic
+    from gelu_quant.lut.export import c_header, spec_json_text
     from gelu_quant.lut.spec import spec_from_json
 
     say = log or (lambda _msg: None)
@@ -348,9 +349,9 @@ def run_pipeline(
             progress=progress,
         ),
     )
-    write_atomic(files["report_json"], to_json(report))
-    write_atomic(files["report_md"], to_markdown(report, markdown_path=files["report_md"]))
-    write_atomic(files["junit"], to_junit_xml(report))
+    write_text_atomic(files["report_json"], to_json(report))
+    write_text_atomic(files["report_md"], to_markdown(report, markdown_path=files["report_md"]))
+    write_text_atomic(files["junit"], to_junit_xml(report))
     if plots_dir is not None:
         files["plots"] = plots_dir
     timings["evaluate_s"] = time.perf_counter() - t0
@@ -365,9 +366,9 @@ def run_pipeline(
         spec = spec_from_json(rec.spec)
         stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in rec.id)
         if "c-header" in cfg.exports:
-            write_atomic(export_dir / f"{stem}.h", c_header(spec, stem))
+            write_text_atomic(export_dir / f"{stem}.h", c_header(spec, stem))
         if "json" in cfg.exports:
-            write_atomic(export_dir / f"{stem}.json", spec_json_text(spec))
+            write_text_atomic(export_dir / f"{stem}.json", spec_json_text(spec))
     files["export"] = export_dir
     timings["export_s"] = time.perf_counter() - t0
 
@@ -380,7 +381,7 @@ def run_pipeline(
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     files["summary"] = out / "pipeline.json"
-    write_atomic(files["summary"], json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(files["summary"], json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return res
 
 

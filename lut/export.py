@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,19 +90,3 @@ def c_header(spec: GeluApprox, name: str = "gelu") -> str:
         lines.append("")
     lines.append(f"#endif /* {guard} */")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        raise BadInputError(f"folder {p.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p

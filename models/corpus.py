@@ -26,13 +26,13 @@ import os
 import re
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from gelu_quant.errors import DataError
+from gelu_quant.fileio import write_text_atomic
 from gelu_quant.models.cache import cache_root, settings_key
 
 Split = Literal["calibration", "evaluation", "all"]
@@ -222,20 +222,10 @@ def _all_sentences(root_text: str) -> tuple[str, ...]:
         pass
     sentences = extract_sentences(root)
     with contextlib.suppress(OSError):  # a read-only cache only costs time
-        _write_atomic(cache_file, json.dumps(sentences, ensure_ascii=False) + "\n")
+        write_text_atomic(
+            cache_file, json.dumps(sentences, ensure_ascii=False) + "\n", make_parents=True
+        )
     return tuple(sentences)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def stdlib_sentences(split: Split = "all", limit: int | None = None) -> list[str]:
@@ -266,5 +256,5 @@ def write_corpus(path: Path | str, split: Split = "all", limit: int | None = Non
     The file is written atomically; an existing file at ``path`` is replaced.
     """
     sentences = stdlib_sentences(split, limit)
-    _write_atomic(Path(path), "".join(s + "\n" for s in sentences))
+    write_text_atomic(Path(path), "".join(s + "\n" for s in sentences), make_parents=True)
     return len(sentences)

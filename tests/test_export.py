@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gelu_quant.lut.export import c_header, spec_json_text, write_atomic
+from gelu_quant.fileio import write_text_atomic
+from gelu_quant.lut.export import c_header, spec_json_text
 from gelu_quant.lut.interp import build_interp_lut
 from gelu_quant.lut.spec import spec_from_json
 from gelu_quant.lut.table import build_lut
@@ -67,6 +68,6 @@ def test_json_text_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     spec = build_lut(in_range=(-3, 3), out_dtype="float16", form="tanh")
     text = spec_json_text(spec)
     assert text == spec_json_text(build_lut(in_range=(-3, 3), out_dtype="float16", form="tanh"))
-    p = write_atomic(tmp_path / "s.json", text)
+    p = write_text_atomic(tmp_path / "s.json", text)
     assert spec_from_json(json.loads(p.read_text())) == spec
     assert [f.name for f in tmp_path.iterdir()] == ["s.json"]  # no temp file left behind

@@ -146,9 +146,9 @@ class Manifest:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically."""
-        from gelu_quant.lut.export import write_atomic
+        from gelu_quant.fileio import write_text_atomic
 
-        return write_atomic(path, self.dumps())
+        return write_text_atomic(path, self.dumps())
 
 
 def load_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
