@@ -38,6 +38,7 @@ minute, later calls return at once. Torch and transformers are imported only to 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -369,8 +370,27 @@ def _export_dynamo(folder: Path, opset: int) -> dict[str, Any]:
     return {"ir_version_written": written, "ir_version": int(program.model.ir_version)}
 
 
-def _optimize_ort(folder: Path, cache_dir: Path | None) -> dict[str, Any]:
+def _import_ort_optimizer() -> Any:
+    """``onnxruntime.transformers.optimizer.optimize_model``.
+
+    ORT's optimizer imports its sibling modules as top-level ones (``from fusion_options
+    import …``) and relies on ``onnxruntime/transformers/__init__.py`` having appended its folder
+    to ``sys.path``. That append happens once per process, so anything that later restores
+    ``sys.path`` (pytest's ``monkeypatch.syspath_prepend``, a user's plugin loader) breaks the
+    import: put the folder back when it is missing.
+    """
+    import onnxruntime.transformers as ort_transformers
+
+    folder = os.path.dirname(ort_transformers.__file__)
+    if folder not in sys.path:
+        sys.path.append(folder)
     from onnxruntime.transformers.optimizer import optimize_model
+
+    return optimize_model
+
+
+def _optimize_ort(folder: Path, cache_dir: Path | None) -> dict[str, Any]:
+    optimize_model = _import_ort_optimizer()
 
     opts = EXPORT_SETTINGS["ort-optimized"]
     base = minilm_onnx(opts["base"], cache_dir)

@@ -176,3 +176,19 @@ def test_qdq_wraps_the_gelus_and_stays_close_to_fp32() -> None:
     _, emb = _session(path).run(None, feeds)
     cosine = (emb.astype(np.float64) * ref_emb).sum(axis=1)
     assert cosine.mean() > 0.85  # int8 feed-forward blocks: close to fp32, not equal
+
+
+def test_ort_optimizer_import_survives_a_restored_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT's optimizer imports siblings as top-level modules; a restored sys.path broke it."""
+    import os
+    import sys
+
+    import onnxruntime.transformers as ort_transformers
+
+    from gelu_quant.models.minilm import _import_ort_optimizer
+
+    folder = os.path.dirname(ort_transformers.__file__)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != folder])
+    for name in ("onnxruntime.transformers.optimizer", "fusion_options"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert callable(_import_ort_optimizer())
