@@ -237,17 +237,12 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name a graph (and its nested subgraphs) reads."""
     names: set[str] = set()
     for n in graph.node:
-        names.update(i for i in n.input if i)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names |= _subgraph_inputs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    names |= _subgraph_inputs(g)
+        names |= _node_reads(n)
     return names
 
 
 def _node_reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors a node reads: its inputs and whatever its subgraphs read."""
     names = {i for i in node.input if i}
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
