@@ -11,6 +11,7 @@ import click
 from gelu_quant.calib.methods import DEFAULT_PERCENTILE, METHODS, MethodName
 from gelu_quant.calib.pipeline import DEFAULT_METHOD, calibrate_model, merge_stats
 from gelu_quant.calib.ranges_file import MethodParams, RangesFile
+from gelu_quant.cli.options import text_data_options
 
 
 def _method_options(f: Any) -> Any:
@@ -82,18 +83,7 @@ def _summary(r: RangesFile, as_json: bool, quiet: bool) -> None:
     default=None,
     help="Batch size for file sources (default: the model's, else 16).",
 )
-@click.option(
-    "--tokenizer",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Hugging Face tokenizer folder (tokenizer.json) for text data.",
-)
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Token sequence length for text data (default: the model's, else 128).",
-)
+@text_data_options
 @click.option(
     "--save-stats",
     type=click.Path(dir_okay=False),

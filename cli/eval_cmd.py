@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from gelu_quant.calib.data import model_input_specs, open_data_source
+from gelu_quant.cli.options import text_data_options
 from gelu_quant.errors import BadInputError, GateFailed
 from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
 from gelu_quant.evaluate.gate import GateConfig, load_gate_config
@@ -35,18 +36,7 @@ from gelu_quant.graph.inject import default_manifest_path
     help="Evaluation data, the same sources as `calibrate`: an .npz, a folder of "
     "test_data_set_*/input_*.pb, module:callable, or a text file (with --tokenizer).",
 )
-@click.option(
-    "--tokenizer",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Hugging Face tokenizer folder (tokenizer.json) for text data.",
-)
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Token sequence length for text data (default: the model's, else 128).",
-)
+@text_data_options
 @click.option(
     "--labels",
     type=click.Path(path_type=Path, dir_okay=False),
