@@ -315,17 +315,7 @@ class _Plan:
 
 
 def _skip(site: GeluSite, reason: str) -> SiteRecord:
-    return SiteRecord(
-        id=site.id,
-        status="skipped",
-        variant=site.variant,
-        spelling=site.spelling,
-        graph=site.graph,
-        input=site.input,
-        output=site.output,
-        bias=site.bias,
-        reason=reason,
-    )
+    return SiteRecord.for_site(site, "skipped", reason=reason)
 
 
 def _plan_site(
@@ -561,15 +551,9 @@ def convert_model(
         plans.append(plan)
         rep = error_report(plan.spec)
         records.append(
-            SiteRecord(
-                id=site.id,
-                status="converted",
-                variant=site.variant,
-                spelling=site.spelling,
-                graph=site.graph,
-                input=site.input,
-                output=site.output,
-                bias=site.bias,
+            SiteRecord.for_site(
+                site,
+                "converted",
                 mode=plan.mode,
                 range=plan.range,
                 range_source=plan.range_source,

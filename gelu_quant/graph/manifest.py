@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from gelu_quant import __version__
 from gelu_quant.errors import BadInputError
+from gelu_quant.graph.sites import GeluSite
 
 MANIFEST_SCHEMA = "gelu-quant/manifest"
 MANIFEST_VERSION = 1
@@ -65,6 +66,23 @@ class SiteRecord:
     quantized_output: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+    @classmethod
+    def for_site(
+        cls, site: GeluSite, status: Literal["converted", "skipped"], **fields: Any
+    ) -> SiteRecord:
+        """The record of ``site``: its identity copied from the site, the rest from ``fields``."""
+        return cls(
+            id=site.id,
+            status=status,
+            variant=site.variant,
+            spelling=site.spelling,
+            graph=site.graph,
+            input=site.input,
+            output=site.output,
+            bias=site.bias,
+            **fields,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
