@@ -184,24 +184,30 @@ def _default_workers(n_sites: int) -> int:
     return max(1, min(n_sites, os.cpu_count() or 1, 4))
 
 
-def collect(
+@dataclass
+class Probe:
+    """An ORT session on the probe model, with what :func:`build_probe` named."""
+
+    session: ort.InferenceSession | None
+    """None when no site can be probed."""
+    names: dict[str, tuple[str, str | None, str | None]]
+    skipped: dict[str, str]
+
+
+def open_probe(
     model: onnx.ModelProto | str | os.PathLike[str],
     sites: Sequence[GeluSite],
-    data: Iterable[Feed],
     *,
     threads: int | None = None,
-    progress: bool = False,
-    total_batches: int | None = None,
-    workers: int | None = None,
-) -> Collected:
-    """Run ``data`` through the probe model once and accumulate per-site statistics.
+    base_dir: Path | None = None,
+    consume: bool = False,
+) -> Probe:
+    """Build the probe model of ``model`` and open an ORT session on it.
 
-    The statistics of batch ``t`` are updated by ``workers`` threads (default: up to the CPU
-    count, at most 4; 0 = in the calling thread) while ONNX Runtime runs batch ``t + 1`` (numpy
-    releases the GIL in the heavy loops). Each site's statistics are updated by one task at a
-    time, in batch order; at most two batches of site tensors are alive at once.
+    ``model`` is a path or a loaded model; a loaded model whose weights live in external files
+    needs ``base_dir``, the model's folder. With ``consume``, a loaded model becomes the probe
+    in place (no copy of the weights; the caller must not use it afterwards).
     """
-    base_dir: Path | None = None
     if not isinstance(model, onnx.ModelProto):
         base_dir = Path(os.fspath(model)).resolve().parent
         try:
@@ -212,10 +218,10 @@ def collect(
         probe, names, skipped = build_probe(loaded, sites, in_place=True)
         del loaded
     else:
-        probe, names, skipped = build_probe(model, sites)
-    result = Collected(stats={sid: TensorStats() for sid in names}, skipped=skipped)
+        probe, names, skipped = build_probe(model, sites, in_place=consume)
+        del model
     if not names:
-        return result
+        return Probe(None, names, skipped)
     if _uses_external_data(probe):
         session = make_session(probe, base_dir=base_dir, threads=threads)
     else:
@@ -223,6 +229,35 @@ def collect(
         del probe  # one copy of the weights at a time: the bytes, then ORT's own
         session = make_session(serialized, threads=threads)
         del serialized
+    return Probe(session, names, skipped)
+
+
+def collect(
+    model: onnx.ModelProto | str | os.PathLike[str] | Probe,
+    sites: Sequence[GeluSite],
+    data: Iterable[Feed],
+    *,
+    threads: int | None = None,
+    progress: bool = False,
+    total_batches: int | None = None,
+    workers: int | None = None,
+) -> Collected:
+    """Run ``data`` through the probe model once and accumulate per-site statistics.
+
+    ``model`` is a model (path or loaded, see :func:`open_probe`) or an opened :class:`Probe`.
+
+    The statistics of batch ``t`` are updated by ``workers`` threads (default: up to the CPU
+    count, at most 4; 0 = in the calling thread) while ONNX Runtime runs batch ``t + 1`` (numpy
+    releases the GIL in the heavy loops). Each site's statistics are updated by one task at a
+    time, in batch order; at most two batches of site tensors are alive at once.
+    """
+    probe = model if isinstance(model, Probe) else open_probe(model, sites, threads=threads)
+    del model
+    session, names = probe.session, probe.names
+    result = Collected(stats={sid: TensorStats() for sid in names}, skipped=dict(probe.skipped))
+    del probe
+    if session is None:
+        return result
     fetch: list[str] = []
     for x, lo, hi in names.values():
         fetch += [x, lo or "", hi or ""]

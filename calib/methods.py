@@ -40,6 +40,7 @@ DEFAULT_PERCENTILE = 99.99
 
 Range = tuple[float, float]
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 def _need_data(stats: TensorStats) -> None:
@@ -87,66 +88,98 @@ def symmetric_histogram(stats: TensorStats, max_bins: int = 2048) -> tuple[Float
     return hist, edges
 
 
-def _smooth(p: FloatArray, eps: float = 0.0001) -> npt.NDArray[np.float32] | None:
-    """ORT's ``smooth_distribution`` (float32, as there)."""
-    is_zeros = (p == 0).astype(np.float32)
-    is_nonzeros = (p != 0).astype(np.float32)
-    n_zeros = float(is_zeros.sum())
-    n_nonzeros = p.size - n_zeros
-    if not n_nonzeros:
-        return None
-    eps1 = eps * n_zeros / n_nonzeros
-    if eps1 >= 1.0:
-        return None
-    hist = p.astype(np.float32)
-    hist += eps * is_zeros + (-eps1) * is_nonzeros
-    if (hist <= 0).any():
-        return None
-    return hist
+def _smooth_rows(
+    d: FloatArray, valid: npt.NDArray[np.bool_], eps: float = 0.0001
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """ORT's ``smooth_distribution`` applied to each row of ``d`` (its first ``valid`` entries).
+
+    Element for element the same float32 arithmetic as ORT (``eps`` and each row's ``eps1``
+    rounded to float32, one float32 addition). Returns the smoothed rows (0 past each row's end)
+    and which rows ORT would reject (no non-zero entry, ``eps1 >= 1`` or an entry ``<= 0``).
+    """
+    is_zero = (d == 0) & valid
+    is_nonzero = (d != 0) & valid
+    n_zeros = is_zero.sum(axis=1).astype(np.float64)
+    n_nonzeros = is_nonzero.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps1 = eps * n_zeros / n_nonzeros
+    bad = (n_nonzeros == 0) | ~(eps1 < 1.0)
+    neg_eps1 = (-eps1).astype(np.float32)[:, None]
+    add = np.where(is_zero, np.float32(eps), np.where(is_nonzero, neg_eps1, np.float32(0.0)))
+    hist = d.astype(np.float32)
+    hist += add
+    bad |= ((hist <= 0) & valid).any(axis=1)
+    return hist, bad
 
 
-def _kl(p: npt.NDArray[np.float32], q: npt.NDArray[np.float32]) -> float:
-    """``sum(p log(p/q))`` of the normalised distributions (scipy.stats.entropy)."""
-    pn = p.astype(np.float64) / float(p.sum(dtype=np.float64))
-    qn = q.astype(np.float64) / float(q.sum(dtype=np.float64))
-    return float(np.sum(pn * np.log(pn / qn)))
+def _kl_rows(
+    p: npt.NDArray[np.float32], q: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
+) -> FloatArray:
+    """``sum(p log(p/q))`` of each row's normalised distributions (scipy.stats.entropy)."""
+    pn = p.astype(np.float64) / p.sum(axis=1, dtype=np.float64)[:, None]
+    qn = q.astype(np.float64) / q.sum(axis=1, dtype=np.float64)[:, None]
+    pn[~valid] = 1.0
+    qn[~valid] = 1.0
+    out: FloatArray = np.sum(pn * np.log(pn / qn), axis=1)
+    return out
+
+
+def _entropy_divergences(
+    hist: FloatArray, cum: FloatArray, starts: IntArray, ends: IntArray, merged: int, nq: int
+) -> FloatArray:
+    """KL divergence of each candidate ``hist[s:e]`` whose re-quantization merges ``merged``
+    bins into one (all candidates at once, one row each; ``inf`` where ORT rejects)."""
+    rows = starts.size
+    lengths = ends - starts
+    width = int(lengths.max())
+    t = np.arange(width)
+    valid = t[None, :] < lengths[:, None]
+    padded = np.concatenate([hist, np.zeros(width)])
+    sliced = np.where(valid, padded[starts[:, None] + t[None, :]], 0.0)
+    p = sliced.copy()
+    p[:, 0] += cum[starts]  # outliers folded into the edge bins
+    p[np.arange(rows), lengths - 1] += cum[-1] - cum[ends]
+    body = nq * merged
+    quantized = sliced[:, :body].reshape(rows, nq, merged).sum(axis=2)
+    quantized[:, -1] += sliced[:, body:].sum(axis=1)
+    norm = (p[:, :body] != 0).reshape(rows, nq, merged).sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expanded = np.where(norm != 0, np.trunc(quantized / np.maximum(norm, 1)), 0.0)
+    q = np.zeros_like(p)
+    q[:, :body] = np.repeat(expanded, merged, axis=1)
+    ps, bad_p = _smooth_rows(p, valid)
+    qs, bad_q = _smooth_rows(q, valid)
+    div = _kl_rows(ps, qs, valid)
+    div[bad_p | bad_q | np.isnan(div)] = math.inf
+    return div
 
 
 def entropy_threshold(
     hist: FloatArray, edges: FloatArray, num_quantized_bins: int = 255
 ) -> tuple[float, float]:
-    """ORT's KL threshold search on a symmetric histogram; returns ``(edges[s], edges[e])``."""
+    """ORT's KL threshold search on a symmetric histogram; returns ``(edges[s], edges[e])``.
+
+    Candidate ``i`` is ``hist[zero - i : zero + i + 1]`` for ``i`` from ``nq // 2`` to the half
+    width; candidates that merge the same number of bins are evaluated together. The first
+    least divergence wins (as ``np.argmin``); the full range when every candidate is rejected.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
     nb = hist.size
     zero = nb // 2
-    half = num_quantized_bins // 2
-    cum = np.concatenate([[0.0], np.cumsum(hist)])
-    best = (float(edges[0]), float(edges[-1]))
-    best_kl = math.inf
     nq = num_quantized_bins
-    for i in range(half, zero + 1):
-        s = zero - i
-        e = min(zero + i + 1, nb)
-        sliced = hist[s:e]
-        p = sliced.copy()
-        p[0] += cum[s]
-        p[-1] += cum[nb] - cum[e]
-        nm = sliced.size // nq
-        if nm == 0:
-            continue
-        nonzeros = (p != 0).astype(np.int64)
-        qb = sliced[: nq * nm].reshape(nq, nm).sum(axis=1)
-        qb[-1] += sliced[nq * nm :].sum()
-        norm = nonzeros[: nq * nm].reshape(nq, nm).sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            qv = np.where(norm != 0, np.trunc(qb / np.maximum(norm, 1)), 0.0)
-        q = np.zeros(p.size, dtype=np.float64)
-        q[: nq * nm] = np.repeat(qv, nm)
-        ps, qs = _smooth(p), _smooth(q)
-        div = math.inf if ps is None or qs is None else _kl(ps, qs)
-        if div < best_kl:  # first minimum wins, as np.argmin
-            best_kl = div
-            best = (float(edges[s]), float(edges[e]))
-    return best
+    cum = np.concatenate([[0.0], np.cumsum(hist)])
+    half_widths = np.arange(nq // 2, zero + 1)
+    starts = zero - half_widths
+    ends = np.minimum(zero + half_widths + 1, nb)
+    merged = (ends - starts) // nq
+    div = np.full(half_widths.size, math.inf)
+    for m in np.unique(merged[merged > 0]):
+        rows = np.flatnonzero(merged == m)
+        div[rows] = _entropy_divergences(hist, cum, starts[rows], ends[rows], int(m), nq)
+    if div.size == 0 or not np.isfinite(div).any():
+        return float(edges[0]), float(edges[-1])
+    best = int(np.argmin(div))
+    return float(edges[starts[best]]), float(edges[ends[best]])
 
 
 def entropy_range(stats: TensorStats, num_quantized_bins: int = 255, max_bins: int = 2048) -> Range:
@@ -233,10 +266,14 @@ def mse_range(
         vals = [*qs, *lin, vmin]
         return sorted({v for v in vals if v < 0} or {vmin})
 
+    seen: dict[tuple[float, float], float] = {}
+
     def cost(lo: float, hi: float) -> float:
         if not (min(lo, 0.0) < max(hi, 0.0)):
             return math.inf
-        return quantized_gelu_mse(centres, weights, lo, hi, variant, dtype, ref)
+        if (lo, hi) not in seen:  # the second sweep revisits pairs whose other end held still
+            seen[lo, hi] = quantized_gelu_mse(centres, weights, lo, hi, variant, dtype, ref)
+        return seen[lo, hi]
 
     his, los = cands(+1), cands(-1)
     lo, hi = vmin, vmax

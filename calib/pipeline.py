@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import onnx
 
-from gelu_quant.calib.collector import collect
+from gelu_quant.calib.collector import collect, open_probe
 from gelu_quant.calib.data import model_input_specs, open_data_source
 from gelu_quant.calib.methods import MethodName
 from gelu_quant.calib.ranges_file import (
@@ -53,15 +54,17 @@ def collect_stats(
     except Exception as e:
         raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    # discovery reads small constants: from the path when they live in external files
-    found = list(sites) if sites is not None else _find_sites(path if external else proto)
+    # the fingerprint (mostly hashing the weights, outside the GIL) runs beside discovery
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fingerprinting = pool.submit(model_fingerprint, proto, path.resolve().parent)
+        # discovery reads small constants: from the path when they live in external files
+        found = list(sites) if sites is not None else _find_sites(path if external else proto)
+        fingerprint = fingerprinting.result()
     if not found:
         raise ModelError(
             f"{path}: no GELU found; nothing to calibrate (gelu-quant inspect shows near misses)"
         )
-    fingerprint = model_fingerprint(proto, path.resolve().parent)
     specs = model_input_specs(proto)
-    del proto  # the collector loads its own copy: keep one copy of the weights at a time
     source = open_data_source(
         data,
         specs,
@@ -71,8 +74,11 @@ def collect_stats(
         max_length=max_length,
     )
     total = getattr(source, "num_batches", None)
+    # this copy of the model becomes the probe (the file is read once, not twice)
+    probe = open_probe(proto, found, threads=threads, base_dir=path.resolve().parent, consume=True)
+    del proto
     c = collect(
-        path,
+        probe,
         found,
         source,
         threads=threads,

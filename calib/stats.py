@@ -214,16 +214,21 @@ class TensorStats:
         flat = x.reshape(-1)
         scale = ftype(math.ldexp(1.0, -self.k))
         offset = ftype(self.offset)
-        fbuf = _scratch(min(BLOCK, flat.size), np.dtype(ftype))
-        ibuf = _scratch(min(BLOCK, flat.size), np.dtype(np.intp))
+        # The bin numbers go float -> int32 -> intp: numpy converts float to int32 with SIMD but
+        # to int64 element by element, and bincount wants intp.
+        n = min(BLOCK, flat.size)
+        fbuf = _scratch(n, np.dtype(ftype))
+        jbuf = _scratch(n, np.dtype(np.int32))
+        ibuf = _scratch(n, np.dtype(np.intp))
         counts = np.zeros(self.num_bins, dtype=np.int64)
         for start in range(0, flat.size, BLOCK):
             block = flat[start : start + BLOCK]
-            f, i = fbuf[: block.size], ibuf[: block.size]
+            f, j, i = fbuf[: block.size], jbuf[: block.size], ibuf[: block.size]
             np.multiply(block, scale, out=f, dtype=ftype)
             np.floor(f, out=f)
             f -= offset
-            np.copyto(i, f, casting="unsafe")
+            np.copyto(j, f, casting="unsafe")
+            np.copyto(i, j)
             counts += np.bincount(i, minlength=self.num_bins)
         return counts
 

@@ -106,6 +106,17 @@ def test_entropy_matches_plain_transcription_of_ort() -> None:
     assert entropy_threshold(hist, edges, 63) == _ort_entropy_oracle(hist, edges, 63)
 
 
+def test_entropy_matches_the_transcription_across_merge_groups() -> None:
+    # > 512 bins and 31 levels: candidates merge 1 to over 16 bins into a level, each group of
+    # candidates evaluated together; integer-valued data leaves most bins empty (smoothing)
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.round(rng.standard_normal(30_000) * 8) / 4, [-70.0, 55.0]])
+    st = _stats(x.astype(np.float32))
+    hist, edges = symmetric_histogram(st, max_bins=1024)
+    assert 512 < hist.size <= 1024 and np.count_nonzero(hist) < 200
+    assert entropy_threshold(hist, edges, 31) == _ort_entropy_oracle(hist, edges, 31)
+
+
 def test_entropy_clips_a_clear_outlier() -> None:
     rng = np.random.default_rng(3)
     bulk = rng.standard_normal(1_000_000).astype(np.float32)
