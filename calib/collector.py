@@ -247,9 +247,10 @@ def collect(
     ``model`` is a model (path or loaded, see :func:`open_probe`) or an opened :class:`Probe`.
 
     The statistics of batch ``t`` are updated by ``workers`` threads (default: up to the CPU
-    count, at most 4; 0 = in the calling thread) while ONNX Runtime runs batch ``t + 1`` (numpy
-    releases the GIL in the heavy loops). Each site's statistics are updated by one task at a
-    time, in batch order; at most two batches of site tensors are alive at once.
+    count, at most 4; 0 = in the calling thread) while ONNX Runtime, which releases the GIL,
+    runs batch ``t + 1`` (the workers share the GIL during ``np.bincount``, their largest step).
+    Each site's statistics are updated by one task at a time, in batch order; at most two
+    batches of site tensors are alive at once.
     """
     probe = model if isinstance(model, Probe) else open_probe(model, sites, threads=threads)
     del model
