@@ -116,11 +116,12 @@ def _kl_rows(
     p: npt.NDArray[np.float32], q: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
 ) -> FloatArray:
     """``sum(p log(p/q))`` of each row's normalised distributions (scipy.stats.entropy)."""
-    pn = p.astype(np.float64) / p.sum(axis=1, dtype=np.float64)[:, None]
-    qn = q.astype(np.float64) / q.sum(axis=1, dtype=np.float64)[:, None]
-    pn[~valid] = 1.0
-    qn[~valid] = 1.0
-    out: FloatArray = np.sum(pn * np.log(pn / qn), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows ORT rejects may hold <= 0
+        pn = p.astype(np.float64) / p.sum(axis=1, dtype=np.float64)[:, None]
+        qn = q.astype(np.float64) / q.sum(axis=1, dtype=np.float64)[:, None]
+        pn[~valid] = 1.0
+        qn[~valid] = 1.0
+        out: FloatArray = np.sum(pn * np.log(pn / qn), axis=1)
     return out
 
 
