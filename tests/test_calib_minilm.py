@@ -98,3 +98,38 @@ def test_text_and_npz_give_the_six_sites_and_identical_statistics(minilm: dict[s
         s["ranges"]["entropy"] is not None and s["ranges"]["mse"] is not None for s in raw["sites"]
     )
     r_text.check_model(minilm["model"])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "spelling", "tol"),
+    [
+        ("minilm_opset17", "pattern:erf", 2e-3),
+        ("minilm_opset20", "onnx:Gelu", 2e-3),
+        ("minilm_dynamo", "pattern:erf", 2e-3),
+        ("minilm_ort_optimized", "com.microsoft:BiasGelu", 2e-3),
+        # int8 weights and activations move the pre-activations by quantization noise
+        ("minilm_qdq", "pattern:erf", 0.5),
+    ],
+)
+def test_every_export_spelling_is_calibrated(
+    request: pytest.FixtureRequest,
+    minilm: dict[str, Path],
+    fixture: str,
+    spelling: str,
+    tol: float,
+) -> None:
+    """The exporters' GELU spellings (Erf pattern, ONNX Gelu, the dynamo exporter's graph, ORT's
+    fused BiasGelu whose pre-activation the probe rebuilds as input + bias, a QDQ model) all
+    give the six sites, checked against the torch model's pre-activations."""
+    model = request.getfixturevalue(fixture)
+    sf = collect_stats(model, minilm["npz"], batch_size=BATCH, threads=2, max_batches=1)
+    assert [s.spelling for s in sf.sites] == [spelling] * 6 and not sf.collected.skipped
+    with np.load(minilm["npz"]) as z:
+        first = {k: z[k][:BATCH] for k in z.files}
+    np.savez(minilm["dir"] / f"first_{fixture}.npz", **first)
+    ref = _torch_preactivations(minilm["dir"] / f"first_{fixture}.npz")
+    for site, p in zip(sf.sites, ref, strict=True):
+        st = sf.collected.stats[site.id]
+        assert st.count == p.size == BATCH * 128 * 1536 and st.nonfinite == 0
+        assert st.min == pytest.approx(float(p.min()), abs=tol)
+        assert st.max == pytest.approx(float(p.max()), abs=tol)
