@@ -18,6 +18,7 @@ Non-finite values (NaN, ±inf) are counted in ``nonfinite`` and excluded from ev
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import threading
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gelu_quant.errors import BadInputError
+from gelu_quant.fileio import write_bytes_atomic
 
 #: Number of histogram bins (fixed; the width adapts).
 NUM_BINS = 4096
@@ -394,10 +396,11 @@ class TensorStats:
         """Write to ``.npz`` or ``.json`` (by extension)."""
         p = Path(path)
         if p.suffix == ".json":
-            p.write_text(json.dumps(self.to_json()))
+            write_bytes_atomic(p, json.dumps(self.to_json()).encode())
         else:
-            with p.open("wb") as f:
-                np.savez(f, **self.to_arrays())  # type: ignore[arg-type]
+            buf = io.BytesIO()
+            np.savez(buf, **self.to_arrays())  # type: ignore[arg-type]
+            write_bytes_atomic(p, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> TensorStats:
