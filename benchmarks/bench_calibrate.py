@@ -3,8 +3,9 @@
 Measured side by side in one run, each configuration in its own subprocess (so peak RSS,
 ``ru_maxrss``, is that configuration's own):
 
-- ``plain``: plain ORT inference of the model over the data (same session options, same
-  batches from the same .npz data source), session creation included;
+- ``plain``: plain ORT inference of the model over the data as a user runs it (default session
+  options but the thread count; the same batches from the same .npz data source), session
+  creation included;
 - ``calibrate``: our streaming calibration over the same data with every range method on
   (histogram statistics, then minmax / percentile / entropy / mse ranges);
 - ``ort-entropy``: ONNX Runtime's ``create_calibrator(..., CalibrationMethod.Entropy)`` restricted
@@ -59,11 +60,15 @@ def _peak_mb() -> float:
 
 
 def child_plain(model: str, data: str, threads: int) -> dict[str, Any]:
-    from gelu_quant.calib.collector import make_session
+    import onnxruntime as ort
+
     from gelu_quant.calib.data import model_input_specs, open_data_source
 
     t0, c0 = time.perf_counter(), time.process_time()
-    session = make_session(model, threads=threads)
+    # ORT as a user runs it: default session options, only the thread count set
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     source = open_data_source(data, model_input_specs(model), batch_size=BATCH)
     t1 = time.perf_counter()
     n = 0
