@@ -32,7 +32,7 @@ import numpy.typing as npt
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError
 from gelu_quant.numerics import GeluForm, gelu, gelu_output_range, quick_gelu
-from gelu_quant.qparams import QDType, QParams
+from gelu_quant.qparams import QDType, QParams, dequantize_linear, qlimits, quantize_linear
 
 MethodName = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[MethodName, ...] = ("minmax", "percentile", "entropy", "mse")
@@ -228,16 +228,38 @@ def quantized_gelu_mse(
     reference: FloatArray | None = None,
 ) -> float:
     """Weighted MSE of ``Q_out(GELU(DQ(Q_in(x))))`` against float64 GELU at ``centres``."""
-    f = gelu_fn(variant)
-    qin = QParams.from_range(lo, hi, dtype)
-    olo, ohi = output_range(lo, hi, variant)
-    qout = QParams.from_range(olo, ohi, dtype)
-    codes = qin.codes()
-    table = qout.dequantize(qout.quantize(f(qin.dequantize(codes))))
-    idx = qin.quantize(centres).astype(np.int64) - qin.qmin
-    ref = f(centres) if reference is None else reference
-    err = table[idx] - ref
-    return float(np.sum(weights * err * err) / np.sum(weights))
+    ref = gelu_fn(variant)(centres) if reference is None else reference
+    return float(_quantized_gelu_mses(centres, weights, ref, [(lo, hi)], variant, dtype)[0])
+
+
+def _quantized_gelu_mses(
+    centres: FloatArray,
+    weights: FloatArray,
+    ref: FloatArray,
+    ranges: list[Range],
+    variant: str,
+    dtype: QDType,
+) -> FloatArray:
+    """:func:`quantized_gelu_mse` of every input range at once (one quantizer per row);
+    ``inf`` for a range that does not straddle 0."""
+    out = np.full(len(ranges), math.inf)
+    rows = [k for k, (lo, hi) in enumerate(ranges) if min(lo, 0.0) < max(hi, 0.0)]
+    if not rows:
+        return out
+    qin = [QParams.from_range(*ranges[k], dtype) for k in rows]
+    qout = [QParams.from_range(*output_range(*ranges[k], variant), dtype) for k in rows]
+    s_in = np.array([q.scale for q in qin])[:, None]
+    z_in = np.array([q.zero_point for q in qin])[:, None]
+    s_out = np.array([q.scale for q in qout])[:, None]
+    z_out = np.array([q.zero_point for q in qout])[:, None]
+    qmin, qmax = qlimits(dtype)
+    codes = np.arange(qmin, qmax + 1)[None, :]
+    y = gelu_fn(variant)(dequantize_linear(codes, s_in, z_in))
+    table = dequantize_linear(quantize_linear(y, s_out, z_out, dtype), s_out, z_out)
+    idx = quantize_linear(centres[None, :], s_in, z_in, dtype).astype(np.int64) - qmin
+    err = np.take_along_axis(table, idx, axis=1) - ref[None, :]
+    out[rows] = np.sum(weights * err * err, axis=1) / np.sum(weights)
+    return out
 
 
 def mse_range(
@@ -267,27 +289,24 @@ def mse_range(
         vals = [*qs, *lin, vmin]
         return sorted({v for v in vals if v < 0} or {vmin})
 
-    seen: dict[tuple[float, float], float] = {}
-
-    def cost(lo: float, hi: float) -> float:
-        if not (min(lo, 0.0) < max(hi, 0.0)):
-            return math.inf
-        if (lo, hi) not in seen:  # the second sweep revisits pairs whose other end held still
-            seen[lo, hi] = quantized_gelu_mse(centres, weights, lo, hi, variant, dtype, ref)
-        return seen[lo, hi]
+    def costs(ranges: list[Range]) -> FloatArray:
+        c = _quantized_gelu_mses(centres, weights, ref, ranges, variant, dtype)
+        c[np.isnan(c)] = math.inf
+        return c
 
     his, los = cands(+1), cands(-1)
     lo, hi = vmin, vmax
-    best = cost(lo, hi)
+    best = float(costs([(lo, hi)])[0])
+    # coordinate search: each end in turn moves to its best candidate (the first of equals)
     for _ in range(2):
-        for h in his:
-            c = cost(lo, h)
-            if c < best:
-                best, hi = c, h
-        for lval in los:
-            c = cost(lval, hi)
-            if c < best:
-                best, lo = c, lval
+        c = costs([(lo, h) for h in his])
+        j = int(np.argmin(c))
+        if c[j] < best:
+            best, hi = float(c[j]), his[j]
+        c = costs([(lval, hi) for lval in los])
+        j = int(np.argmin(c))
+        if c[j] < best:
+            best, lo = float(c[j]), los[j]
     return lo, hi
 
 

@@ -45,6 +45,41 @@ def qlimits(dtype: str) -> tuple[int, int]:
         ) from None
 
 
+def quantize_linear(
+    x: npt.ArrayLike,
+    scale: float | npt.NDArray[np.floating],
+    zero_point: int | npt.NDArray[np.integer],
+    dtype: QDType,
+) -> npt.NDArray[np.integer]:
+    """ONNX QuantizeLinear: ``saturate(round_half_to_even(x / scale) + zero_point)``.
+
+    ``scale`` (float32 values) and ``zero_point`` are scalars or arrays that broadcast against
+    ``x`` (one quantizer per row, say). NaN quantizes to the zero point.
+    """
+    a = np.asarray(x)
+    ftype = np.float32 if a.dtype in (np.float16, np.float32) else np.float64
+    a = a.astype(ftype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = np.rint(a / np.asarray(scale, dtype=ftype))
+    r = np.nan_to_num(r, nan=0.0, posinf=np.inf, neginf=-np.inf) + zero_point
+    qmin, qmax = qlimits(dtype)
+    return np.clip(r, qmin, qmax).astype(_NP_DTYPES[dtype])
+
+
+def dequantize_linear(
+    q: npt.ArrayLike,
+    scale: float | npt.NDArray[np.floating],
+    zero_point: int | npt.NDArray[np.integer],
+    dtype: type[np.floating] = np.float64,
+) -> npt.NDArray[np.floating]:
+    """ONNX DequantizeLinear ``(q - zero_point) * scale`` in ``dtype`` (broadcasting)."""
+    qi = np.asarray(q).astype(np.int64) - zero_point
+    out: npt.NDArray[np.floating] = (
+        np.asarray(qi).astype(dtype) * np.asarray(scale, dtype=dtype)
+    ).astype(dtype)
+    return out
+
+
 @dataclass(frozen=True)
 class QParams:
     """Affine quantization parameters: ``real = (code - zero_point) * scale``."""
@@ -101,20 +136,13 @@ class QParams:
     # -- arithmetic --------------------------------------------------------------------------
     def quantize(self, x: npt.ArrayLike) -> npt.NDArray[np.integer]:
         """ONNX QuantizeLinear: round half to even, add zero point, saturate."""
-        a = np.asarray(x)
-        ftype = np.float32 if a.dtype in (np.float16, np.float32) else np.float64
-        a = a.astype(ftype)
-        with np.errstate(invalid="ignore", over="ignore"):
-            r = np.rint(a / ftype(self.scale))
-        r = np.nan_to_num(r, nan=0.0, posinf=np.inf, neginf=-np.inf) + self.zero_point
-        return np.clip(r, self.qmin, self.qmax).astype(self.np_dtype)
+        return quantize_linear(x, self.scale, self.zero_point, self.dtype)
 
     def dequantize(
         self, q: npt.ArrayLike, dtype: type[np.floating] = np.float64
     ) -> npt.NDArray[np.floating]:
         """ONNX DequantizeLinear ``(q - zero_point) * scale`` in ``dtype``."""
-        qi = np.asarray(q).astype(np.int64) - self.zero_point
-        return (qi.astype(dtype) * dtype(self.scale)).astype(dtype)
+        return dequantize_linear(q, self.scale, self.zero_point, dtype)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
