@@ -218,20 +218,6 @@ def output_range(lo: float, hi: float, variant: str = "erf") -> Range:
     return ymin, float(ys.max())
 
 
-def quantized_gelu_mse(
-    centres: FloatArray,
-    weights: FloatArray,
-    lo: float,
-    hi: float,
-    variant: str = "erf",
-    dtype: QDType = "int8",
-    reference: FloatArray | None = None,
-) -> float:
-    """Weighted MSE of ``Q_out(GELU(DQ(Q_in(x))))`` against float64 GELU at ``centres``."""
-    ref = gelu_fn(variant)(centres) if reference is None else reference
-    return float(_quantized_gelu_mses(centres, weights, ref, [(lo, hi)], variant, dtype)[0])
-
-
 def _quantized_gelu_mses(
     centres: FloatArray,
     weights: FloatArray,
@@ -240,8 +226,9 @@ def _quantized_gelu_mses(
     variant: str,
     dtype: QDType,
 ) -> FloatArray:
-    """:func:`quantized_gelu_mse` of every input range at once (one quantizer per row);
-    ``inf`` for a range that does not straddle 0."""
+    """Weighted MSE of ``Q_out(GELU(DQ(Q_in(x))))`` against ``ref`` (float64 GELU) at
+    ``centres``, for every input range at once (one quantizer per row); ``inf`` for a range
+    that does not straddle 0."""
     out = np.full(len(ranges), math.inf)
     rows = [k for k, (lo, hi) in enumerate(ranges) if min(lo, 0.0) < max(hi, 0.0)]
     if not rows:
