@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint typecheck pytest venv clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml setup.py calib/_statskernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[models,plots,dev]'

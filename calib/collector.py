@@ -30,6 +30,7 @@ import onnx
 import onnxruntime as ort
 
 from gelu_quant.calib.data import Feed, _batch_of
+from gelu_quant.calib.protowire import replace_graph_outputs
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import DataError, ModelError
 from gelu_quant.graph.sites import GeluSite
@@ -194,7 +195,7 @@ class Probe:
 
 
 def open_probe(
-    model: onnx.ModelProto | str | os.PathLike[str],
+    model: onnx.ModelProto | bytes | str | os.PathLike[str],
     sites: Sequence[GeluSite],
     *,
     threads: int | None = None,
@@ -203,22 +204,31 @@ def open_probe(
 ) -> Probe:
     """Build the probe model of ``model`` and open an ORT session on it.
 
-    ``model`` is a path or a loaded model; a loaded model whose weights live in external files
-    needs ``base_dir``, the model's folder. With ``consume``, a loaded model becomes the probe
-    in place (no copy of the weights; the caller must not use it afterwards).
+    ``model`` is a path, a loaded model, or the bytes of a model whose weights are inline (no
+    external data). A loaded model whose weights live in external files needs ``base_dir``,
+    the model's folder. With ``consume``, a loaded model becomes the probe in place (no copy
+    of the weights; the caller must not use it afterwards).
+
+    Inline weights are never re-serialized: the probe is spliced from the file's bytes
+    (:func:`~gelu_quant.calib.protowire.replace_graph_outputs`).
     """
+    if isinstance(model, bytes):
+        return _open_spliced(model, sites, threads)
     if not isinstance(model, onnx.ModelProto):
-        base_dir = Path(os.fspath(model)).resolve().parent
+        path = Path(os.fspath(model))
         try:
-            loaded = onnx.load(os.fspath(model), load_external_data=False)
+            raw = path.read_bytes()
+            loaded = onnx.load_model_from_string(raw)
         except Exception as e:
             raise ModelError(f"cannot read ONNX model: {e}") from None
+        if not _uses_external_data(loaded):
+            del loaded
+            return _open_spliced(raw, sites, threads)
+        del raw
         # our own copy: build the probe in place (one copy of the weights in Python, not two)
-        probe, names, skipped = build_probe(loaded, sites, in_place=True)
-        del loaded
-    else:
-        probe, names, skipped = build_probe(model, sites, in_place=consume)
-        del model
+        model, consume, base_dir = loaded, True, path.resolve().parent
+    probe, names, skipped = build_probe(model, sites, in_place=consume)
+    del model
     if not names:
         return Probe(None, names, skipped)
     if _uses_external_data(probe):
@@ -231,8 +241,24 @@ def open_probe(
     return Probe(session, names, skipped)
 
 
+def _open_spliced(raw: bytes, sites: Sequence[GeluSite], threads: int | None) -> Probe:
+    """:func:`open_probe` of serialized model bytes with inline weights."""
+    shell = onnx.ModelProto()  # build_probe's additions alone: new nodes and outputs
+    _, names, skipped = build_probe(shell, sites, in_place=True)
+    if not names:
+        return Probe(None, names, skipped)
+    data = replace_graph_outputs(raw, shell.graph.SerializeToString())
+    if data is None:  # an unusual byte layout: edit the parsed model instead
+        try:
+            parsed = onnx.load_model_from_string(raw)
+        except Exception as e:
+            raise ModelError(f"cannot read ONNX model: {e}") from None
+        return open_probe(parsed, sites, threads=threads, consume=True)
+    return Probe(make_session(data, threads=threads), names, skipped)
+
+
 def collect(
-    model: onnx.ModelProto | str | os.PathLike[str] | Probe,
+    model: onnx.ModelProto | bytes | str | os.PathLike[str] | Probe,
     sites: Sequence[GeluSite],
     data: Iterable[Feed],
     *,
@@ -243,7 +269,8 @@ def collect(
 ) -> Collected:
     """Run ``data`` through the probe model once and accumulate per-site statistics.
 
-    ``model`` is a model (path or loaded, see :func:`open_probe`) or an opened :class:`Probe`.
+    ``model`` is a model (path, loaded or bytes, see :func:`open_probe`) or an opened
+    :class:`Probe`.
 
     The statistics of batch ``t`` are updated by ``workers`` threads (default: up to the CPU
     count, at most 4; 0 = in the calling thread) while ONNX Runtime, which releases the GIL,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,10 +26,11 @@ DEFAULT_METHOD: MethodName = "minmax"
 """Min/max by default: on MiniLM, clipping GELU input outliers hurt downstream accuracy."""
 
 
-def _find_sites(model: onnx.ModelProto | str | os.PathLike[str]) -> list[GeluSite]:
+def _discovery() -> Callable[[onnx.ModelProto | str | os.PathLike[str]], list[GeluSite]]:
+    # imported on first use: onnx-ir (and the sympy it imports) take ~0.5 s to import
     from gelu_quant.graph.discover import find_gelu_sites
 
-    return find_gelu_sites(model)
+    return find_gelu_sites
 
 
 def collect_stats(
@@ -49,16 +50,24 @@ def collect_stats(
     path = Path(os.fspath(model))
     if not path.is_file():
         raise BadInputError(f"{path}: no such model file; give the path of an .onnx file")
-    try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as e:
-        raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    # the fingerprint (mostly hashing the weights, outside the GIL) runs beside discovery
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # the discovery code imports while the model file is read and parsed
+        importing = pool.submit(_discovery) if sites is None else None
+        try:
+            raw = path.read_bytes()
+            proto = onnx.load_model_from_string(raw)
+        except Exception as e:
+            raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
+        external = any(
+            t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
+        )
+        # the fingerprint (mostly hashing the weights, outside the GIL) runs beside discovery
         fingerprinting = pool.submit(model_fingerprint, proto, path.resolve().parent)
         # discovery reads small constants: from the path when they live in external files
-        found = list(sites) if sites is not None else _find_sites(path if external else proto)
+        if importing is not None:
+            found = importing.result()(path if external else proto)
+        else:
+            found = list(sites or ())
         fingerprint = fingerprinting.result()
     if not found:
         raise ModelError(
@@ -74,9 +83,15 @@ def collect_stats(
         max_length=max_length,
     )
     total = getattr(source, "num_batches", None)
-    # this copy of the model becomes the probe (the file is read once, not twice)
-    probe = open_probe(proto, found, threads=threads, base_dir=path.resolve().parent, consume=True)
-    del proto
+    if external:  # this copy of the model becomes the probe (the file is read once)
+        del raw
+        probe = open_probe(
+            proto, found, threads=threads, base_dir=path.resolve().parent, consume=True
+        )
+    else:  # the probe is spliced from the file's bytes (no copy of the weights via protobuf)
+        del proto
+        probe = open_probe(raw, found, threads=threads)
+        del raw
     c = collect(
         probe,
         found,

@@ -14,6 +14,12 @@ With 4096 bins and the smallest fitting width, the finite range always covers mo
 bins (unless all values sit within ``2**-16`` of each other or very far from 0).
 
 Non-finite values (NaN, ±inf) are counted in ``nonfinite`` and excluded from everything else.
+
+The per-value loops of :meth:`TensorStats.update` run in a small C extension,
+``gelu_quant.calib._statskernel`` (built at install when a C compiler is present): one pass for
+the per-channel extremes, one for the histogram, both outside the GIL. Without it the same
+arithmetic runs in numpy, giving the same statistics bit for bit, about twice as slowly
+(:func:`backend` says which one is in use).
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ import numpy.typing as npt
 from gelu_quant.errors import BadInputError
 from gelu_quant.fileio import write_bytes_atomic
 
+try:
+    from gelu_quant.calib import _statskernel as _kernel
+except ImportError:  # not built (no C compiler at install time): numpy does the same work
+    _kernel = None  # type: ignore[assignment]
+
 #: Number of histogram bins (fixed; the width adapts).
 NUM_BINS = 4096
 #: Smallest width exponent: bins are never narrower than ``2**K_MIN``.
@@ -44,6 +55,11 @@ IDX_BITS = 24
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+
+
+def backend() -> str:
+    """``"compiled"`` when the C statistics kernel is in use, else ``"numpy"``."""
+    return "compiled" if _kernel is not None else "numpy"
 
 
 def width_exponent(lo: float, hi: float, num_bins: int = NUM_BINS) -> int:
@@ -150,6 +166,9 @@ class TensorStats:
             x = x.astype(np.float32)
         if x.size == 0:
             return
+        if _kernel is not None and x.dtype in (np.float32, np.float64):
+            self._update_compiled(x)
+            return
         extremes = self._update_channels(x)
         if extremes is None:
             lo, hi = float(x.min()), float(x.max())
@@ -165,6 +184,30 @@ class TensorStats:
         self._grow(min(self.min, lo), max(self.max, hi))
         self.counts += self._bin(x)
         self.count += int(x.size)
+
+    def _update_compiled(self, x: npt.NDArray[np.floating]) -> None:
+        """:meth:`update` with the C kernel (``x`` float32 or float64)."""
+        assert _kernel is not None
+        is_double = x.dtype == np.float64
+        c = self._channel_count(x)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        cmin, cmax = np.empty(max(c, 1)), np.empty(max(c, 1))
+        nonfinite = _kernel.channel_extremes(x, is_double, max(c, 1), cmin, cmax)
+        if c:
+            self._fold_channels(cmin, cmax)
+        self.nonfinite += nonfinite
+        finite = int(x.size) - nonfinite
+        if finite == 0:
+            return
+        self._grow(min(self.min, float(cmin.min())), max(self.max, float(cmax.max())))
+        if not (self.counts.flags.c_contiguous and self.counts.flags.writeable):
+            self.counts = np.ascontiguousarray(self.counts, dtype=np.int64).copy()
+        scale = math.ldexp(1.0, -self.k)
+        outside = _kernel.histogram(x, is_double, scale, self.offset, self.counts)
+        if outside:
+            raise AssertionError(f"{outside} values fell outside the histogram window")
+        self.count += finite
 
     def merge(self, other: TensorStats) -> None:
         """Add everything ``other`` has seen (``other`` is left unchanged)."""
@@ -234,16 +277,29 @@ class TensorStats:
             counts += np.bincount(i, minlength=self.num_bins)
         return counts
 
+    def _channel_count(self, x: npt.NDArray[np.floating]) -> int:
+        """The number of channels (last axis) to track for ``x``; 0 when not tracking (this
+        drops the per-channel data when ``x`` has a different channel count than before)."""
+        if self.channel_mismatch or x.ndim == 0:
+            return 0
+        c = int(x.shape[-1])
+        if c and self.channel_min is not None and self.channel_min.size != c:
+            self._drop_channels()
+            return 0
+        return c
+
+    def _fold_channels(self, cmin: FloatArray, cmax: FloatArray) -> None:
+        if self.channel_min is None or self.channel_max is None:
+            self.channel_min, self.channel_max = cmin, cmax
+        else:
+            np.minimum(self.channel_min, cmin, out=self.channel_min)
+            np.maximum(self.channel_max, cmax, out=self.channel_max)
+
     def _update_channels(self, x: npt.NDArray[np.floating]) -> tuple[float, float] | None:
         """Fold ``x`` into the per-channel extremes; returns the batch's ``(min, max)`` (NaN or
         ±inf when ``x`` holds non-finite values) when it computed them on the way."""
-        if self.channel_mismatch or x.ndim == 0:
-            return None
-        c = x.shape[-1]
+        c = self._channel_count(x)
         if c == 0:
-            return None
-        if self.channel_min is not None and self.channel_min.size != c:
-            self._drop_channels()
             return None
         flat = x.reshape(-1, c)
         cmin = flat.min(axis=0).astype(np.float64)
@@ -254,11 +310,7 @@ class TensorStats:
             finite = np.isfinite(flat)
             cmin = np.where(finite, flat, np.inf).min(axis=0).astype(np.float64)
             cmax = np.where(finite, flat, -np.inf).max(axis=0).astype(np.float64)
-        if self.channel_min is None or self.channel_max is None:
-            self.channel_min, self.channel_max = cmin, cmax
-        else:
-            np.minimum(self.channel_min, cmin, out=self.channel_min)
-            np.maximum(self.channel_max, cmax, out=self.channel_max)
+        self._fold_channels(cmin, cmax)
         return extremes
 
     def _merge_channels(self, other: TensorStats) -> None:

@@ -1,4 +1,7 @@
-"""TensorStats against numpy oracles over the concatenated data; exact merges; serialisation."""
+"""TensorStats against numpy oracles over the concatenated data; exact merges; serialisation.
+
+Every test runs twice: with the compiled statistics kernel and with the numpy loops.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
+from gelu_quant.calib import stats as stats_module
 from gelu_quant.calib.stats import NUM_BINS, TensorStats, width_exponent
+
+
+@pytest.fixture(params=["compiled", "numpy"], autouse=True, scope="module")
+def backend(request: pytest.FixtureRequest) -> object:
+    kernel = stats_module._kernel
+    if request.param == "compiled" and kernel is None:
+        pytest.skip("the compiled statistics kernel is not built")
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "numpy":
+            mp.setattr(stats_module, "_kernel", None)
+        assert stats_module.backend() == request.param
+        yield request.param
 
 
 def _batches(seed: int = 0) -> list[np.ndarray]:
