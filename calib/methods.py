@@ -31,8 +31,14 @@ import numpy.typing as npt
 
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError
-from gelu_quant.numerics import GeluForm, gelu, gelu_output_range, quick_gelu
-from gelu_quant.qparams import QDType, QParams, dequantize_linear, qlimits, quantize_linear
+from gelu_quant.numerics import GELU_ARGMIN, GeluForm, gelu, gelu_output_range, quick_gelu
+from gelu_quant.qparams import (
+    QDType,
+    dequantize_linear,
+    qlimits,
+    qparams_from_ranges,
+    quantize_linear,
+)
 
 MethodName = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[MethodName, ...] = ("minmax", "percentile", "entropy", "mse")
@@ -218,6 +224,22 @@ def output_range(lo: float, hi: float, variant: str = "erf") -> Range:
     return ymin, float(ys.max())
 
 
+def output_ranges(
+    lo: FloatArray, hi: FloatArray, variant: str = "erf"
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`output_range` of every ``[lo[i], hi[i]]`` (vectorised for the erf form)."""
+    if variant not in ("erf", "exact"):
+        pairs = [output_range(float(a), float(b), variant) for a, b in zip(lo, hi, strict=True)]
+        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    if not np.all(lo <= hi):
+        raise ValueError("empty interval among the ranges")
+    g_lo, g_hi = gelu(lo), gelu(hi)
+    out_lo = np.minimum(g_lo, g_hi)
+    inside = (lo <= GELU_ARGMIN) & (hi >= GELU_ARGMIN)
+    out_lo = np.where(inside, np.minimum(out_lo, gelu(np.array([GELU_ARGMIN]))[0]), out_lo)
+    return out_lo, np.maximum(g_lo, g_hi)
+
+
 def _quantized_gelu_mses(
     centres: FloatArray,
     weights: FloatArray,
@@ -233,12 +255,11 @@ def _quantized_gelu_mses(
     rows = [k for k, (lo, hi) in enumerate(ranges) if min(lo, 0.0) < max(hi, 0.0)]
     if not rows:
         return out
-    qin = [QParams.from_range(*ranges[k], dtype) for k in rows]
-    qout = [QParams.from_range(*output_range(*ranges[k], variant), dtype) for k in rows]
-    s_in = np.array([q.scale for q in qin])[:, None]
-    z_in = np.array([q.zero_point for q in qin])[:, None]
-    s_out = np.array([q.scale for q in qout])[:, None]
-    z_out = np.array([q.zero_point for q in qout])[:, None]
+    lo = np.array([ranges[k][0] for k in rows])
+    hi = np.array([ranges[k][1] for k in rows])
+    s_in, z_in = qparams_from_ranges(lo, hi, dtype)
+    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, variant), dtype)
+    s_in, z_in, s_out, z_out = s_in[:, None], z_in[:, None], s_out[:, None], z_out[:, None]
     qmin, qmax = qlimits(dtype)
     codes = np.arange(qmin, qmax + 1)[None, :]
     y = gelu_fn(variant)(dequantize_linear(codes, s_in, z_in))

@@ -45,6 +45,35 @@ def qlimits(dtype: str) -> tuple[int, int]:
         ) from None
 
 
+def qparams_from_ranges(
+    lo: npt.NDArray[np.floating], hi: npt.NDArray[np.floating], dtype: QDType = "int8"
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Scales (float32 values, as float64) and zero points of :meth:`QParams.from_range` for
+    each range ``[lo[i], hi[i]]``, computed all at once. Raises SpecError for the first range
+    that has none."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    qmin, qmax = qlimits(dtype)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SpecError(f"range [{lo[i]}, {hi[i]}] is not finite")
+    bad = ~(lo < hi)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SpecError(f"empty range [{lo[i]}, {hi[i]}]: need LO < HI")
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    scale32 = ((hi - lo) / (qmax - qmin)).astype(np.float32).astype(np.float64)
+    bad = ~((scale32 > 0.0) & np.isfinite(scale32))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SpecError(f"range [{lo[i]}, {hi[i]}] is too small or too large for float32 scale")
+    zps = np.clip(np.rint(qmin - lo / scale32), qmin, qmax).astype(np.int64)
+    # Rounding the zero point moves both ends of the grid by at most half a step, so values
+    # saturated at either end are still within half a step: no widening needed.
+    return scale32, zps
+
+
 def quantize_linear(
     x: npt.ArrayLike,
     scale: float | npt.NDArray[np.floating],
@@ -152,20 +181,8 @@ class QParams:
         ``scale = (hi - lo) / (qmax - qmin)`` and the zero point is the code of 0, rounded half
         to even and saturated, so 0 is exactly representable.
         """
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise SpecError(f"range [{lo}, {hi}] is not finite")
-        if not lo < hi:
-            raise SpecError(f"empty range [{lo}, {hi}]: need LO < HI")
-        qmin, qmax = qlimits(dtype)
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        scale = (hi - lo) / (qmax - qmin)
-        scale32 = float(np.float32(scale))
-        if scale32 <= 0.0 or not math.isfinite(scale32):
-            raise SpecError(f"range [{lo}, {hi}] is too small or too large for float32 scale")
-        zp = int(np.clip(np.rint(qmin - lo / scale32), qmin, qmax))
-        # Rounding the zero point moves both ends of the grid by at most half a step, so values
-        # saturated at either end are still within half a step: no widening needed.
-        return cls(scale=scale32, zero_point=zp, dtype=dtype)
+        scales, zps = qparams_from_ranges(np.array([lo]), np.array([hi]), dtype)
+        return cls(scale=float(scales[0]), zero_point=int(zps[0]), dtype=dtype)
 
     def to_json(self) -> dict[str, object]:
         return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}

@@ -13,6 +13,7 @@ from gelu_quant.calib.methods import (
     minmax_range,
     mse_range,
     output_range,
+    output_ranges,
     percentile_range,
     select_range,
     symmetric_histogram,
@@ -194,3 +195,13 @@ def test_select_range_dispatch_and_empty_stats() -> None:
         select_range(st, "bogus")  # type: ignore[arg-type]
     with pytest.raises(BadInputError):
         minmax_range(TensorStats())
+
+
+@pytest.mark.parametrize("variant", ["erf", "tanh", "quick"])
+def test_output_ranges_equal_output_range_row_by_row(variant: str) -> None:
+    rng = np.random.default_rng(3)
+    lo = np.concatenate([-rng.lognormal(0, 1.5, 60), [-0.7517915246935645, -0.5, 2.0]])
+    hi = np.concatenate([rng.lognormal(0, 1.5, 60), [0.1, -0.2, 3.0]])
+    olo, ohi = output_ranges(lo, hi, variant)
+    for i in range(lo.size):
+        assert (olo[i], ohi[i]) == output_range(float(lo[i]), float(hi[i]), variant)

@@ -119,3 +119,24 @@ def test_rejects_bad_params() -> None:
 def test_json_round_trip() -> None:
     qp = QParams.from_range(-2.3, 9.1, "uint8")
     assert QParams.from_json(qp.to_json()) == qp
+
+
+def test_qparams_from_ranges_follow_the_formula_row_by_row() -> None:
+    from gelu_quant.qparams import qlimits, qparams_from_ranges
+
+    rng = np.random.default_rng(7)
+    lo = np.concatenate([-rng.lognormal(0, 3, 300), rng.uniform(0.1, 5, 50), [0.0, -1e-30]])
+    hi = np.concatenate([rng.lognormal(0, 3, 300), rng.uniform(5.1, 9, 50), [1e-30, 0.0]])
+    for dtype in ("int8", "uint8", "int16"):
+        scales, zps = qparams_from_ranges(lo, hi, dtype)  # type: ignore[arg-type]
+        qmin, qmax = qlimits(dtype)
+        for i in range(lo.size):
+            # the documented formula, one range at a time in Python floats
+            a, b = min(float(lo[i]), 0.0), max(float(hi[i]), 0.0)
+            scale = float(np.float32((b - a) / (qmax - qmin)))
+            zp = min(max(round(qmin - a / scale), qmin), qmax)  # round(): half to even
+            assert (scale, zp) == (scales[i], zps[i])
+    with pytest.raises(SpecError, match="empty range"):
+        qparams_from_ranges(np.array([0.0, 2.0]), np.array([1.0, 1.0]))
+    with pytest.raises(SpecError, match="not finite"):
+        qparams_from_ranges(np.array([0.0, -np.inf]), np.array([1.0, 1.0]))
