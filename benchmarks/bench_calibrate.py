@@ -21,7 +21,8 @@ the machine) and the batch loop alone; beside the wall ratio, the median of the 
 pairs' ratios. Targets: calibrate <= 1.25x plain inference; peak memory at 2048 samples <= 1.1x
 that at 512.
 
-Fast mode: ``--sizes 64,128 --repeats 1 --ort-sizes 64``.
+``--numpy-stats`` adds a calibrate run with the numpy statistics instead of the compiled kernel
+(``GELU_QUANT_STATS_BACKEND=numpy``). Fast mode: ``--sizes 64,128 --repeats 1 --ort-sizes 64``.
 
 Usage: ``python benchmarks/bench_calibrate.py [--sizes 512,2048] [--threads 2] [--json]``
 """
@@ -89,6 +90,7 @@ def child_calibrate(
 ) -> dict[str, Any]:
     from gelu_quant.calib.pipeline import collect_stats
     from gelu_quant.calib.ranges_file import MethodParams
+    from gelu_quant.calib.stats import backend
 
     t0, c0 = time.perf_counter(), time.process_time()
     sf = collect_stats(model, data, batch_size=BATCH, threads=threads, workers=workers)
@@ -103,6 +105,7 @@ def child_calibrate(
         "ranges_seconds": t2 - t1,
         "batches": sf.collected.batches,
         "sites": len(ranges.sites),
+        "stats_backend": backend(),
     }
 
 
@@ -177,6 +180,11 @@ def main() -> int:
     ap.add_argument("--variant", default="opset17", help="MiniLM export variant")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument(
+        "--numpy-stats",
+        action="store_true",
+        help="also run calibrate with the numpy statistics instead of the compiled kernel",
+    )
+    ap.add_argument(
         "--sequential",
         action="store_true",
         help="also run calibrate with the statistics updated in the calling thread",
@@ -194,6 +202,9 @@ def main() -> int:
             res = child_calibrate(a.model, a.data_file, a.threads)
         elif a.child == "calibrate-sequential":
             res = child_calibrate(a.model, a.data_file, a.threads, workers=0)
+        elif a.child == "calibrate-numpy":
+            os.environ["GELU_QUANT_STATS_BACKEND"] = "numpy"
+            res = child_calibrate(a.model, a.data_file, a.threads)
         else:
             res = child_ort_entropy(a.model, a.data_file, a.threads, a.op_type)
         res["peak_rss_mb"] = _peak_mb()
@@ -220,6 +231,7 @@ def main() -> int:
             data = os.path.join(tmp, f"data{n}.npz")
             _data(Path(data), n)
             kinds = ["plain", "calibrate"] + (["calibrate-sequential"] if a.sequential else [])
+            kinds += ["calibrate-numpy"] if a.numpy_stats else []
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
             for _ in range(a.repeats):
                 for kind in kinds:
@@ -237,6 +249,9 @@ def main() -> int:
                 cpu_ratio = min(r["cpu_seconds"] for r in runs["calibrate"]) / min(
                     r["cpu_seconds"] for r in runs["plain"]
                 )
+                if a.numpy_stats:
+                    npy = runs["calibrate-numpy"]
+                    entry["numpy_stats_time_ratio"] = min(r["seconds"] for r in npy) / plain
                 if a.sequential:
                     seq = runs["calibrate-sequential"]
                     entry["sequential_time_ratio"] = min(r["seconds"] for r in seq) / plain
@@ -271,7 +286,17 @@ def main() -> int:
     if a.json:
         print(json.dumps(results, indent=1))
         return 0
-    print(f"all-MiniLM-L6-v2 ({a.variant}), batch {BATCH} x {SEQ} tokens, {a.threads} threads")
+    backends = sorted(
+        {
+            r.get("stats_backend", "?")
+            for e in results["sizes"].values()
+            for r in e["runs"]["calibrate"]
+        }
+    )
+    print(
+        f"all-MiniLM-L6-v2 ({a.variant}), batch {BATCH} x {SEQ} tokens, {a.threads} threads, "
+        f"statistics: {', '.join(backends)}"
+    )
     print(
         f"{'samples':>8} {'plain s':>9} {'calib s':>9} {'ratio':>6} {'plain MB':>9} "
         f"{'calib MB':>9} {'ORT-entropy s':>14} {'ORT MB':>8}"
@@ -300,6 +325,11 @@ def main() -> int:
                 f"(target <= 1.25; median of the {a.repeats} side-by-side pairs "
                 f"{e['paired_time_ratio_median']:.2f}x), CPU {e['cpu_time_ratio']:.2f}x, batch "
                 f"loop only {e['loop_time_ratio']:.2f}x"
+            )
+        if "numpy_stats_time_ratio" in e:
+            print(
+                f"[{n} samples] with the numpy statistics instead of the compiled kernel: wall "
+                f"{e['numpy_stats_time_ratio']:.2f}x"
             )
         if "sequential_time_ratio" in e:
             print(

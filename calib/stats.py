@@ -19,7 +19,8 @@ The per-value loops of :meth:`TensorStats.update` run in a small C extension,
 ``gelu_quant.calib._statskernel`` (built at install when a C compiler is present): one pass for
 the per-channel extremes, one for the histogram, both outside the GIL. Without it the same
 arithmetic runs in numpy, giving the same statistics bit for bit, about twice as slowly
-(:func:`backend` says which one is in use).
+(:func:`backend` says which one is in use; ``GELU_QUANT_STATS_BACKEND=numpy`` in the
+environment selects numpy even when the kernel is built).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from gelu_quant.fileio import write_bytes_atomic
 try:
     from gelu_quant.calib import _statskernel as _kernel
 except ImportError:  # not built (no C compiler at install time): numpy does the same work
+    _kernel = None  # type: ignore[assignment]
+if os.environ.get("GELU_QUANT_STATS_BACKEND") == "numpy":  # to compare, or to rule it out
     _kernel = None  # type: ignore[assignment]
 
 #: Number of histogram bins (fixed; the width adapts).

@@ -67,6 +67,11 @@ def _cases() -> list[list[np.ndarray]]:
     ints = [np.arange(-50, 50, dtype=np.int32).reshape(10, 10)]
     equal = [np.full((100, 4), 1234.5, dtype=np.float32)]
     negative = [(-np.abs(rng.standard_normal((30, 30))) - 5).astype(np.float32)]
+    # ranges that grow within one large batch, both ways, with heavy tails
+    widening = np.concatenate([rng.standard_normal(20_000) * s for s in (0.1, 1, 10, 100)])
+    growing = [widening.astype(np.float32), widening[::-1].astype(np.float32)]
+    tails = [rng.standard_t(2, (64, 1536)).astype(np.float32) * 3 for _ in range(3)]
+    shifted = [(rng.standard_normal(50_000) + np.linspace(-40, 40, 50_000)).astype(np.float32)]
     return [
         normal,
         spiky,
@@ -82,6 +87,9 @@ def _cases() -> list[list[np.ndarray]]:
         ints,
         equal,
         negative,
+        growing,
+        tails,
+        shifted,
     ]
 
 
@@ -128,3 +136,14 @@ def test_kernel_checks_buffer_sizes() -> None:
         kernel.channel_extremes(x, False, 5, np.empty(4), np.empty(5))
     with pytest.raises(TypeError, match="bytes-like"):  # not contiguous
         kernel.histogram(x, False, 1.0, 0, np.zeros(4, dtype=np.int64)[::2])
+
+
+def test_environment_selects_the_numpy_statistics() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "from gelu_quant.calib.stats import backend; print(backend())"
+    env = dict(os.environ, GELU_QUANT_STATS_BACKEND="numpy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "numpy", out.stderr
