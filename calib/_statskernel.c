@@ -28,17 +28,20 @@
 
 /* ---- channel extremes ----------------------------------------------------------------- */
 
-/* Fast pass: min/max ignore NaN (a comparison with NaN is false) but would take +-inf, so
- * non-finite values are counted and, when there are any, a second, careful pass runs. The
- * loops are written without branches so that compilers vectorise them. */
+/* A fast pass, whose min/max ignore NaN (a comparison with NaN is false) but would take +-inf,
+ * counts the non-finite values; when there are any, a second, careful pass runs. The fast
+ * loop is written without branches so that compilers vectorise it. */
 #define EXTREMES(T, ABS, BIG)                                                                   \
-    static Py_ssize_t extremes_fast_##T(const T *restrict x, Py_ssize_t rows, Py_ssize_t c,     \
-                                        T *restrict lo, T *restrict hi) {                       \
-        Py_ssize_t nonfinite = 0;                                                               \
+    static void reset_##T(Py_ssize_t c, T *restrict lo, T *restrict hi) {                       \
         for (Py_ssize_t j = 0; j < c; j++) {                                                    \
             lo[j] = (T)INFINITY;                                                                \
             hi[j] = (T)-INFINITY;                                                               \
         }                                                                                       \
+    }                                                                                           \
+    static Py_ssize_t extremes_##T(const T *restrict x, Py_ssize_t rows, Py_ssize_t c,          \
+                                   T *restrict lo, T *restrict hi) {                            \
+        Py_ssize_t nonfinite = 0;                                                               \
+        reset_##T(c, lo, hi);                                                                   \
         for (Py_ssize_t r = 0; r < rows; r++) {                                                 \
             const T *restrict row = x + r * c;                                                  \
             int bad = 0;                                                                        \
@@ -52,14 +55,8 @@
                 for (Py_ssize_t j = 0; j < c; j++) nonfinite += !(ABS(row[j]) <= (BIG));        \
             }                                                                                   \
         }                                                                                       \
-        return nonfinite;                                                                       \
-    }                                                                                           \
-    static void extremes_finite_##T(const T *restrict x, Py_ssize_t rows, Py_ssize_t c,         \
-                                    T *restrict lo, T *restrict hi) {                           \
-        for (Py_ssize_t j = 0; j < c; j++) {                                                    \
-            lo[j] = (T)INFINITY;                                                                \
-            hi[j] = (T)-INFINITY;                                                               \
-        }                                                                                       \
+        if (nonfinite == 0) return 0;                                                           \
+        reset_##T(c, lo, hi); /* the careful pass: finite values only */                        \
         for (Py_ssize_t r = 0; r < rows; r++) {                                                 \
             const T *restrict row = x + r * c;                                                  \
             for (Py_ssize_t j = 0; j < c; j++) {                                                \
@@ -70,6 +67,7 @@
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
+        return nonfinite;                                                                       \
     }
 
 EXTREMES(float, fabsf, FLT_MAX)
@@ -100,16 +98,14 @@ static PyObject *channel_extremes(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS;
     if (is_double) {
         double *lo = (double *)scratch, *hi = lo + c;
-        nonfinite = extremes_fast_double((const double *)x.buf, rows, c, lo, hi);
-        if (nonfinite) extremes_finite_double((const double *)x.buf, rows, c, lo, hi);
+        nonfinite = extremes_double((const double *)x.buf, rows, c, lo, hi);
         for (Py_ssize_t j = 0; j < c; j++) {
             omin[j] = lo[j];
             omax[j] = hi[j];
         }
     } else {
         float *lo = (float *)scratch, *hi = lo + c;
-        nonfinite = extremes_fast_float((const float *)x.buf, rows, c, lo, hi);
-        if (nonfinite) extremes_finite_float((const float *)x.buf, rows, c, lo, hi);
+        nonfinite = extremes_float((const float *)x.buf, rows, c, lo, hi);
         for (Py_ssize_t j = 0; j < c; j++) {
             omin[j] = (double)lo[j];
             omax[j] = (double)hi[j];
