@@ -196,8 +196,10 @@ class TensorStats:
         c = self._channel_count(x)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        cmin, cmax = np.empty(max(c, 1)), np.empty(max(c, 1))
-        nonfinite = _kernel.channel_extremes(x, is_double, max(c, 1), cmin, cmax)
+        # without per-channel statistics, lanes keep the kernel's extremes loop vectorised
+        width = c or math.gcd(int(x.size), 256)
+        cmin, cmax = np.empty(width), np.empty(width)
+        nonfinite = _kernel.channel_extremes(x, is_double, width, cmin, cmax)
         if c:
             self._fold_channels(cmin, cmax)
         self.nonfinite += nonfinite
