@@ -51,8 +51,8 @@ def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, 
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == _WIRE_VARINT:
-            _, pos = _varint(buf, pos)
             payload = pos
+            _, pos = _varint(buf, pos)
         elif wire == _WIRE_LEN:
             size, payload = _varint(buf, pos)
             pos = payload + size
