@@ -33,6 +33,7 @@ from gelu_quant.calib.data import Feed, _batch_of
 from gelu_quant.calib.protowire import replace_graph_outputs
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import DataError, ModelError
+from gelu_quant.evaluate.probe import uses_external_data
 from gelu_quant.graph.sites import GeluSite
 
 _ELEM = {
@@ -136,10 +137,6 @@ def build_probe(
     return probe, names, skipped
 
 
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
 def make_session(
     model: onnx.ModelProto | bytes | str | os.PathLike[str],
     *,
@@ -159,7 +156,7 @@ def make_session(
             return ort.InferenceSession(model, so, providers=providers)
         if not isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(os.fspath(model), so, providers=providers)
-        if not _uses_external_data(model):
+        if not uses_external_data(model):
             data = model.SerializeToString()
             return ort.InferenceSession(data, so, providers=providers)
         # external data paths are relative to the model file: save the probe beside it
@@ -221,7 +218,7 @@ def open_probe(
             loaded = onnx.load_model_from_string(raw)
         except Exception as e:
             raise ModelError(f"cannot read ONNX model: {e}") from None
-        if not _uses_external_data(loaded):
+        if not uses_external_data(loaded):
             del loaded
             return _open_spliced(raw, sites, threads)
         del raw
@@ -231,7 +228,7 @@ def open_probe(
     del model
     if not names:
         return Probe(None, names, skipped)
-    if _uses_external_data(probe):
+    if uses_external_data(probe):
         session = make_session(probe, base_dir=base_dir, threads=threads)
     else:
         serialized = probe.SerializeToString()

@@ -20,6 +20,7 @@ from gelu_quant.calib.ranges_file import (
     refuse_overwriting_inputs,
 )
 from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.evaluate.probe import uses_external_data
 from gelu_quant.graph.sites import GeluSite
 
 DEFAULT_METHOD: MethodName = "minmax"
@@ -58,9 +59,7 @@ def collect_stats(
             proto = onnx.load_model_from_string(raw)
         except Exception as e:
             raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
-        external = any(
-            t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
-        )
+        external = uses_external_data(proto)
         # the fingerprint (mostly hashing the weights, outside the GIL) runs beside discovery
         fingerprinting = pool.submit(model_fingerprint, proto, path.resolve().parent)
         # discovery reads small constants: from the path when they live in external files
