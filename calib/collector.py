@@ -33,8 +33,8 @@ from gelu_quant.calib.data import Feed, _batch_of
 from gelu_quant.calib.protowire import replace_graph_outputs
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import DataError, ModelError
-from gelu_quant.evaluate.probe import uses_external_data
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.modelfile import read_model_bytes, uses_external_data
 
 _ELEM = {
     "float32": onnx.TensorProto.FLOAT,
@@ -213,11 +213,7 @@ def open_probe(
         return _open_spliced(model, sites, threads)
     if not isinstance(model, onnx.ModelProto):
         path = Path(os.fspath(model))
-        try:
-            raw = path.read_bytes()
-            loaded = onnx.load_model_from_string(raw)
-        except Exception as e:
-            raise ModelError(f"cannot read ONNX model: {e}") from None
+        raw, loaded = read_model_bytes(path)
         if not uses_external_data(loaded):
             del loaded
             return _open_spliced(raw, sites, threads)

@@ -35,7 +35,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from gelu_quant.errors import DataError, ModelError
+from gelu_quant.errors import DataError
+from gelu_quant.modelfile import read_model
 
 Feed = dict[str, np.ndarray]
 Dim = int | str | None
@@ -67,12 +68,7 @@ class InputSpec:
 def _load_graph(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
-    try:
-        return onnx.load(os.fspath(model), load_external_data=False)
-    except FileNotFoundError:
-        raise ModelError(f"model file {os.fspath(model)!r} not found") from None
-    except Exception as e:  # onnx raises DecodeError and friends
-        raise ModelError(f"cannot read ONNX model {os.fspath(model)!r}: {e}") from None
+    return read_model(model)
 
 
 def model_input_specs(model: str | os.PathLike[str] | onnx.ModelProto) -> list[InputSpec]:

@@ -20,8 +20,8 @@ from gelu_quant.calib.ranges_file import (
     refuse_overwriting_inputs,
 )
 from gelu_quant.errors import BadInputError, ModelError
-from gelu_quant.evaluate.probe import uses_external_data
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.modelfile import read_model_bytes, uses_external_data
 
 DEFAULT_METHOD: MethodName = "minmax"
 """Min/max by default: on MiniLM, clipping GELU input outliers hurt downstream accuracy."""
@@ -49,16 +49,10 @@ def collect_stats(
 ) -> StatsFile:
     """One streaming pass of ``data`` through ``model``: the raw per-site statistics."""
     path = Path(os.fspath(model))
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such model file; give the path of an .onnx file")
     with ThreadPoolExecutor(max_workers=2) as pool:
         # the discovery code imports while the model file is read and parsed
         importing = pool.submit(_discovery) if sites is None else None
-        try:
-            raw = path.read_bytes()
-            proto = onnx.load_model_from_string(raw)
-        except Exception as e:
-            raise ModelError(f"{path} is not a readable ONNX model: {e}") from None
+        raw, proto = read_model_bytes(path)  # external data checked before anything reads it
         external = uses_external_data(proto)
         # the fingerprint (mostly hashing the weights, outside the GIL) runs beside discovery
         fingerprinting = pool.submit(model_fingerprint, proto, path.resolve().parent)

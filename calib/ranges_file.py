@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx.external_data_helper import ExternalDataInfo
 
 from gelu_quant import __version__
 from gelu_quant.calib.collector import Collected
@@ -62,6 +61,7 @@ from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError, GeluQuantError, ModelError
 from gelu_quant.fileio import write_bytes_atomic
 from gelu_quant.graph.sites import GeluSite, QuantInfo
+from gelu_quant.modelfile import external_ref, model_dir, read_model
 
 RANGES_SCHEMA = "gelu-quant/ranges"
 STATS_SCHEMA = "gelu-quant/stats"
@@ -73,17 +73,17 @@ QUANTILES = (0.0001, 0.001, 0.01, 0.5, 0.99, 0.999, 0.9999)
 def _tensor_data_digest(t: onnx.TensorProto, base_dir: Path | None) -> str:
     h = hashlib.sha256()
     if t.data_location == onnx.TensorProto.EXTERNAL:
-        info = ExternalDataInfo(t)
         if base_dir is None:
             raise ModelError(
                 f"initializer {t.name!r} uses external data but the model's folder "
                 "is unknown; give the model by path"
             )
-        loc = base_dir / info.location
+        ref = external_ref(t, base_dir, f"tensor {t.name!r}")  # never reads outside the folder
+        loc = ref.path
         try:
             with loc.open("rb") as f:
-                f.seek(int(info.offset or 0))
-                remaining = int(info.length) if info.length else None
+                f.seek(ref.offset)
+                remaining: int | None = ref.length
                 while True:
                     chunk = f.read(1 << 20 if remaining is None else min(1 << 20, remaining))
                     if not chunk:
@@ -140,13 +140,8 @@ def model_fingerprint(
     """``sha256:<hex>`` of what the model computes (see the module docstring)."""
     if not isinstance(model, onnx.ModelProto):
         path = Path(os.fspath(model))
-        base_dir = path.resolve().parent
-        try:
-            model = onnx.load(os.fspath(path), load_external_data=False)
-        except FileNotFoundError:
-            raise ModelError(f"model file {str(path)!r} not found") from None
-        except Exception as e:
-            raise ModelError(f"cannot read ONNX model {str(path)!r}: {e}") from None
+        base_dir = model_dir(path)
+        model = read_model(path)
     h = hashlib.sha256()
     for imp in sorted((i.domain, i.version) for i in model.opset_import):
         h.update(f"opset {imp[0]} {imp[1]};".encode())

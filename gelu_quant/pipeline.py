@@ -265,11 +265,13 @@ def run_pipeline(
     from gelu_quant.graph.inject import ConvertConfig, convert_file
     from gelu_quant.lut.export import c_header, spec_json_text
     from gelu_quant.lut.spec import spec_from_json
+    from gelu_quant.modelfile import read_model
 
     say = log or (lambda _msg: None)
     cfg = config
     if not cfg.model.is_file():
         raise BadInputError(f"model {cfg.model} does not exist")
+    read_model(cfg.model)  # an unreadable or untrusted model fails here, before anything is written
     out = cfg.output
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {

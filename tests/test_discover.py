@@ -592,7 +592,9 @@ def test_duplicate_node_names_are_made_unique() -> None:
 
 
 def test_path_with_external_weights_is_read_without_them(tmp_path: Path) -> None:
-    """A big weight stored externally is never read: discovery works with its file gone."""
+    """A model with a big weight stored externally is discovered; with its data file gone the
+    model is refused with one line naming the missing file (every command checks external data
+    before anything reads it)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 256)).astype(np.float32)
     model = load_fixture("erf_dynamo")
@@ -611,7 +613,8 @@ def test_path_with_external_weights_is_read_without_them(tmp_path: Path) -> None
     assert [(s.input, s.output, len(s.nodes)) for s in sites] == [("x", "y", 5)]
     assert sites[0].shape == ("N", 16)  # inferred through MatMul with the stubbed weight
     (tmp_path / "model.onnx.data").unlink()
-    assert [s.output for s in find_gelu_sites(str(path))] == ["y"]
+    with pytest.raises(ModelError, match=r"external data file 'model.onnx.data' .* is missing"):
+        find_gelu_sites(str(path))
 
 
 def test_external_constants_are_read_from_the_data_file(tmp_path: Path) -> None:

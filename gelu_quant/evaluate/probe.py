@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from gelu_quant.errors import ModelError
+from gelu_quant.modelfile import read_model, uses_external_data
 
 _SAFE_INLINE = 1_800_000_000  # leave headroom below protobuf's 2 GB limit
 
@@ -33,18 +34,8 @@ class TensorSpec:
 
 
 def load_model(path: Path, *, external_data: bool = False) -> onnx.ModelProto:
-    """``onnx.load``, by default without external data; failures become :class:`ModelError`."""
-    if not path.is_file():
-        raise ModelError(f"model {path} does not exist (or is not a file)")
-    try:
-        return onnx.load(str(path), load_external_data=external_data)
-    except Exception as e:  # protobuf decode errors, missing external data files …
-        raise ModelError(f"cannot read ONNX model {path}: {e}") from e
-
-
-def uses_external_data(model: onnx.ModelProto) -> bool:
-    """Whether any initializer of the main graph keeps its data in an external file."""
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    """The model at ``path`` (external data checked, loaded only when asked)."""
+    return read_model(path, external_data=external_data)
 
 
 def produced_tensors(model: onnx.ModelProto) -> set[str]:

@@ -24,7 +24,6 @@ Models given by path are read without their external data; only constants of at 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,6 @@ from typing import Any, Union
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
-from onnx.parser import ParseError
 
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.graph.irview import (
@@ -48,6 +45,7 @@ from gelu_quant.graph.irview import (
 from gelu_quant.graph.names import name_nodes_in_place, needs_names
 from gelu_quant.graph.patterns import FORMULAS, QUICK_ALPHA, PatternMatch, match_anchor
 from gelu_quant.graph.sites import GeluSite, GeluVariant, QuantInfo
+from gelu_quant.modelfile import model_dir, read_model
 
 ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]
 
@@ -153,18 +151,7 @@ def load_model_proto(model: ModelLike) -> tuple[onnx.ModelProto, str, bool]:
     if not isinstance(model, (str, os.PathLike)):
         raise BadInputError(f"expected an ONNX model or a path, got {type(model).__name__}")
     path = Path(model)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such model file; give the path of an .onnx file")
-    try:
-        with warnings.catch_warnings():  # the .onnxtxt reader warns that it is experimental
-            warnings.simplefilter("ignore", UserWarning)
-            proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ParseError, ValueError, OSError) as err:
-        detail = " ".join(str(err).split())
-        raise ModelError(f"{path} is not a readable ONNX model: {detail}") from err
-    if not proto.graph.node and not proto.graph.output:
-        raise ModelError(f"{path} is not an ONNX model (no graph found)")
-    return proto, str(path.parent), True
+    return read_model(path), str(model_dir(path)), True
 
 
 # -- graphs ---------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from gelu_quant.graph.names import ensure_node_names
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.modelfile import check_external_data, model_dir, read_model, uses_external_data
 from gelu_quant.numerics import GeluForm
 from gelu_quant.qparams import QParams
 
@@ -589,7 +590,7 @@ def convert_model(
         for op in functions.values():
             out.functions.append(op.function())
     weights = sum(len(t.raw_data) for t in out.graph.initializer)
-    if config.check and weights < (1 << 30) and not _has_external_data(out):
+    if config.check and weights < (1 << 30) and not uses_external_data(out):
         # in-memory check for models far from protobuf's 2 GB limit; convert_file checks the
         # written file instead, whatever its size
         try:
@@ -651,35 +652,6 @@ def default_manifest_path(output: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{stem}.manifest.json")
 
 
-def _has_external_data(model: onnx.ModelProto) -> bool:
-    from onnx.external_data_helper import uses_external_data
-
-    def walk(g: onnx.GraphProto) -> bool:
-        if any(uses_external_data(t) for t in g.initializer):
-            return True
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.TENSOR and uses_external_data(a.t):
-                    return True
-                if a.type == onnx.AttributeProto.GRAPH and walk(a.g):
-                    return True
-                if a.type == onnx.AttributeProto.GRAPHS and any(walk(sg) for sg in a.graphs):
-                    return True
-        return False
-
-    return walk(model.graph)
-
-
-def _external_files(model: onnx.ModelProto, base: Path) -> set[Path]:
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    files = set()
-    for t in model.graph.initializer:
-        if uses_external_data(t):
-            files.add((base / ExternalDataInfo(t).location).resolve())
-    return files
-
-
 def convert_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -704,14 +676,12 @@ def convert_file(
     man_p = Path(manifest_path) if manifest_path is not None else default_manifest_path(dst_p)
     if man_p.resolve() in (src_p.resolve(), dst_p.resolve()):
         raise BadInputError(f"manifest path {str(man_p)!r} collides with a model file")
-    try:
-        header = onnx.load(str(src_p), load_external_data=False)
-    except Exception as e:
-        raise ModelError(f"cannot read ONNX model {str(src_p)!r}: {e}") from None
-    external = _has_external_data(header)
+    header = read_model(src_p)  # external data checked: nothing is read outside its folder
+    refs = check_external_data(header, model_dir(src_p))
+    external = bool(refs)
     data_name = f"{dst_p.name}.data"
     if external:
-        inputs_data = _external_files(header, src_p.resolve().parent)
+        inputs_data = {r.path for r in refs}
         if (dst_p.resolve().parent / data_name).resolve() in inputs_data:
             raise BadInputError(
                 f"the output's data file {data_name!r} is the input's external data file; "
@@ -731,11 +701,15 @@ def convert_file(
     from gelu_quant.calib.ranges_file import model_fingerprint
 
     fingerprint = model_fingerprint(str(src_p))
-    model = onnx.load(str(src_p), load_external_data=True) if external else header
+    model = read_model(src_p, external_data=True) if external else header
     # the checker runs on the written file (works beyond 2 GB), not in memory
     in_memory = dataclasses.replace(config, check=False)
     result = convert_model(model, in_memory, sites=sites, ranges=ranges, source_name=src_p.name)
     del model, header
+    # tensors under the size threshold stay inline: a small model may end up with no data file
+    wrote_data = _save_atomic(
+        result.model, dst_p, data_name if external else None, check=config.check
+    )
     result.manifest = Manifest(
         target=result.manifest.target,
         config=config.to_json(),
@@ -744,14 +718,15 @@ def convert_file(
         source_fingerprint=fingerprint,
         output_name=dst_p.name,
         expanded=config.expand,
-        external_data=data_name if external else None,
+        external_data=data_name if wrote_data else None,
     )
-    _save_atomic(result.model, dst_p, data_name if external else None, check=config.check)
     result.manifest.save(man_p)
     return result
 
 
-def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, check: bool) -> None:
+def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, check: bool) -> bool:
+    """Write ``dst`` (and its data file ``data_name``) atomically; whether a data file was
+    written (tensors under 1 KB stay inline)."""
     folder = dst.resolve().parent
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=folder))
     try:
@@ -775,8 +750,10 @@ def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, ch
                 onnx.checker.check_model(str(tmp_model), full_check=True)
             except onnx.checker.ValidationError as e:
                 raise ModelError(f"the converted model fails the ONNX checker: {e}") from None
-        if data_name is not None:
-            os.replace(tmpdir / data_name, folder / data_name)
+        wrote_data = data_name is not None and (tmpdir / data_name).exists()
+        if wrote_data:
+            os.replace(tmpdir / data_name, folder / data_name)  # type: ignore[operator]
         os.replace(tmp_model, dst)
+        return wrote_data
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
