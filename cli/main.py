@@ -67,8 +67,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except GeluQuantError as e:
-            click.echo(f"gelu-quant: error: {e}", err=True)
+        except GeluQuantError as e:  # one line, whatever the message holds
+            click.echo(f"gelu-quant: error: {' '.join(str(e).split())}", err=True)
             sys.exit(e.exit_code)
 
     def main(

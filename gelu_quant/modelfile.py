@@ -20,8 +20,10 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
+from google.protobuf.message import Message
 
 from gelu_quant.errors import BadInputError, ModelError
 
@@ -202,6 +204,32 @@ def _check_file(path: Path) -> None:
         raise ModelError(f"{str(path)!r} is empty, not an ONNX model")
 
 
+def _is_repeated(fd: Any) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 6; `label` is gone in 7
+    return bool(flag) if flag is not None else bool(fd.label == fd.LABEL_REPEATED)
+
+
+def _check_strings(msg: Message) -> None:
+    """Read every string field (protobuf decodes UTF-8 lazily, on access): invalid UTF-8 fails
+    here, not deep inside a later stage. Bytes fields (tensor data) are not touched."""
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.type == fd.TYPE_BYTES:
+            continue
+        repeated = _is_repeated(fd)
+        if fd.type == fd.TYPE_STRING:
+            # upb hands invalid UTF-8 back as bytes (other backends raise UnicodeDecodeError)
+            values = getattr(msg, fd.name) if repeated else [getattr(msg, fd.name)]
+            for v in values:
+                if not isinstance(v, str):
+                    raise UnicodeDecodeError("utf-8", bytes(v), 0, 1, f"field {fd.name}")
+        elif fd.type == fd.TYPE_MESSAGE:
+            if repeated:
+                for sub in getattr(msg, fd.name):
+                    _check_strings(sub)
+            elif msg.HasField(fd.name):
+                _check_strings(getattr(msg, fd.name))
+
+
 def parse_model(raw: bytes, name: str) -> onnx.ModelProto:
     """A ModelProto from serialized bytes; parse failures become one-line :class:`ModelError`."""
     try:
@@ -211,9 +239,21 @@ def parse_model(raw: bytes, name: str) -> onnx.ModelProto:
     except Exception as err:  # DecodeError, RuntimeWarning-as-error, …
         detail = " ".join(str(err).split()) or type(err).__name__
         raise ModelError(f"{name} is not a readable ONNX model: {detail}") from None
+    check_model_strings(proto, name)
+    return proto
+
+
+def check_model_strings(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse a model without a graph, or with a name or string that is not valid UTF-8."""
+    try:
+        _check_strings(proto)
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ModelError(
+            f"{name} is not a valid ONNX model: {type(err).__name__} in a name or "
+            "string field (the file is corrupt)"
+        ) from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise ModelError(f"{name} is not an ONNX model (no graph found)")
-    return proto
 
 
 def read_model_bytes(path: str | os.PathLike[str]) -> tuple[bytes, onnx.ModelProto]:
@@ -239,8 +279,7 @@ def read_model(path: str | os.PathLike[str], *, external_data: bool = False) -> 
         except Exception as err:
             detail = " ".join(str(err).split()) or type(err).__name__
             raise ModelError(f"{str(p)!r} is not a readable ONNX model: {detail}") from None
-        if not proto.graph.node and not proto.graph.output:
-            raise ModelError(f"{str(p)!r} is not an ONNX model (no graph found)")
+        check_model_strings(proto, repr(str(p)))
     else:
         proto = parse_model(p.read_bytes(), repr(str(p)))
     refs = check_external_data(proto, model_dir(p))

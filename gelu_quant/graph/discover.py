@@ -206,6 +206,11 @@ def _apply_inferred(graph: ir.Graph, inferred: _Inferred) -> None:
 _DTYPES_BY_NAME = {dtype_name(dt): dt for dt in ir.DataType}
 
 
+# what onnx-ir raises on attributes of the wrong type or unreadable constants: a node that is
+# malformed this way is reported as a near miss, not a crash
+_MALFORMED = (TypeError, ValueError, OverflowError, KeyError, IndexError)
+
+
 def _discover_graph(
     graph: ir.Graph, path: str, inferred: _Inferred
 ) -> tuple[list[GeluSite], list[NearMiss]]:
@@ -216,13 +221,23 @@ def _discover_graph(
     for node in graph:
         if node in claimed:
             continue
-        fused = _fused(node, order, misses, path)
+        try:
+            fused = _fused(node, order, misses, path)
+        except _MALFORMED as err:  # an attribute of the wrong type, a bad constant, …
+            misses.append(NearMiss(path, str(node.name), node.op_type, f"malformed node: {err}"))
+            continue
         if fused is not None:
             found.append(fused)
             claimed.add(node)
             continue
         if node.domain in STD_DOMAINS and node.op_type in FORMULAS:
-            result = match_anchor(node, order)
+            try:
+                result = match_anchor(node, order)
+            except _MALFORMED as err:
+                misses.append(
+                    NearMiss(path, str(node.name), node.op_type, f"malformed graph: {err}")
+                )
+                continue
             if result is None:
                 continue
             if isinstance(result, PatternMatch):

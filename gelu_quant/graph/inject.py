@@ -595,8 +595,10 @@ def convert_model(
         # written file instead, whatever its size
         try:
             onnx.checker.check_model(out, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ModelError(f"the converted model fails the ONNX checker: {e}") from None
+        except Exception as e:  # ValidationError, InferenceError, ValueError, …
+            raise ModelError(
+                f"the converted model fails the ONNX checker: {_one_line(e)}"
+            ) from None
     manifest = Manifest(
         target=config.target,
         config=config.to_json(),
@@ -645,6 +647,10 @@ def _rewrite(model: onnx.ModelProto, plans: list[_Plan]) -> None:
 
 
 # -- files ----------------------------------------------------------------
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def default_manifest_path(output: str | os.PathLike[str]) -> Path:
     """``OUT.manifest.json`` for ``OUT.onnx``."""
     p = Path(output)
@@ -748,8 +754,10 @@ def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, ch
         if check:
             try:
                 onnx.checker.check_model(str(tmp_model), full_check=True)
-            except onnx.checker.ValidationError as e:
-                raise ModelError(f"the converted model fails the ONNX checker: {e}") from None
+            except Exception as e:  # ValidationError, InferenceError, ValueError, …
+                raise ModelError(
+                    f"the converted model fails the ONNX checker: {_one_line(e)}"
+                ) from None
         wrote_data = data_name is not None and (tmpdir / data_name).exists()
         if wrote_data:
             os.replace(tmpdir / data_name, folder / data_name)  # type: ignore[operator]

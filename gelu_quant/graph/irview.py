@@ -85,7 +85,11 @@ def const_array(v: ir.Value | None, nodes: list[ir.Node] | None = None) -> np.nd
     cached = v.meta.get(_CONST_KEY)
     if cached is None:
         found: list[ir.Node] = []
-        cached = (_const_array(v, found), tuple(found))
+        try:
+            value = _const_array(v, found)
+        except (TypeError, ValueError, OverflowError, KeyError):  # malformed: not a constant
+            value, found = None, []
+        cached = (value, tuple(found))
         v.meta[_CONST_KEY] = cached
     value, producers = cached
     if value is not None and nodes is not None:
@@ -137,8 +141,9 @@ def _dequantize_const(node: ir.Node, found: list[ir.Node]) -> np.ndarray | None:
         return None
     zp = const_array(ins[2], found) if ins[2] is not None else None
     zero = 0.0 if zp is None else float(zp.reshape(-1)[0])
-    out: np.ndarray = (q.astype(np.float64) - zero) * float(scale.reshape(-1)[0])
-    return out.astype(scale.dtype)
+    with np.errstate(all="ignore"):  # a hostile scale may overflow: the value is then inf
+        out: np.ndarray = (q.astype(np.float64) - zero) * float(scale.reshape(-1)[0])
+        return out.astype(scale.dtype)
 
 
 def scalar_info(v: ir.Value | None) -> tuple[float, int] | None:

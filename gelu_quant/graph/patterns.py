@@ -182,12 +182,12 @@ class _Evaluator:
                 return a * b
             if op == "Div":
                 d = b.constant_value()
-                if d is None or d == 0.0:
+                if d is None or d == 0.0 or not math.isfinite(d):
                     raise Refused(f"{node.name!r} divides by a non-constant")
                 return a.scale(1.0 / d)
             # Pow
             e = b.constant_value()
-            if e is None or e != round(e):
+            if e is None or not math.isfinite(e) or e != round(e):
                 raise Refused(f"{node.name!r} raises to a non-integer or non-constant power")
             return a.power(int(e))
         except PolynomialError as err:
