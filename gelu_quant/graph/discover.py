@@ -208,7 +208,7 @@ _DTYPES_BY_NAME = {dtype_name(dt): dt for dt in ir.DataType}
 
 # what onnx-ir raises on attributes of the wrong type or unreadable constants: a node that is
 # malformed this way is reported as a near miss, not a crash
-_MALFORMED = (TypeError, ValueError, OverflowError, KeyError, IndexError)
+_MALFORMED = (TypeError, ValueError, OverflowError, KeyError, IndexError, AssertionError)
 
 
 def _discover_graph(

@@ -87,7 +87,8 @@ def const_array(v: ir.Value | None, nodes: list[ir.Node] | None = None) -> np.nd
         found: list[ir.Node] = []
         try:
             value = _const_array(v, found)
-        except (TypeError, ValueError, OverflowError, KeyError):  # malformed: not a constant
+        except (TypeError, ValueError, OverflowError, KeyError, AssertionError):
+            # malformed (onnx-ir asserts on e.g. float_data of an int8 tensor): not a constant
             value, found = None, []
         cached = (value, tuple(found))
         v.meta[_CONST_KEY] = cached
@@ -106,7 +107,7 @@ def _const_array(v: ir.Value, nodes: list[ir.Node]) -> np.ndarray | None:
             return None
         try:
             return np.asarray(tensor.numpy())
-        except (OSError, ValueError):  # external data not readable
+        except (OSError, ValueError, TypeError, AssertionError):  # unreadable or malformed data
             return None
     node = v.producer()
     if node is None or node.domain not in STD_DOMAINS:
