@@ -122,7 +122,7 @@ def test_reference_ops_fix_onnx_gather_elements() -> None:
     op = custom_op(spec, opset=21, lut_body="gather-elements")
     m = single_op_model(op)
     codes = spec.in_qparams.codes()
-    with pytest.raises(ValueError, match="64"):
+    with pytest.raises(ValueError, match=r"\b(32|64)\b"):  # numpy.choose's limit: 32 in numpy 1
         ReferenceEvaluator(m).run(None, {"x": codes})
     got = run_reference(m, codes)
     assert same_bits(got, np.array([spec.table[int(c) + 128] for c in codes], np.float16))
