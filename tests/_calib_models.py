@@ -93,7 +93,12 @@ def gelu_f32(p: np.ndarray) -> np.ndarray:
 
 
 def oracle_preactivations(batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The two sites' pre-activations over all batches (numpy p0, ORT-run GELU for p1)."""
+    """The two sites' pre-activations over all batches (numpy p0, ORT-run GELU for p1).
+
+    p0 is IEEE arithmetic (exact). p1 passes through ORT's erf, so it is compared exactly only
+    because the collector's p1 comes from the same ORT kernel on the same float32 values (the
+    version-independent part: elementwise kernels do not depend on how the data is batched;
+    checked with ORT 1.18 to 1.32), not because erf is exactly specified."""
     x = np.concatenate(batches)
     p0 = x * SCALE + SHIFT
     p1 = gelu_f32(p0) + x
