@@ -12,7 +12,8 @@ Ranges file, schema ``gelu-quant/ranges`` version 1::
                           "channels": C},
                 "ranges": {"minmax": {"input": [lo, hi], "output": [lo, hi]}, "percentile": …,
                            "entropy": …, "mse": …},
-                "chosen": "percentile"}],
+                "chosen": "percentile",
+                "channels": {"min": [...], "max": [...]}}],   # when per-channel stats exist
      "skipped": {"site id": "reason"}}
 
 A method whose range cannot be computed has ``null`` in ``ranges``.
@@ -203,6 +204,18 @@ def site_ranges(
     return out
 
 
+def channel_extremes(st: TensorStats) -> dict[str, Any]:
+    """``{"channels": {"min": [...], "max": [...]}}`` (per channel of the last axis, finite values
+    only; what grouped tables are partitioned and ranged by), or ``{}`` without per-channel
+    statistics. Values are float32 in origin, written exactly."""
+    if st.channel_min is None or st.channel_max is None or not st.count:
+        return {}
+    lo, hi = st.channel_min, st.channel_max
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        return {}  # a channel that saw no finite value: no per-channel ranges
+    return {"channels": {"min": [float(v) for v in lo], "max": [float(v) for v in hi]}}
+
+
 def stats_summary(st: TensorStats, obs_lo: float | None, obs_hi: float | None) -> dict[str, Any]:
     q: dict[str, float | None] = {}
     for level in QUANTILES:
@@ -262,6 +275,18 @@ class RangesFile:
         """The chosen (or the named method's) input range of a site."""
         lo, hi = self._chosen(site_id, method)["input"]
         return float(lo), float(hi)
+
+    def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-channel (min, max) of a site's input over the last axis, None when not recorded."""
+        ch = self._site(site_id).get("channels")
+        if not isinstance(ch, dict):
+            return None
+        lo, hi = np.asarray(ch["min"], np.float64), np.asarray(ch["max"], np.float64)
+        if lo.shape != hi.shape or lo.ndim != 1 or lo.size == 0:
+            raise BadInputError(
+                f"site {site_id!r}: malformed per-channel ranges in the ranges file"
+            )
+        return lo, hi
 
     def output_range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]:
         """GELU's output range over :meth:`range_for`."""
@@ -473,6 +498,7 @@ class StatsFile:
                     ),
                     "ranges": site_ranges(st, site.variant, params),
                     "chosen": method,
+                    **channel_extremes(st),
                 }
             )
         skipped = dict(c.skipped)
