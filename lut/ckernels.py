@@ -19,8 +19,13 @@ defines ``NAME_gelu(in, out, n)`` for exactly this spec, and the kernel sources 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from gelu_quant import __version__
 from gelu_quant.errors import BadInputError
@@ -29,6 +34,9 @@ from gelu_quant.lut.interp import InterpLutSpec
 from gelu_quant.lut.poly import PolySpec
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.lut.table import LutSpec
+
+#: Flags every kernel compiles with (the tests add -Werror).
+BASE_CFLAGS: tuple[str, ...] = ("-std=c99", "-O2", "-Wall", "-Wextra", "-ffp-contract=off")
 
 #: The kernel kinds and their files (header, source), by kind name.
 KERNELS: dict[str, tuple[str, str]] = {
@@ -147,3 +155,59 @@ def kernel_files(spec: GeluApprox, name: str = "gelu") -> dict[str, str]:
     for filename in KERNELS[call.kind]:
         files[filename] = kernel_source(filename)
     return files
+
+
+def find_c_compiler() -> str | None:
+    """``$CC`` if set and found, else ``cc``, ``gcc`` or ``clang`` on PATH; None without one."""
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return cand
+    return None
+
+
+def build_library(
+    directory: str | Path,
+    *,
+    cflags: Sequence[str] = (),
+    extra_sources: Sequence[str | Path] = (),
+    name: str = "gelukernels",
+    kinds: Sequence[str] | None = None,
+    cc: str | None = None,
+) -> Path:
+    """Compile every kernel (and ``extra_sources``) into one shared library in ``directory``.
+
+    For tests and benchmarks that call the kernels through ctypes. The kernel sources are
+    written to ``directory`` (only those of ``kinds``, keys of :data:`KERNELS`, if given);
+    flags are :data:`BASE_CFLAGS` + ``cflags`` + ``-fPIC -shared``.
+    Raises :class:`BadInputError` without a C compiler or when compilation fails.
+    """
+    compiler = cc or find_c_compiler()
+    if compiler is None:
+        raise BadInputError("no C compiler found: install gcc or clang, or set CC")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for kind in KERNELS if kinds is None else kinds:
+        header, source = KERNELS[kind]
+        for filename in (header, source):
+            (d / filename).write_text(kernel_source(filename), encoding="utf-8")
+        sources.append(str(d / source))
+    lib = d / f"lib{name}.so"
+    cmd = [
+        compiler,
+        *BASE_CFLAGS,
+        *cflags,
+        "-fPIC",
+        "-shared",
+        "-I",
+        str(d),
+        "-o",
+        str(lib),
+        *sources,
+        *map(str, extra_sources),
+        "-lm",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BadInputError(f"compiling the C kernels failed ({' '.join(cmd)}):\n{done.stderr}")
+    return lib

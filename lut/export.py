@@ -89,9 +89,7 @@ def c_header(spec: GeluApprox, name: str = "gelu") -> str:
                 "    { " + ", ".join(vals[i : i + w]) + " }" for i in range(0, len(vals), w)
             )
         else:
-            body = ",\n".join(
-                "    " + ", ".join(vals[i : i + 12]) for i in range(0, len(vals), 12)
-            )
+            body = ",\n".join("    " + ", ".join(vals[i : i + 12]) for i in range(0, len(vals), 12))
         comment = " /* IEEE binary16 bit patterns */" if a.dtype == np.float16 else ""
         lines.append(f"static const {ctype} {ident}_{_c_ident(key)}{dims} = {{{comment}")
         lines.append(body)
