@@ -399,9 +399,31 @@ def f32_sample(spec: PolySpec, n: int = 1_000_000) -> npt.NDArray[np.float32]:
     return np.concatenate(parts).astype(np.float32)
 
 
+def random_f32_poly(segments: int, degree: int, seed: int) -> PolySpec:
+    """Arbitrary coefficients (no fit): the kernel must follow the spec's arithmetic anyway."""
+    rng = np.random.default_rng(seed)
+    bp = np.unique(np.concatenate([[0.0], rng.uniform(-20, 20, segments - 2), [-20.0, 20.0]]))
+    bp = np.unique(bp.astype(np.float32)).astype(np.float64)
+    k = bp.size - 1
+    return PolySpec(
+        form="exact",
+        lo=float(bp[0]),
+        hi=float(bp[-1]),
+        breakpoints=tuple(bp),
+        origins=tuple(float(v) for v in rng.uniform(-3, 3, k).astype(np.float32)),
+        coefficients=rng.uniform(-2, 2, (k, degree + 1)).astype(np.float32),
+        io_dtype="float32",
+        compute_dtype="float32",
+    )
+
+
 @pytest.fixture(scope="session")
 def f32_specs() -> list[PolySpec]:
     return [
+        # 16 < K <= 32 (two-table permutes) and K > 32 (scalar) in the SIMD build
+        random_f32_poly(24, 4, 1),
+        random_f32_poly(40, 2, 2),
+        random_f32_poly(3, 4, 3),
         build_poly(-9, 4.5, 8, 4, io_dtype="float32", compute_dtype="float32"),
         build_poly(-8, 8, 10, 3, io_dtype="float32", compute_dtype="float32"),
         build_poly(-6, 6, 6, 3, io_dtype="float32", compute_dtype="float32", form="tanh"),
@@ -409,7 +431,7 @@ def f32_specs() -> list[PolySpec]:
     ]
 
 
-@pytest.mark.parametrize("config", ["default", "gnu-native-fma"])
+@pytest.mark.parametrize("config", ["default", "avx2", "avx512", "gnu-native-fma"])
 def test_poly_f32_dense_sample(
     kernel_lib: Callable[[str], ctypes.CDLL], f32_specs: list[PolySpec], config: str
 ) -> None:
@@ -420,6 +442,15 @@ def test_poly_f32_dense_sample(
         want = spec.evaluate(x)
         bad = np.nonzero(bits(got) != bits(want))[0]
         assert bad.size == 0, (spec.summary(), x[bad[:5]], got[bad[:5]], want[bad[:5]])
+    # every length around the 16-lane blocks, from odd addresses
+    spec = f32_specs[0]
+    x = f32_sample(spec, 1000)[::-1].copy()
+    for n in range(0, 50):
+        got = run(lib, "gelu_poly_f32", x[1 : n + 1], np.float32, *poly_args(spec))
+        assert np.array_equal(bits(got), bits(spec.evaluate(x[1 : n + 1]))), n
+    lib.gelu_poly_f32_simd.restype = ctypes.c_char_p
+    path = {"default": "scalar", "avx2": "avx2"}.get(config, "avx512f")
+    assert lib.gelu_poly_f32_simd().decode() == path
 
 
 # -- the generated per-spec files ---------------------------------------------------------------

@@ -8,11 +8,13 @@ static int32_t gelu_interp_to_i32(uint32_t v)
     return v <= 0x7fffffffu ? (int32_t)v : (int32_t)(v - 0x80000000u) - 0x7fffffff - 1;
 }
 
-/* floor(v / 2^s) for every int32 v (s <= 30): for v < 0, floor(v / 2^s) = ~(~v >> s), and
- * ~v = -v - 1 >= 0, so only non-negative values are shifted. */
+/* floor(v / 2^s) for every int32 v (s <= 30), without branches or shifts of negative values:
+ * for v < 0, floor(v / 2^s) = ~(~v >> s) and ~v = -v - 1 >= 0. With m = all ones for v < 0 and
+ * 0 otherwise, v ^ m is v or ~v, shifted as an unsigned value, and ^ m undoes the complement. */
 static int32_t gelu_interp_floor_shift(int32_t v, unsigned s)
 {
-    return v >= 0 ? (int32_t)((uint32_t)v >> s) : ~(int32_t)((uint32_t)~v >> s);
+    const uint32_t m = 0u - (uint32_t)(v < 0);
+    return gelu_interp_to_i32((((uint32_t)v ^ m) >> s) ^ m);
 }
 
 /* One output code for the table index u = q - qmin (0..255), before clipping. */

@@ -14,6 +14,12 @@
  * SSE2 on x86-64, AArch64, ...) and the compiler does not contract a * b + c into an FMA:
  * compile with -ffp-contract=off (GCC's default in ISO modes such as -std=c99; the source
  * also asks for it with pragmas), never with -ffast-math. `out` may equal `in`.
+ *
+ * With AVX-512F (-mavx512f; K <= 32, D <= 8: 16 lanes, table permutes) or AVX2 (-mavx2: 8
+ * lanes, gathers) the values go through a SIMD path with the same operations lane by lane
+ * (bit-identical); -DGELU_POLY_NO_SIMD keeps the scalar loop. gelu_poly_f32_simd() names the
+ * compiled-in path ("avx512f", "avx2" or "scalar"). All paths assume the default
+ * floating-point environment (round to nearest, no flush-to-zero).
  */
 #ifndef GELU_QUANT_GELU_POLY_F32_H
 #define GELU_QUANT_GELU_POLY_F32_H
@@ -26,6 +32,8 @@ extern "C" {
 
 void gelu_poly_f32(const float *in, float *out, size_t n, size_t segments, size_t degree,
                    const float *breakpoints, const float *origins, const float *coefficients);
+
+const char *gelu_poly_f32_simd(void);
 
 #ifdef __cplusplus
 }
