@@ -11,7 +11,7 @@ polynomial). Candidates, interleaved round by round (min and median of the round
 * ``fp32 poly`` (16 x 4, float32 Horner) - ``gelu_poly_f32``, scalar, AVX2 and AVX-512F;
 * ``fp32 GELU via erff`` - ``0.5f * x * (1 + erff(x / sqrt 2))`` with glibc's ``erff``;
 * ``ORT DQ->Gelu->Q`` - DequantizeLinear -> Gelu -> QuantizeLinear (opset 21), 1 thread;
-* ``memcpy`` of the int8 buffer - the floor.
+* ``memcpy`` of the int8 buffer - the floor (and a plain AVX-512 load/store copy loop).
 
 Also the fp32 polynomial's error on a dense float32 sample against float64 GELU (ulps where
 ``|GELU| >= 2**-14``, absolute error below).
@@ -42,7 +42,7 @@ from gelu_quant.lut.table import build_lut
 from gelu_quant.numerics import gelu
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gelulut import dq_gelu_q, session  # noqa: E402
+from bench_gelulut import dq_gelu_q, session
 
 EXTRA_C = r"""
 #include <math.h>
@@ -59,6 +59,22 @@ void bench_gelu_erff(const float *in, float *out, size_t n)
     }
 }
 void bench_memcpy(const void *in, void *out, size_t n) { memcpy(out, in, n); }
+void bench_copy_loop(const void *in, void *out, size_t n);
+#if defined(__AVX512F__)
+#include <immintrin.h>
+void bench_copy_loop(const void *in, void *out, size_t n)
+{
+    const char *a = in;
+    char *b = out;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        _mm512_storeu_si512((void *)(b + i), _mm512_loadu_si512((const void *)(a + i)));
+    }
+    memcpy(b + i, a + i, n - i);
+}
+#else
+void bench_copy_loop(const void *in, void *out, size_t n) { memcpy(out, in, n); }
+#endif
 """
 
 LIBS = {
@@ -156,6 +172,7 @@ def main() -> None:
     simd_name = libs["avx512"].gelu_lut_simd().decode()
     cands: dict[str, Callable[[], object]] = {
         "memcpy (int8 bytes)": c("scalar", "bench_memcpy", ptr(q), ptr(o8), N),
+        "copy loop, avx512 (int8 bytes)": c("avx512", "bench_copy_loop", ptr(q), ptr(o8), N),
         "int8 table, scalar": c("scalar", "gelu_lut_s8_s8", ptr(q), ptr(o8), N, ptr(lut.table)),
         f"int8 table, SIMD {simd_name}": c(
             "avx512", "gelu_lut_s8_s8", ptr(q), ptr(o8), N, ptr(lut.table)

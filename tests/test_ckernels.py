@@ -516,3 +516,31 @@ def test_unsupported_specs_and_files_are_refused() -> None:
     with pytest.raises(BadInputError, match="no kernel file"):
         kernel_source("gelu_nope.c")
     assert "gelu_lut_s8_s8" in kernel_source("gelu_lut.h")
+
+
+def test_approx_cli_exports_a_c_kernel_folder_that_compiles(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gelu_quant.cli.main import main
+
+    out = tmp_path / "k"
+    args = ["approx", "lut", "--range", "-9", "4.5", "--name", "ffn0"]
+    r = CliRunner().invoke(main, [*args, "--export", "c-kernel", str(out)])
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {"ffn0.h", "ffn0_kernel.h", "gelu_lut.h", "gelu_lut.c"}
+    spec = build_lut(in_range=(-9.0, 4.5))
+    got = _run_generated(tmp_path / "build", spec, "ffn0", spec.in_qparams.codes(), np.int8)
+    assert np.array_equal(got, spec.lookup(spec.in_qparams.codes()))
+    # refusals: a baseline has no kernel; a file is not a folder; a missing parent
+    r = CliRunner().invoke(
+        main,
+        ["approx", "baseline", "tanh", "--range", "-3", "3", "--export", "c-kernel", str(out)],
+    )
+    assert r.exit_code == 2 and "no C kernel" in r.output
+    r = CliRunner().invoke(main, [*args, "--export", "c-kernel", str(out / "ffn0.h")])
+    assert r.exit_code == 2 and "is a file" in r.output
+    r = CliRunner().invoke(main, [*args, "--export", "c-kernel", str(tmp_path / "a" / "b")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = CliRunner().invoke(main, [*args, "--export", "json", str(out)])
+    assert r.exit_code == 2 and "is a folder" in r.output
