@@ -6,8 +6,8 @@ polynomial). Candidates, interleaved round by round (min and median of the round
 
 * ``int8 table, scalar`` / ``int8 table, SIMD`` (AVX-512 VBMI, AVX2) - ``gelu_lut_s8_s8``;
 * ``int8 interp 32`` - ``gelu_interp_s8_s8``;
-* ``fp16 poly`` (16 x 3, float16 Horner) with _Float16 conversions (``-mavx512fp16``, or F16C)
-  and the portable integer conversions;
+* ``fp16 poly`` (16 x 3, float16 Horner): the AVX512-FP16 SIMD path, and the scalar loop with
+  _Float16 conversions (``-mavx512fp16``, or F16C) and with the portable integer conversions;
 * ``fp32 poly`` (16 x 4, float32 Horner) - ``gelu_poly_f32``, scalar, AVX2 and AVX-512F;
 * ``fp32 GELU via erff`` - ``0.5f * x * (1 + erff(x / sqrt 2))`` with glibc's ``erff``;
 * ``ORT DQ->Gelu->Q`` - DequantizeLinear -> Gelu -> QuantizeLinear (opset 21), 1 thread;
@@ -81,6 +81,7 @@ LIBS = {
     "scalar": ["-DGELU_LUT_NO_SIMD"],
     "avx2": ["-mavx2"],
     "avx512": ["-mavx512vbmi", "-mavx512bw", "-mavx512vl", "-mavx512fp16"],
+    "avx512ns": ["-mavx512vl", "-mavx512fp16", "-DGELU_POLY_NO_SIMD"],
     "f16c": ["-mf16c"],
     "portable": ["-DGELU_LUT_NO_SIMD", "-DGELU_POLY_F16_PORTABLE"],
 }
@@ -181,7 +182,10 @@ def main() -> None:
         "int8 interp 32, scalar": c(
             "scalar", "gelu_interp_s8_s8", ptr(q), ptr(o8), N, ptr(interp.knots), sh(interp.shift)
         ),
-        "fp16 poly 16x3, avx512fp16 cvt": c("avx512", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16),
+        "fp16 poly 16x3, avx512fp16 SIMD": c("avx512", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16),
+        "fp16 poly 16x3, avx512fp16 cvt": c(
+            "avx512ns", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16
+        ),
         "fp16 poly 16x3, F16C cvt": c("f16c", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16),
         "fp16 poly 16x3, portable": c("portable", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16),
         "fp32 poly 16x4, scalar": c("scalar", "gelu_poly_f32", ptr(xf), ptr(o32), N, *p32_args),
@@ -199,7 +203,7 @@ def main() -> None:
     assert np.array_equal(o8, lut.lookup(q))
     cands["int8 interp 32, scalar"]()
     assert np.array_equal(o8, interp.lookup(q))
-    for k in ("avx512fp16 cvt", "F16C cvt", "portable"):
+    for k in ("avx512fp16 SIMD", "avx512fp16 cvt", "F16C cvt", "portable"):
         cands[f"fp16 poly 16x3, {k}"]()
         assert np.array_equal(o16, p16.evaluate(xh.view(np.float16)).view(np.uint16))
     for k in ("scalar", "avx2", "avx512f"):

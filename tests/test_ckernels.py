@@ -312,7 +312,29 @@ def f16_specs() -> list[PolySpec]:
             io_dtype="float16",
             compute_dtype="float16",
         ),
+        random_f16_poly(32, 4, 1),  # the largest SIMD table
+        random_f16_poly(40, 2, 2),  # past it: scalar
     ]
+
+
+def random_f16_poly(segments: int, degree: int, seed: int) -> PolySpec:
+    """Arbitrary float16 coefficients (no fit), for the SIMD table limits (K > 32)."""
+    rng = np.random.default_rng(seed)
+    bp = np.unique(np.concatenate([[0.0], rng.uniform(-30, 30, 3 * segments), [-30.0, 30.0]]))
+    bp = np.unique(bp.astype(np.float16).astype(np.float64))
+    inner = rng.choice(bp[(bp > -30) & (bp < 30) & (bp != 0)], segments - 2, replace=False)
+    bp = np.unique(np.concatenate([[-30.0, 0.0, 30.0], inner]))
+    k = bp.size - 1
+    return PolySpec(
+        form="exact",
+        lo=-30.0,
+        hi=30.0,
+        breakpoints=tuple(bp),
+        origins=tuple(float(v) for v in rng.uniform(-3, 3, k).astype(np.float16)),
+        coefficients=rng.uniform(-1, 1, (k, degree + 1)).astype(np.float16),
+        io_dtype="float16",
+        compute_dtype="float16",
+    )
 
 
 def poly_args(spec: PolySpec) -> tuple[Any, ...]:
@@ -333,6 +355,17 @@ def test_poly_f16_every_input(
         want = bits(spec.evaluate(ALL_F16.view(np.float16)))
         bad = np.nonzero(got != want)[0]
         assert bad.size == 0, (spec.summary(), [hex(int(ALL_F16[i])) for i in bad[:5]])
+    # every length around the 32-lane blocks, from odd addresses
+    spec = f16_specs[1]
+    x = np.random.default_rng(4).permutation(ALL_F16)[:200].copy()
+    for n in range(0, 100):
+        got = run(lib, "gelu_poly_f16", x[1 : n + 1], np.uint16, *poly_args(spec))
+        assert np.array_equal(got, bits(spec.evaluate(x[1 : n + 1].view(np.float16)))), n
+    lib.gelu_poly_f16_simd.restype = ctypes.c_char_p
+    simd = "avx512fp16" if config in ("avx512", "gnu-native-fma") else "scalar"
+    if config == "gnu-native-fma" and "avx512_fp16" not in CPU:
+        simd = "scalar"
+    assert lib.gelu_poly_f16_simd().decode() == simd
 
 
 @pytest.mark.parametrize("config", ["default", "portable", "avx512"])

@@ -12,6 +12,10 @@
 #if defined(__FLT16_MAX__) && !defined(GELU_POLY_F16_PORTABLE)
 #define GELU_F16_NATIVE 1
 #endif
+#if defined(__AVX512FP16__) && defined(__AVX512BW__) && !defined(GELU_POLY_NO_SIMD)
+#define GELU_POLY_F16_AVX512FP16 1
+#include <immintrin.h>
+#endif
 
 static float gelu_bits_f32(uint32_t b)
 {
@@ -152,7 +156,9 @@ const char *gelu_poly_f16_arith(void)
  * exactly when key(a) < key(b). */
 static int32_t gelu_h_key(uint16_t h)
 {
-    return (h & 0x8000u) ? -(int32_t)(h & 0x7fffu) : (int32_t)h;
+    /* m = -1 for negative values: (a ^ m) - m is -a then, a otherwise (no branch) */
+    const int32_t m = -(int32_t)(h >> 15);
+    return ((int32_t)(h & 0x7fffu) ^ m) - m;
 }
 
 static int gelu_h_isnan(uint16_t h)
@@ -161,7 +167,7 @@ static int gelu_h_isnan(uint16_t h)
 }
 
 /* #{ j : base[j] <= x } for the ascending breakpoints base[0..m) (branchless). */
-static size_t gelu_h_segment(int32_t xk, const uint16_t *base, size_t m)
+static inline size_t gelu_h_segment(int32_t xk, const uint16_t *base, size_t m)
 {
     const uint16_t *b = base;
     while (m > 1) {
@@ -172,9 +178,105 @@ static size_t gelu_h_segment(int32_t xk, const uint16_t *base, size_t m)
     return (size_t)(b - base) + (size_t)(m == 1 && gelu_h_key(b[0]) <= xk);
 }
 
+static void gelu_poly_f16_scalar(const uint16_t *in, uint16_t *out, size_t n, size_t segments,
+                                 size_t degree, const uint16_t *breakpoints,
+                                 const uint16_t *origins, const uint16_t *coefficients);
+
+#if defined(GELU_POLY_F16_AVX512FP16)
+#define GELU_POLY_F16_SIMD_MAX_SEGMENTS 32
+#define GELU_POLY_F16_MAX_DEGREE 8
+
+/* 32 lanes of native float16 arithmetic (AVX512-FP16: vsubph, vmulph, vaddph are the
+ * correctly rounded float16 operations, and ignore MXCSR's flush-to-zero and
+ * denormals-are-zero), K <= 32: the segment index counts the inner breakpoints <= x (vector
+ * compares), origins and coefficients come from 32-entry tables by vpermw, tails and NaNs are
+ * blended in by masks. Lane by lane the same rounded operations as the scalar loop. */
+static size_t gelu_poly_f16_avx512fp16(const uint16_t *in, uint16_t *out, size_t n,
+                                       size_t segments, size_t degree,
+                                       const uint16_t *breakpoints, const uint16_t *origins,
+                                       const uint16_t *coefficients)
+{
+    uint16_t tab[GELU_POLY_F16_MAX_DEGREE + 2][GELU_POLY_F16_SIMD_MAX_SEGMENTS];
+    __m512i tv[GELU_POLY_F16_MAX_DEGREE + 2], bv[GELU_POLY_F16_SIMD_MAX_SEGMENTS];
+    const size_t stride = degree + 1;
+    size_t i = 0, j, k;
+    if (segments > GELU_POLY_F16_SIMD_MAX_SEGMENTS || degree > GELU_POLY_F16_MAX_DEGREE) {
+        return 0;
+    }
+    /* row 0: origins; row 1 + j: coefficient j; unused segments repeat segment 0 */
+    for (k = 0; k < GELU_POLY_F16_SIMD_MAX_SEGMENTS; k++) {
+        const size_t kk = k < segments ? k : 0;
+        tab[0][k] = origins[kk];
+        for (j = 0; j <= degree; j++) {
+            tab[1 + j][k] = coefficients[kk * stride + j];
+        }
+    }
+    for (j = 0; j < degree + 2; j++) {
+        tv[j] = _mm512_loadu_si512((const void *)tab[j]);
+    }
+    for (k = 0; k <= segments; k++) {
+        bv[k] = _mm512_set1_epi16((short)breakpoints[k]);
+    }
+    {
+        const __m512h lo = _mm512_castsi512_ph(bv[0]);
+        const __m512h hi = _mm512_castsi512_ph(bv[segments]);
+        const __m512i one = _mm512_set1_epi16(1);
+        const __m512i zero = _mm512_setzero_si512();
+        for (; i + 32 <= n; i += 32) {
+            const __m512i xi = _mm512_loadu_si512((const void *)(in + i));
+            const __m512h x = _mm512_castsi512_ph(xi);
+            __m512i kv = zero, r;
+            __m512h t, acc;
+            __mmask32 keep, below;
+            for (k = 1; k < segments; k++) {
+                const __mmask32 ge = _mm512_cmp_ph_mask(x, _mm512_castsi512_ph(bv[k]), _CMP_GE_OQ);
+                kv = _mm512_mask_add_epi16(kv, ge, kv, one);
+            }
+            t = _mm512_sub_ph(x, _mm512_castsi512_ph(_mm512_permutexvar_epi16(kv, tv[0])));
+            acc = _mm512_castsi512_ph(_mm512_permutexvar_epi16(kv, tv[1 + degree]));
+            for (j = degree; j-- > 0;) {
+                acc = _mm512_mul_ph(acc, t);
+                acc = _mm512_add_ph(acc,
+                                    _mm512_castsi512_ph(_mm512_permutexvar_epi16(kv, tv[1 + j])));
+            }
+            /* NaN or above the range: x itself (same bits); below: +0 */
+            keep = _mm512_cmp_ph_mask(x, hi, _CMP_NGT_UQ) & _mm512_cmp_ph_mask(x, x, _CMP_EQ_OQ);
+            below = _mm512_cmp_ph_mask(x, lo, _CMP_LT_OQ);
+            r = _mm512_mask_mov_epi16(xi, keep, _mm512_castph_si512(acc));
+            r = _mm512_mask_mov_epi16(r, below, zero);
+            _mm512_storeu_si512((void *)(out + i), r);
+        }
+    }
+    return i;
+}
+#endif
+
+const char *gelu_poly_f16_simd(void)
+{
+#if defined(GELU_POLY_F16_AVX512FP16)
+    return "avx512fp16";
+#else
+    return "scalar";
+#endif
+}
+
 void gelu_poly_f16(const uint16_t *in, uint16_t *out, size_t n, size_t segments,
                    size_t degree, const uint16_t *breakpoints, const uint16_t *origins,
                    const uint16_t *coefficients)
+{
+#if defined(GELU_POLY_F16_AVX512FP16)
+    const size_t done = gelu_poly_f16_avx512fp16(in, out, n, segments, degree, breakpoints,
+                                                 origins, coefficients);
+    in += done;
+    out += done;
+    n -= done;
+#endif
+    gelu_poly_f16_scalar(in, out, n, segments, degree, breakpoints, origins, coefficients);
+}
+
+static void gelu_poly_f16_scalar(const uint16_t *in, uint16_t *out, size_t n, size_t segments,
+                                 size_t degree, const uint16_t *breakpoints,
+                                 const uint16_t *origins, const uint16_t *coefficients)
 {
     const int32_t lo = gelu_h_key(breakpoints[0]);
     const int32_t hi = gelu_h_key(breakpoints[segments]);

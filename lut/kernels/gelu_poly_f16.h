@@ -55,6 +55,10 @@ uint16_t gelu_f32_to_f16(float f);
 /* How the float16 conversions are done: "_Float16" or "portable". */
 const char *gelu_poly_f16_arith(void);
 
+/* The SIMD path of gelu_poly_f16: "avx512fp16" (with -mavx512fp16 -mavx512bw: 32 lanes of
+ * native float16 arithmetic, for K <= 32 and D <= 8) or "scalar" (-DGELU_POLY_NO_SIMD). */
+const char *gelu_poly_f16_simd(void);
+
 #ifdef __cplusplus
 }
 #endif
