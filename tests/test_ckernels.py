@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -577,3 +578,40 @@ def test_approx_cli_exports_a_c_kernel_folder_that_compiles(tmp_path: Path) -> N
     assert r.exit_code == 2 and "does not exist" in r.output
     r = CliRunner().invoke(main, [*args, "--export", "json", str(out)])
     assert r.exit_code == 2 and "is a folder" in r.output
+
+
+@pytest.mark.parametrize("config", ["default", "avx512"])
+def test_kernels_run_clean_under_address_and_ub_sanitizers(tmp_path: Path, config: str) -> None:
+    flags, needs, x86_only = CONFIGS[config]
+    if (x86_only and not X86) or not needs <= CPU:
+        pytest.skip(f"{config} cannot run here")
+    for kind in KERNELS.values():
+        for f in kind:
+            (tmp_path / f).write_text(kernel_source(f))
+    driver = Path(__file__).parent / "fixtures" / "ckernels_sanitize.c"
+    exe = tmp_path / "sanitize"
+    cmd = [
+        str(find_c_compiler()),
+        "-std=c99",
+        "-O1",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        *flags,
+        "-I",
+        str(tmp_path),
+        "-o",
+        str(exe),
+        str(driver),
+        *(str(tmp_path / s) for _, s in KERNELS.values()),
+        "-lm",
+    ]
+    built = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if built.returncode != 0 and "sanitize" in built.stderr:
+        pytest.skip(f"no sanitizer runtime: {built.stderr.strip()[:200]}")
+    assert built.returncode == 0, built.stderr
+    done = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "asan ok" in done.stdout, done.stderr[-2000:]

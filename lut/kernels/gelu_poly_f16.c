@@ -197,7 +197,7 @@ static size_t gelu_poly_f16_avx512fp16(const uint16_t *in, uint16_t *out, size_t
                                        const uint16_t *coefficients)
 {
     uint16_t tab[GELU_POLY_F16_MAX_DEGREE + 2][GELU_POLY_F16_SIMD_MAX_SEGMENTS];
-    __m512i tv[GELU_POLY_F16_MAX_DEGREE + 2], bv[GELU_POLY_F16_SIMD_MAX_SEGMENTS];
+    __m512i tv[GELU_POLY_F16_MAX_DEGREE + 2], bv[GELU_POLY_F16_SIMD_MAX_SEGMENTS + 1];
     const size_t stride = degree + 1;
     size_t i = 0, j, k;
     if (segments > GELU_POLY_F16_SIMD_MAX_SEGMENTS || degree > GELU_POLY_F16_MAX_DEGREE) {
