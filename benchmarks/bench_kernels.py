@@ -2,7 +2,7 @@
 
 One run, the same buffers (default 32x128x1536 = 6.3 M values, one core): int8 codes of the
 range [-9, 4.5]; their dequantized float32 values for the float kernels (float16 for the fp16
-polynomial). Candidates, interleaved round by round (min and median of the rounds):
+polynomial). Candidates, round by round in a shuffled order (min and median of the rounds):
 
 * ``int8 table, scalar`` / ``int8 table, SIMD`` (AVX-512 VBMI, AVX2) - ``gelu_lut_s8_s8``;
 * ``int8 interp 32`` - ``gelu_interp_s8_s8``;
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import statistics
 import sys
 import tempfile
@@ -213,19 +214,23 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in cands}
     for r in cands.values():
         r()
+    order = list(cands)
+    shuffle = np.random.default_rng(3)
     for _ in range(args.rounds):
-        for k, r in cands.items():
+        # a new order every round: no candidate always runs after the one that evicts its data
+        for k in shuffle.permutation(order):
             t = time.perf_counter()
-            r()
-            times[k].append(time.perf_counter() - t)
+            cands[str(k)]()
+            times[str(k)].append(time.perf_counter() - t)
 
     ns = {k: (min(v) / n * 1e9, statistics.median(v) / n * 1e9) for k, v in times.items()}
     ref_ort = ns["ORT DQ->Gelu->Q (1 thread)"][0]
     ref_mem = ns["memcpy (int8 bytes)"][0]
     ref_erf = ns["fp32 GELU via erff"][0]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"{n} values ({'x'.join(map(str, args.shape))}), one core, {args.rounds} interleaved "
-        f"rounds; onnxruntime {ort.__version__}"
+        f"{n} values ({'x'.join(map(str, args.shape))}), one core, {args.rounds} rounds in "
+        f"shuffled order; onnxruntime {ort.__version__}; load average {load:.1f}"
     )
     print("ratios from the min: ORT/x (>1: faster than ORT), x/memcpy, erff/x")
     print(f"{'kernel':<34}{'min ns':>9}{'median ns':>11}{'ORT/x':>8}{'x/memcpy':>10}{'erff/x':>8}")
