@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, cast
 
 import click
@@ -26,7 +27,7 @@ DTYPE_ALIASES = {
     "fp32": "float32",
     "float32": "float32",
 }
-EXPORT_FORMATS = ("c-header", "json")
+EXPORT_FORMATS = ("c-header", "json", "c-kernel")
 
 
 def dtype_choice(*names: str) -> click.Choice:
@@ -50,10 +51,11 @@ def common_output_options(f: Any) -> Any:
     f = click.option(
         "--export",
         "exports",
-        type=(click.Choice(EXPORT_FORMATS), click.Path(dir_okay=False, writable=True)),
+        type=(click.Choice(EXPORT_FORMATS), click.Path(writable=True)),
         multiple=True,
-        metavar="FORMAT FILE",
-        help="Also write the spec: 'c-header FILE' or 'json FILE'. Repeatable.",
+        metavar="FORMAT PATH",
+        help="Also write the spec: 'c-header FILE', 'json FILE' or 'c-kernel DIR' (NAME.h, "
+        "NAME_kernel.h with NAME_gelu(in, out, n), and the C kernel it calls). Repeatable.",
     )(f)
     f = click.option("--name", default="gelu", show_default=True, help="C identifier prefix.")(f)
     f = click.option(
@@ -91,10 +93,29 @@ def emit(
                 vals = " ".join(str(v) for v in arr.tolist())
                 click.echo(f"  {key}: {vals}")
     for fmt, path in exports:
-        text = c_header(spec, name) if fmt == "c-header" else spec_json_text(spec)
-        write_text_atomic(path, text)
+        if fmt == "c-kernel":
+            write_c_kernel(spec, name, Path(path))
+        else:
+            if Path(path).is_dir():
+                raise BadInputError(f"--export {fmt} {path} is a folder: give a file name")
+            text = c_header(spec, name) if fmt == "c-header" else spec_json_text(spec)
+            write_text_atomic(path, text)
         if not as_json:
             click.echo(f"wrote {fmt} to {path}")
+
+
+def write_c_kernel(spec: GeluApprox, name: str, folder: Path) -> None:
+    """Write the spec's C kernel files into ``folder`` (created if its parent exists)."""
+    from gelu_quant.lut.ckernels import kernel_files
+
+    files = kernel_files(spec, name)  # refuses spec kinds without a kernel, before any write
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"--export c-kernel {folder} is a file: give a folder")
+    if not folder.parent.is_dir():
+        raise BadInputError(f"--export c-kernel {folder}: folder {folder.parent} does not exist")
+    folder.mkdir(exist_ok=True)
+    for filename, text in files.items():
+        write_text_atomic(folder / filename, text)
 
 
 @click.group()

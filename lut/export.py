@@ -82,7 +82,14 @@ def c_header(spec: GeluApprox, name: str = "gelu") -> str:
             raise BadInputError(f"cannot export a {a.dtype} array to C")
         dims = "".join(f"[{d}]" for d in a.shape)
         vals = _c_values(a)
-        body = ",\n".join("    " + ", ".join(vals[i : i + 12]) for i in range(0, len(vals), 12))
+        if a.ndim == 2:
+            # one braced row per line: fully bracketed (-Wmissing-braces is in -Wall)
+            w = a.shape[1]
+            body = ",\n".join(
+                "    { " + ", ".join(vals[i : i + w]) + " }" for i in range(0, len(vals), w)
+            )
+        else:
+            body = ",\n".join("    " + ", ".join(vals[i : i + 12]) for i in range(0, len(vals), 12))
         comment = " /* IEEE binary16 bit patterns */" if a.dtype == np.float16 else ""
         lines.append(f"static const {ctype} {ident}_{_c_ident(key)}{dims} = {{{comment}")
         lines.append(body)
