@@ -122,10 +122,10 @@ def approx() -> None:
 )
 @click.option(
     "--form",
-    type=click.Choice(["exact", "tanh"]),
+    type=click.Choice(["exact", "tanh", "quick"]),
     default="exact",
     show_default=True,
-    help="Which GELU the table holds (a tanh-GELU model gets its own table).",
+    help="Which GELU the table holds (tanh-GELU and QuickGELU models get their own).",
 )
 @click.option(
     "--interp",
@@ -193,7 +193,7 @@ _FLOAT_CHOICE = ("fp16", "float16", "fp32", "float32")
 )
 @click.option(
     "--form",
-    type=click.Choice(["exact", "tanh"]),
+    type=click.Choice(["exact", "tanh", "quick"]),
     default="exact",
     show_default=True,
     help="Which GELU to fit.",

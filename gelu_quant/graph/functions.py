@@ -79,7 +79,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.errors import ModelError, SpecError
 from gelu_quant.lut.spec import GeluApprox
-from gelu_quant.numerics import gelu
+from gelu_quant.numerics import QUICK_ALPHA, gelu
 
 DOMAIN = "gelu_quant"
 DOMAIN_VERSION = 1
@@ -264,8 +264,16 @@ def _table_body(
 
 
 def gelu_formula_nodes(x: str, y: str, form: str, prefix: str = "") -> list[onnx.NodeProto]:
-    """GELU of float32 ``x`` as exporters spell it (ORT fuses both into its Gelu kernel)."""
+    """GELU of float32 ``x`` as exporters spell it (ORT fuses exact and tanh into its Gelu
+    kernel; QuickGELU is ``x * Sigmoid(1.702 x)``)."""
     p = prefix
+    if form == "quick":
+        return [
+            const(f"{p}alpha", QUICK_ALPHA, np.float32),
+            helper.make_node("Mul", [x, f"{p}alpha"], [f"{p}z"]),
+            helper.make_node("Sigmoid", [f"{p}z"], [f"{p}sig"]),
+            helper.make_node("Mul", [x, f"{p}sig"], [y]),
+        ]
     if form == "exact":
         return [
             const(f"{p}sqrt2", math.sqrt(2.0), np.float32),
@@ -467,7 +475,18 @@ def fit_formula(
 
 def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto]:
     qp = spec.in_qparams
-    if opset >= 20:  # the Gelu op: exactly the DQ -> Gelu -> Q it replaces, as fast
+    if spec.form == "quick":
+        # QuickGELU at any opset: DequantizeLinear -> x * Sigmoid(1.702 x) -> QuantizeLinear
+        nodes = [
+            const("in_scale", fit.in_scale, np.float32),
+            const("in_zero_point", qp.zero_point, qp.np_dtype),
+            helper.make_node("DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"]),
+            const("alpha", QUICK_ALPHA, np.float32),
+            helper.make_node("Mul", ["x", "alpha"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["sig"]),
+            helper.make_node("Mul", ["x", "sig"], ["g"]),
+        ]
+    elif opset >= 20:  # the Gelu op: exactly the DQ -> Gelu -> Q it replaces, as fast
         approximate = "none" if spec.form == "exact" else "tanh"
         nodes = [
             const("in_scale", fit.in_scale, np.float32),
@@ -539,7 +558,7 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
         if int16 and opset < 21:
             notes.append(f"formula body needs opset 21 for int16 Q/DQ (model has {opset})")
         else:
-            fit = fit_formula(spec, mul_sub=opset < 20)
+            fit = fit_formula(spec, mul_sub=opset < 20 and spec.form != "quick")
             if fit is None:
                 notes.append("formula body: codes on rounding boundaries, no scale nudge helps")
         if fit is not None:
