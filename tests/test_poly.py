@@ -96,12 +96,14 @@ def test_report_agrees_with_the_oracle(specs, x16):
 
 
 def test_float32_io_relative_error_is_small():
+    """Float32 fits aim at relative error wherever |GELU| >= 2^-126 (the deep tail included),
+    so a small 16 x 4 spec on [-8, 8] is relatively accurate to about 1e-3 everywhere."""
     spec = build_poly(-8, 8, 16, 4, io_dtype="float32", compute_dtype="float32")
     x = np.linspace(-8, 8, 20001).astype(np.float32)
     y = spec.evaluate(x).astype(np.float64)
     exact = np.array([gelu64(float(v)) for v in x])
-    rel = np.abs(y - exact) / np.maximum(np.abs(exact), 2.0**-14)
-    assert rel.max() < 1e-4
+    rel = np.abs(y - exact) / np.maximum(np.abs(exact), 2.0**-126)
+    assert rel.max() < 2e-3
     assert spec.evaluate(np.float32(0.0)) == 0.0
 
 
