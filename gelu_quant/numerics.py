@@ -87,7 +87,7 @@ def gelu(x: npt.ArrayLike, form: GeluForm = "exact") -> FloatArray:
     raise ValueError(f"unknown GELU form {form!r}; expected one of {GELU_FORMS}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def form_argmin(form: GeluForm) -> tuple[float, float]:
     """``(argmin, min)`` of GELU of ``form``, to float64 precision (golden-section search on
     ``[-3, 0]``, where each form has its single minimum): exact -0.75179, -0.169971; tanh
@@ -137,7 +137,7 @@ def _floats_between(a: float, b: float, dtype: str) -> npt.NDArray[np.float64]:
     return np.sort(v if a >= 0 else -v)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tail_bounds(form: GeluForm, dtype: str) -> tuple[float, float]:
     """``(zero_below, identity_above)``: the ``dtype`` values ``L < 0 < H`` such that for
     every ``dtype`` input ``x < L`` GELU of ``form`` rounds to 0 in ``dtype`` (``|GELU(x)|`` at

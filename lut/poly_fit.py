@@ -498,8 +498,7 @@ def fit_segment(
     """Fit, round and (float16 arithmetic) search the segment ``[a, b)`` (``[a, b]``).
 
     Segments that touch 0 use origin 0 and ``c_0 = 0``. Others try origins at both ends and
-    the middle in float16 arithmetic (the search is scored exactly, so the best one wins), the
-    middle in float32.
+    the middle (scored exactly, so the best one wins).
     """
     cp = _NP[compute_dtype]
     sel = (grid.x >= a) & ((grid.x < b) | (include_b & (grid.x == b)))
@@ -512,12 +511,10 @@ def fit_segment(
         compute_dtype,
     )
     at_zero = 0.0 in (a, b)
-    if at_zero:
-        cands = [0.0]
-    else:
-        # both ends and the middle (exact scoring picks): in exponential tails the end where
-        # |GELU| is smallest makes every Horner term of one sign, so nothing cancels
-        cands = sorted({float(cp(v)) for v in (a, 0.5 * (a + b), b)})
+    # otherwise both ends and the middle (exact scoring picks): in exponential tails the end
+    # where |GELU| is smallest makes every Horner term of one sign, so nothing cancels
+    ends = sorted({float(cp(v)) for v in (a, 0.5 * (a + b), b)})
+    cands = [0.0] if at_zero else ends
     best: FittedSegment | None = None
     for o in cands:
         row, score = round_coefficients(seg, o, degree, at_zero, search=compute_dtype == "float16")
