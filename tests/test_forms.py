@@ -322,3 +322,21 @@ def test_qdq_model_ranges_are_not_used_and_it_says_so(tmp_path: Path) -> None:
     # a float model gets no such note
     res = convert_model(_fixture("onnx_gelu"), ConvertConfig("int8-lut", range=(-1.0, 1.0)))
     assert res.manifest.notes == ()
+
+
+def test_quick_interpolated_table_and_its_conversion() -> None:
+    from gelu_quant.lut.interp import build_interp_lut
+
+    spec = build_interp_lut(segments=32, in_range=(-12.0, 5.0), form="quick")
+    qp, oq = spec.in_qparams, spec.out_qparams
+    # output qparams from QuickGELU's own minimum (-0.16361), not GELU's (-0.16997)
+    assert oq.real_range[0] == pytest.approx(-0.16361, abs=oq.scale)
+    knot_codes = qp.qmin + 8 * np.arange(33)
+    xk = (knot_codes - qp.zero_point) * float(np.float32(qp.scale))
+    want = np.rint(oracle(xk, "quick") / float(np.float32(oq.scale))) + oq.zero_point
+    np.testing.assert_array_equal(spec.knots, np.clip(want, oq.qmin, oq.qmax))  # saturating Q
+    res = convert_model(_fixture("ms_quickgelu"), ConvertConfig("int8-interp32", range=(-12, 5)))
+    rec = res.manifest.converted[0]
+    assert rec.form == "quick"
+    x = np.random.default_rng(5).uniform(-12, 5, (32, 16)).astype(np.float32)
+    np.testing.assert_array_equal(_ort(res.model, x), spec_from_json(rec.spec or {}).evaluate(x))
