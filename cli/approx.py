@@ -218,7 +218,12 @@ def poly_cmd(
     exports: tuple[tuple[str, str], ...],
     name: str,
 ) -> None:
-    """A piecewise polynomial (minimax fit, local coordinates, exact tails)."""
+    """A piecewise polynomial fitted on --range (minimax fit, local coordinates).
+
+    Beyond the range its tails are 0 below and x above, exact only where GELU rounds to those
+    in the dtype; the error report covers the whole real line, so a narrow range shows its
+    tails' error (conversion fits the exact-tails domain by itself).
+    """
     from gelu_quant.lut.poly import MAX_DEGREE, BreakpointMode, FloatDType, build_poly
 
     lo, hi = check_range(range_)

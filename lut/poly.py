@@ -310,13 +310,25 @@ def exact_tail_domain(form: GeluForm, io_dtype: str) -> tuple[float, float]:
     return tail_bounds(form, io_dtype)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def _exact_poly_cached(
-    form: GeluForm, io_dtype: FloatDType, compute_dtype: FloatDType, segments: int, degree: int
+    form: GeluForm,
+    io_dtype: FloatDType,
+    compute_dtype: FloatDType,
+    segments: int,
+    degree: int,
+    focus: tuple[float, float] | None,
 ) -> PolySpec:
     lo, hi = exact_tail_domain(form, io_dtype)
     return build_poly(
-        lo, hi, segments, degree, io_dtype=io_dtype, compute_dtype=compute_dtype, form=form
+        lo,
+        hi,
+        segments,
+        degree,
+        io_dtype=io_dtype,
+        compute_dtype=compute_dtype,
+        form=form,
+        focus=focus,
     )
 
 
@@ -327,22 +339,31 @@ def build_exact_poly(
     compute_dtype: FloatDType = "float16",
     segments: int | None = None,
     degree: int | None = None,
+    focus: tuple[float, float] | None = None,
 ) -> PolySpec:
     """A polynomial that is right on the whole real line: fitted on
     :func:`exact_tail_domain` (so its tails are exact in ``io_dtype``), whatever range the
     inputs were calibrated to. ``segments``/``degree`` default to :data:`DEFAULT_SHAPES`.
 
-    The breakpoints are placed for equal error over the whole fitted domain (a calibrated
-    range does not move them). Specs are cached: every site of a model shares one build.
+    The calibrated range (``focus``) decides where accuracy concentrates, never where
+    correctness ends: with a shape of the caller's choosing, errors outside it count
+    ``FOCUS_SLACK`` (16) times less. The default shapes meet their bound on every input, so
+    with them ``focus`` is ignored (one verified spec per form and dtype). Specs are cached:
+    the sites of a model share a build.
     """
     d_seg, d_deg = default_shape(io_dtype, compute_dtype, form)
-    return _exact_poly_cached(
-        form,
-        io_dtype,
-        compute_dtype,
-        d_seg if segments is None else segments,
-        d_deg if degree is None else degree,
-    )
+    k = d_seg if segments is None else segments
+    d = d_deg if degree is None else degree
+    if (k, d) == (d_seg, d_deg):
+        focus = None
+    lo, hi = exact_tail_domain(form, io_dtype)
+    if focus is not None:
+        # outside the fitted domain the tails are exact anyway
+        f_lo, f_hi = max(float(focus[0]), lo), min(float(focus[1]), hi)
+        focus = (f_lo, f_hi) if f_lo < f_hi else None
+        if focus is not None and focus[0] <= lo and focus[1] >= hi:
+            focus = None
+    return _exact_poly_cached(form, io_dtype, compute_dtype, k, d, focus)
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -384,11 +405,14 @@ def build_poly(
     compute_dtype: FloatDType = "float16",
     form: GeluForm = "exact",
     breakpoints: BreakpointMode = "optimized",
+    focus: tuple[float, float] | None = None,
 ) -> PolySpec:
     """Fit a piecewise polynomial GELU on ``[lo, hi]`` (see the module docstring).
 
     ``lo`` and ``hi`` are rounded outwards to ``io_dtype``. ``segments`` counts every segment,
     including the exact zero / identity end segments that optimised float16 breakpoints use.
+    ``focus`` (a calibrated range) concentrates the accuracy: errors outside it count
+    ``poly_fit.FOCUS_SLACK`` times less when placing breakpoints and fitting.
     """
     from gelu_quant.lut import poly_fit as pf
 
@@ -414,7 +438,11 @@ def build_poly(
     if straddles and segments < 2:
         raise SpecError("a range that contains 0 needs at least 2 segments (a breakpoint at 0)")
 
-    grid = pf.Grid.build(lo_r, hi_r, io_dtype, form)
+    if focus is not None and not (
+        math.isfinite(focus[0]) and math.isfinite(focus[1]) and focus[0] < focus[1]
+    ):
+        raise SpecError(f"focus range {focus} must be finite with LO < HI")
+    grid = pf.Grid.build(lo_r, hi_r, io_dtype, form, focus)
     zero_i = grid.index(0.0) if lo_r <= 0.0 <= hi_r else None
     fixed: dict[int, tuple[float, list[float]]] = {}  # segment -> (origin, coefficients)
     if breakpoints == "uniform":

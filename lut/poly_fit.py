@@ -23,6 +23,8 @@ F64 = npt.NDArray[np.float64]
 _NP: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 FP16_MIN_NORMAL = 2.0**-14
 FP32_MIN_NORMAL = 2.0**-126
+FOCUS_SLACK = 16.0
+"""How much less an error outside a focus range counts (see :meth:`Grid.build`)."""
 _ULP_PENALTY = 10**6
 
 
@@ -80,17 +82,30 @@ class Grid:
     """Correctly rounded float16 GELU (float16 outputs only)."""
 
     @classmethod
-    def build(cls, lo: float, hi: float, io_dtype: str, form: GeluForm) -> Grid:
+    def build(
+        cls,
+        lo: float,
+        hi: float,
+        io_dtype: str,
+        form: GeluForm,
+        focus: tuple[float, float] | None = None,
+    ) -> Grid:
+        """The grid of ``[lo, hi]``. With ``focus``, errors outside it are measured in units
+        :data:`FOCUS_SLACK` times larger, so breakpoints and fits spend their accuracy inside."""
         if io_dtype == "float16":
             x = _fp16_values(lo, hi)
             g = gelu(x, form)
-            return cls(x, g, fp16_ulp_unit(g), io_dtype, g.astype(np.float16))
-        x = _fp32_grid(lo, hi)
-        edge = _tiny_edge(lo, hi, form)
-        if edge is not None:
-            x = np.unique(np.concatenate([x, [edge]]))
-        g = gelu(x, form)
-        return cls(x, g, np.maximum(np.abs(g), FP32_MIN_NORMAL), io_dtype, None)
+            unit, cr = fp16_ulp_unit(g), g.astype(np.float16)
+        else:
+            x = _fp32_grid(lo, hi)
+            edge = _tiny_edge(lo, hi, form)
+            if edge is not None:
+                x = np.unique(np.concatenate([x, [edge]]))
+            g = gelu(x, form)
+            unit, cr = np.maximum(np.abs(g), FP32_MIN_NORMAL), None
+        if focus is not None:
+            unit = np.where((x < focus[0]) | (x > focus[1]), unit * FOCUS_SLACK, unit)
+        return cls(x, g, unit, io_dtype, cr)
 
     def index(self, v: float) -> int:
         """Index of the grid point ``v`` (which must be on the grid)."""

@@ -340,3 +340,24 @@ def test_quick_interpolated_table_and_its_conversion() -> None:
     assert rec.form == "quick"
     x = np.random.default_rng(5).uniform(-12, 5, (32, 16)).astype(np.float32)
     np.testing.assert_array_equal(_ort(res.model, x), spec_from_json(rec.spec or {}).evaluate(x))
+
+
+def test_calibrated_range_focuses_a_small_shape_but_never_ends_correctness() -> None:
+    x = np.linspace(-0.6, 0.6, 20001).astype(np.float32)
+    g = oracle(x.astype(np.float64), "exact")
+
+    def inside_error(spec) -> float:
+        err = np.abs(spec.evaluate(x).astype(np.float64) - g)
+        return float((err / np.maximum(np.abs(g), 2.0**-126)).max())
+
+    plain = build_exact_poly(io_dtype="float32", compute_dtype="float32", segments=6, degree=3)
+    focused = build_exact_poly(
+        io_dtype="float32", compute_dtype="float32", segments=6, degree=3, focus=(-0.6, 0.6)
+    )
+    assert focused.domain == plain.domain == exact_tail_domain("exact", "float32")
+    assert inside_error(focused) < inside_error(plain) / 2
+    lo, hi = focused.domain
+    far = np.array([lo - 1, lo - 0.01, hi + 0.01, hi + 100], np.float32)
+    np.testing.assert_array_equal(focused.evaluate(far), [0.0, 0.0, far[2], far[3]])
+    # the default shapes ignore the focus: one verified spec
+    assert build_exact_poly(form="quick", focus=(-0.6, 0.6)) is build_exact_poly(form="quick")

@@ -20,8 +20,9 @@ data, atomic write, checker), configured by a frozen :class:`ConvertConfig`. Per
   supported: a site with another alpha is skipped (it is another function: 1.0 is SiLU).
 * **polynomials** are fitted on the domain where their tails are exact in their dtype
   (:func:`gelu_quant.lut.poly.build_exact_poly`), whatever range the site was calibrated to:
-  the range is recorded but does not limit correctness. Default shapes:
-  :data:`gelu_quant.lut.poly.DEFAULT_SHAPES`.
+  the range never limits correctness; with a shape smaller than the default
+  (:data:`gelu_quant.lut.poly.DEFAULT_SHAPES`, which meet their bound everywhere) it decides
+  where the accuracy concentrates.
 * **QDQ sites with a ranges file**: the graph's own Q/DQ scales are used and the ranges are
   not; the manifest says so in its notes (the CLI also warns on stderr).
 
@@ -197,8 +198,9 @@ def build_spec(
 ) -> GeluApprox:
     """The spec a target builds for one site (a range, or the qparams of a QDQ site).
 
-    Polynomials ignore ``in_range`` for their fit: they are fitted where their tails are exact
-    (:func:`gelu_quant.lut.poly.build_exact_poly`). Baselines that compute GELU refuse the
+    Polynomials are fitted where their tails are exact
+    (:func:`gelu_quant.lut.poly.build_exact_poly`); ``in_range`` only focuses a non-default
+    shape. Baselines that compute GELU refuse the
     quick form, and the QuickGELU baseline is scored against QuickGELU on quick sites.
     """
     if target.kind == "lut":
@@ -252,6 +254,7 @@ def build_spec(
         compute_dtype=cp,
         segments=poly_segments,
         degree=poly_degree,
+        focus=in_range,
     )
 
 
