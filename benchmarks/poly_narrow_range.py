@@ -98,11 +98,10 @@ def main() -> None:
                     model, out, ConvertConfig(target, ranges_file=str(d / f"{name}.ranges.json"))
                 )
                 spec = res.manifest.converted[0].spec or {}
-                shape = f"{spec['segments']} x {spec['degree']} on [{spec['lo']:.4g}, {spec['hi']:.4g}]"
+                k, deg, a0, b0 = spec["segments"], spec["degree"], spec["lo"], spec["hi"]
+                shape = f"{k} x {deg} on [{a0:.4g}, {b0:.4g}]"
                 a, r = errors(run(out, feeds), want)
-                print(
-                    f"| {name} | [{lo:.4g}, {hi:.4g}] | {target} | {shape} | {a:.2e} | {r:.2e} |"
-                )
+                print(f"| {name} | [{lo:.4g}, {hi:.4g}] | {target} | {shape} | {a:.2e} | {r:.2e} |")
 
 
 if __name__ == "__main__":

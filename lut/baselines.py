@@ -144,8 +144,8 @@ class QuickGeluSpec(_FloatFormula):
     """QuickGELU, each operation rounded to ``compute_dtype``:
 
     ``z = 1.702*x; e = exp(-z); s = 1 / (1 + e); y = x*s`` (1.702 rounded to ``compute_dtype``;
-    exp computed in float32 and rounded once to ``compute_dtype``). ORT's Sigmoid kernel may round differently: this is the
-    reference formula, not a bit-exact model of a particular runtime.
+    exp computed in float32 and rounded once to ``compute_dtype``). ORT's Sigmoid kernel may
+    round differently: this is the reference formula, not a bit-exact model of a runtime.
     """
 
     kind = "quick-gelu"
