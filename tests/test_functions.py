@@ -226,6 +226,9 @@ POLY_CASES = [
     ((0.5, 3.0), 1, 2, "float16", "float16", "exact"),
     ((-11.6171875, 4.5546875), 16, 4, "float16", "float16", "quick"),
     ((-20.0, 8.0), 12, 5, "float32", "float32", "quick"),
+    # beyond 16 segments the body binary-searches the breakpoints
+    ((-8.0, 8.0), 32, 4, "float16", "float16", "exact"),
+    ((-63.527347564697266, 9.899266242980957), 48, 8, "float32", "float32", "quick"),
 ]
 
 
@@ -302,10 +305,14 @@ def test_igelu_three_way(in_bits: int, io: str) -> None:
         assert same_bits(run_ort(single_op_model(custom_op(spec, opset=13)), x), want)
 
 
-def test_fp16_poly_float32_inputs_dense() -> None:
-    spec = build_poly(-8.0, 8.0, 6, 3, io_dtype="float32", compute_dtype="float32")
+@pytest.mark.parametrize("segments", [6, 40])
+def test_fp16_poly_float32_inputs_dense(segments: int) -> None:
+    spec = build_poly(-8.0, 8.0, segments, 3, io_dtype="float32", compute_dtype="float32")
     x = np.random.default_rng(0).normal(0, 5, 200_000).astype(np.float32)
-    x = np.concatenate([x, np.array([np.inf, -np.inf, np.nan, -8.0, 8.0], np.float32)])
+    edges = np.array(spec.breakpoints, np.float32)
+    near = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+    specials = np.array([np.inf, -np.inf, np.nan, -8.0, 8.0, 0.0, -0.0], np.float32)
+    x = np.concatenate([x, near.astype(np.float32), specials])
     three_way(custom_op(spec, opset=21), x, spec.evaluate(x))
 
 

@@ -53,8 +53,9 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
 * **Interpolated tables**: ``GatherElements`` of the equivalent 256-entry table (the attributes
   keep the knots).
 * **Polynomials**: the exact operation sequence of :meth:`PolySpec.evaluate`: segment index by
-  comparisons with the inner breakpoints, per-segment origin and coefficients by
-  ``GatherElements`` on flat tensors (at most 63 segments, which ``onnx.reference`` can run),
+  comparisons with the inner breakpoints (beyond 16 segments a branchless binary search over
+  the breakpoint table, log2 rounds of ``GatherElements`` + ``GreaterOrEqual``), per-segment
+  origin and coefficients by ``GatherElements`` on flat tensors (at most 63 segments),
   Horner with one rounding per op, tails by ``Where``. Float16 arithmetic is float32 ops each
   followed by ``Cast`` to float16 and back: ORT's CPU kernels otherwise run a float16 chain in
   float32 and drop the intermediate roundings.
@@ -603,6 +604,9 @@ def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Cus
 # -- GeluPoly ------------------------------------------------------------------------------------
 MAX_POLY_SEGMENTS = 63
 """onnx.reference's GatherElements (numpy ``choose``) takes at most 63 entries."""
+LINEAR_SEARCH_SEGMENTS = 16
+"""Up to this many segments the body finds a segment by one comparison per breakpoint; beyond,
+by a binary search over the breakpoint table (log2 rounds)."""
 
 
 def poly_body(spec: Any) -> list[onnx.NodeProto]:
@@ -644,7 +648,54 @@ def poly_body(spec: Any) -> list[onnx.NodeProto]:
     # float16 values are exact in float32: the arithmetic dtype is float32 throughout
     coefs = spec.coefficients.astype(np.float32)
     origins = np.asarray(spec.origins, dtype=np.float32)
-    if k_seg > 1:
+    if k_seg > LINEAR_SEARCH_SEGMENTS:
+        # k = number of inner breakpoints <= x by a branchless binary search: the inner
+        # breakpoints padded with +inf to 2^m - 1 entries, m rounds of
+        # pos += step * (x >= B[pos + step - 1]) -- 6 rounds for 48 segments instead of 47
+        # comparisons; coefficient tables padded to 2^m entries (the padding is never used
+        # for finite x: +inf > x)
+        inner = list(spec.breakpoints[1:-1])
+        m = max(1, math.ceil(math.log2(len(inner) + 1)))
+        size = (1 << m) - 1
+        table = np.full(size, np.inf, np.float32)
+        table[: len(inner)] = inner
+        pad = (1 << m) - k_seg
+        coefs = np.concatenate([coefs, np.repeat(coefs[-1:], pad, axis=0)])
+        origins = np.concatenate([origins, np.repeat(origins[-1:], pad)])
+        nodes += [
+            const("bp_table", table),
+            helper.make_node("Shape", ["x"], ["flat_shape"]),
+            const("zero_i", np.zeros(1, np.int32)),
+            helper.make_node("Expand", ["zero_i", "flat_shape"], ["pos0"]),
+        ]
+        pos = "pos0"
+        step = 1 << (m - 1)
+        r = 0
+        while step >= 1:
+            r += 1
+            nodes += [
+                const(f"step{r}", np.int32(step)),
+                const(f"probe_off{r}", np.int32(step - 1)),
+                helper.make_node("Add", [pos, f"probe_off{r}"], [f"probe{r}"]),
+                helper.make_node("GatherElements", ["bp_table", f"probe{r}"], [f"b{r}"], axis=0),
+                helper.make_node("GreaterOrEqual", [xc, f"b{r}"], [f"ge{r}"]),
+                helper.make_node("Cast", [f"ge{r}"], [f"ge{r}_i"], to=TensorProto.INT32),
+                helper.make_node("Mul", [f"ge{r}_i", f"step{r}"], [f"inc{r}"]),
+                helper.make_node("Add", [pos, f"inc{r}"], [f"pos{r}"]),
+            ]
+            pos = f"pos{r}"
+            step //= 2
+        k_name = pos
+        nodes += [
+            const("origins", origins),
+            helper.make_node("GatherElements", ["origins", k_name], ["origin"], axis=0),
+        ]
+        for j in range(deg + 1):
+            nodes += [
+                const(f"c{j}_table", np.ascontiguousarray(coefs[:, j])),
+                helper.make_node("GatherElements", [f"c{j}_table", k_name], [f"c{j}"], axis=0),
+            ]
+    elif k_seg > 1:
         # k = number of inner breakpoints <= x, one scalar comparison each (float32: exact for
         # float16 values; ORT's broadcast [N, K-1] comparison is 10x slower)
         for j, b in enumerate(spec.breakpoints[1:-1], start=1):
