@@ -14,7 +14,8 @@ than the 2^-20 asked):
 
 Single core, numpy, chunks of 2^22 inputs, each segment's slice evaluated with its scalar
 coefficients (the same float32 operations as :meth:`PolySpec.evaluate`, checked against it on
-every first chunk). Run: ``python benchmarks/poly_fp32_check.py [--form exact tanh quick]``.
+every first chunk).
+Run: ``python benchmarks/poly_fp32_check.py [--form exact tanh quick] [--shape K D]``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,15 @@ def evaluate_sorted(spec: PolySpec, x32: npt.NDArray[np.float32]) -> npt.NDArray
     return out
 
 
-def check(form: str, chunk_bits: int) -> dict[str, float]:
-    spec = build_exact_poly(form=form, io_dtype="float32", compute_dtype="float32")  # type: ignore[arg-type]
+def check(form: str, chunk_bits: int, shape: tuple[int, int] | None = None) -> dict[str, float]:
+    k, d = shape if shape is not None else (None, None)
+    spec = build_exact_poly(
+        form=form,  # type: ignore[arg-type]
+        io_dtype="float32",
+        compute_dtype="float32",
+        segments=k,
+        degree=d,
+    )
     lo, hi = spec.domain
     ranges = [
         (0, int(np.float32(hi).view(np.uint32))),  # +0 .. H
@@ -128,13 +136,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--form", nargs="+", default=["exact", "tanh", "quick"])
     ap.add_argument("--chunk-bits", type=int, default=22)
+    ap.add_argument(
+        "--shape", type=int, nargs=2, default=None, metavar=("K", "D"), help="not the default"
+    )
     args = ap.parse_args()
     print("| form | spec | domain | float32 inputs | max ulp | max rel | worst x | "
           "max abs below 2^-126 | % correctly rounded | CPU s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for form in args.form:
         t0 = time.process_time()
-        r = check(form, args.chunk_bits)
+        r = check(form, args.chunk_bits, None if args.shape is None else tuple(args.shape))
         dt = time.process_time() - t0
         print(
             f"| {form} | {r['segments']} x {r['degree']} | [{r['lo']:.6g}, {r['hi']:.6g}] | "
