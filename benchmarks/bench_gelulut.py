@@ -7,6 +7,10 @@ All candidates run on the same int8 tensor (default 32x128x1536), interleaved ro
 Candidates:
 
 * ``GeluLut exact/tanh (formula)`` - the default body for GELU tables, proved equal to the table;
+* ``GeluLut quick (formula)`` - QuickGELU tables: ``DequantizeLinear -> Mul(1.702) -> Sigmoid
+  -> Mul -> QuantizeLinear``, proved equal to the table (any opset), next to the same graph
+  written plainly, with ORT's ``com.microsoft.QuickGelu`` kernel, and the GatherElements body;
+  ratios are against ``DQ -> Gelu -> Q`` (exact);
 * ``GeluLut arbitrary (GatherElements)`` - the general body (a random 256-entry table);
 * ``GeluInterpLut 32 (GatherElements)`` - interpolated table, expanded to 256 entries;
 * ``GeluLut exact (formula, opset 17)`` - the same table in an opset-17 model (no Gelu op:
@@ -65,6 +69,36 @@ def dq_gelu_q(spec: LutSpec, approximate: str) -> onnx.ModelProto:
     return _plain(nodes, inits, TensorProto.INT8)
 
 
+def dq_quick_q(spec: LutSpec, fused: bool) -> onnx.ModelProto:
+    """``DequantizeLinear -> x·Sigmoid(1.702x) -> QuantizeLinear`` spelled out, or with ORT's
+    ``com.microsoft.QuickGelu`` kernel (``fused``)."""
+    qi, qo = spec.in_qparams, spec.out_qparams
+    assert qo is not None
+    inits = [
+        numpy_helper.from_array(np.float32(qi.scale), "si"),
+        numpy_helper.from_array(np.int8(qi.zero_point), "zi"),
+        numpy_helper.from_array(np.float32(qo.scale), "so"),
+        numpy_helper.from_array(np.int8(qo.zero_point), "zo"),
+        numpy_helper.from_array(np.float32(1.702), "alpha"),
+    ]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "si", "zi"], ["f"])]
+    if fused:
+        nodes.append(
+            helper.make_node("QuickGelu", ["f"], ["g"], domain="com.microsoft", alpha=1.702)
+        )
+    else:
+        nodes += [
+            helper.make_node("Mul", ["f", "alpha"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["s"]),
+            helper.make_node("Mul", ["f", "s"], ["g"]),
+        ]
+    nodes.append(helper.make_node("QuantizeLinear", ["g", "so", "zo"], ["y"]))
+    m = _plain(nodes, inits, TensorProto.INT8)
+    if fused:
+        m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
 def gather_int64(table: np.ndarray) -> onnx.ModelProto:
     nodes = [
         helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
@@ -119,21 +153,28 @@ def main() -> None:
         form="exact",
         table=rng.integers(-128, 128, 256).astype(np.int8),
     )
+    quick = build_lut(in_range=(-9.0, 4.5), form="quick")
     interp = build_interp_lut(segments=32, in_range=(-9.0, 4.5))
     ops = {
         "GeluLut exact (formula)": custom_op(exact),
         "GeluLut tanh (formula)": custom_op(tanh),
+        "GeluLut quick (formula)": custom_op(quick),
+        "GeluLut quick (formula, opset 17)": custom_op(quick, opset=17),
+        "GeluLut quick (GatherElements)": custom_op(quick, lut_body="gather-elements"),
         "GeluLut exact (formula, opset 17)": custom_op(exact, opset=17),
         "GeluLut arbitrary (GatherElements)": custom_op(arbitrary),
         "GeluLut arbitrary (Gather)": custom_op(arbitrary, lut_body="gather"),
         "GeluInterpLut 32 (GatherElements)": custom_op(interp),
     }
     assert ops["GeluLut exact (formula)"].body_kind == "formula"
+    assert ops["GeluLut quick (formula)"].body_kind == "formula"
     assert ops["GeluLut arbitrary (GatherElements)"].body_kind == "gather-elements"
     assert ops["GeluLut arbitrary (Gather)"].body_kind == "gather"
     models = {
         "DQ->Gelu->Q exact": dq_gelu_q(exact, "none"),
         "DQ->Gelu->Q tanh": dq_gelu_q(tanh, "tanh"),
+        "DQ->x*Sigmoid(1.702x)->Q quick": dq_quick_q(quick, fused=False),
+        "DQ->ms.QuickGelu->Q quick": dq_quick_q(quick, fused=True),
         **{k: single_op_model(op, shape=args.shape) for k, op in ops.items()},
         "Cast->Gather int64 (naive)": gather_int64(arbitrary.table),
     }

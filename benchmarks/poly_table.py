@@ -4,7 +4,9 @@ Prints a markdown table of (segments, degree, arithmetic) -> max ulp, % correctl
 max absolute error where |GELU| < 2^-14, for 8/16/32 segments x degree 2/3/4 x float16/float32
 Horner, next to the tanh formula, QuickGELU and I-BERT's i-GELU over the same inputs, plus a
 naive fit in global coordinates and uniform breakpoints for contrast, and the float32-in/out
-polynomial's absolute and relative errors. Run: ``python benchmarks/poly_table.py [--quick]``.
+polynomial's absolute and relative errors; then the *default* specs of every target and form
+(max ulp, % correctly rounded). Run: ``python benchmarks/poly_table.py [--quick]``
+(``--defaults``: only the defaults table).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 
 from gelu_quant.lut import poly_fit as pf
 from gelu_quant.lut.baselines import IGeluSpec, QuickGeluSpec, TanhGeluSpec
-from gelu_quant.lut.poly import PolySpec, build_poly
-from gelu_quant.lut.report import fp16_inputs, score_fp16
+from gelu_quant.lut.poly import PolySpec, build_exact_poly, build_poly
+from gelu_quant.lut.report import fp16_inputs, score_fp16, score_fp32
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.numerics import gelu
 
@@ -59,8 +61,50 @@ def global_coordinates(spec: PolySpec) -> PolySpec:
     )
 
 
+def defaults() -> None:
+    """The default specs conversion uses (fitted where their tails are exact), every form."""
+    print("\n# default polynomials (build_exact_poly), scored over the whole real line:")
+    print("# fp16: every finite float16 input; fp32: a dense sample (2e6 points of the fitted")
+    print("# domain, 1e5 near 0, around every breakpoint; benchmarks/poly_fp32_check.py checks")
+    print("# every float32)\n")
+    print("| target | form | spec (cost) | fitted domain | max ulp | % correctly rounded | "
+          "max rel / abs below normal |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    all16 = fp16_inputs(-65504.0, 65504.0)
+    for io, cp, target in (
+        ("float16", "float16", "fp16-poly"),
+        ("float16", "float32", "fp16-poly-fp32acc"),
+        ("float32", "float32", "fp32-poly"),
+    ):
+        for form in ("exact", "tanh", "quick"):
+            spec = build_exact_poly(form=form, io_dtype=io, compute_dtype=cp)  # type: ignore[arg-type]
+            lo, hi = spec.domain
+            shape = f"{spec.segments} x {spec.degree} ({spec.cost})"
+            if io == "float16":
+                r = score_fp16(all16, spec.evaluate(all16), form)  # type: ignore[arg-type]
+                extra = f"abs below 2^-14 {r.max_abs_below_normal:.2e}"
+                mx, pct = r.max_ulp, r.pct_correctly_rounded
+            else:
+                rng = np.random.default_rng(0)
+                parts = [np.linspace(lo, hi, 2_000_001), np.geomspace(1e-38, 1.0, 50_000)]
+                parts += [-parts[1], rng.uniform(lo, hi, 200_000)]
+                for b in spec.breakpoints:
+                    parts.append(np.float32(b) + np.arange(-256, 257) * np.spacing(np.float32(b)))
+                x32 = np.unique(np.concatenate(parts).astype(np.float32))
+                f = score_fp32(x32, spec.evaluate(x32), form)  # type: ignore[arg-type]
+                extra = f"rel {f.max_rel:.2e}, abs below 2^-126 {f.max_abs_below_normal:.1e}"
+                mx, pct = f.max_ulp, f.pct_correctly_rounded
+            print(
+                f"| {target} | {form} | {shape} | [{lo:.6g}, {hi:.6g}] | {mx} | {pct:.2f} | "
+                f"{extra} |"
+            )
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    if "--defaults" in sys.argv:
+        defaults()
+        return
     x16 = fp16_inputs(LO, HI)
     print(f"# GELU on [{LO:g}, {HI:g}]: every float16 input ({x16.size}), exact GELU rounded once")
     print("# ulps where |GELU| >= 2^-14; absolute error (target <= 2^-14 = 6.10e-05) below\n")
@@ -92,6 +136,8 @@ def main() -> None:
     for bits in (8, 16):
         spec = IGeluSpec(LO, HI, in_bits=bits, io_dtype="float16")
         print(row(f"i-GELU (I-BERT), int{bits} input, shift {spec.shift_bits}", spec, x16, None))
+
+    defaults()
 
     print("\n# float32 in/out, float32 Horner, 16 segments x degree 4: dense grid of 2e6 points")
     t0 = time.process_time()

@@ -143,10 +143,10 @@ def approx() -> None:
 )
 @click.option(
     "--form",
-    type=click.Choice(["exact", "tanh"]),
+    type=click.Choice(["exact", "tanh", "quick"]),
     default="exact",
     show_default=True,
-    help="Which GELU the table holds (a tanh-GELU model gets its own table).",
+    help="Which GELU the table holds (tanh-GELU and QuickGELU models get their own).",
 )
 @click.option(
     "--interp",
@@ -214,7 +214,7 @@ _FLOAT_CHOICE = ("fp16", "float16", "fp32", "float32")
 )
 @click.option(
     "--form",
-    type=click.Choice(["exact", "tanh"]),
+    type=click.Choice(["exact", "tanh", "quick"]),
     default="exact",
     show_default=True,
     help="Which GELU to fit.",
@@ -239,7 +239,12 @@ def poly_cmd(
     exports: tuple[tuple[str, str], ...],
     name: str,
 ) -> None:
-    """A piecewise polynomial (minimax fit, local coordinates, exact tails)."""
+    """A piecewise polynomial fitted on --range (minimax fit, local coordinates).
+
+    Beyond the range its tails are 0 below and x above, exact only where GELU rounds to those
+    in the dtype; the error report covers the whole real line, so a narrow range shows its
+    tails' error (conversion fits the exact-tails domain by itself).
+    """
     from gelu_quant.lut.poly import MAX_DEGREE, BreakpointMode, FloatDType, build_poly
 
     lo, hi = check_range(range_)

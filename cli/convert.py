@@ -52,13 +52,20 @@ from gelu_quant.graph.inject import TARGETS, ConvertConfig, convert_file, defaul
 )
 @click.option(
     "--form",
-    type=click.Choice(["exact", "tanh"]),
+    type=click.Choice(["exact", "tanh", "quick"]),
     default=None,
-    help="GELU form to approximate (default: each site's own).",
+    help="GELU form to approximate (default: each site's own; QuickGELU sites are always quick).",
 )
 @click.option("--site", "sites", multiple=True, help="Convert only this site id. Repeatable.")
-@click.option("--segments", type=int, default=8, show_default=True, help="Polynomial segments.")
-@click.option("--degree", type=int, default=3, show_default=True, help="Polynomial degree.")
+@click.option(
+    "--segments",
+    type=int,
+    default=None,
+    help="Polynomial segments (default: the target's default shape, see README).",
+)
+@click.option(
+    "--degree", type=int, default=None, help="Polynomial degree (default: the target's default)."
+)
 @click.option(
     "--lut-body",
     type=click.Choice(list(LUT_BODIES)),
@@ -81,8 +88,8 @@ def convert(
     overwrite: bool,
     form: Any,
     sites: tuple[str, ...],
-    segments: int,
-    degree: int,
+    segments: int | None,
+    degree: int | None,
     lut_body: Any,
     as_json: bool,
     quiet: bool,
@@ -90,7 +97,9 @@ def convert(
     """Replace every GELU of MODEL and write OUT.onnx plus its manifest.
 
     Float sites take their input range from --ranges (per site) or --range (all sites);
-    QDQ sites with a table target use the scales already in the graph.
+    QDQ sites with a table target use the scales already in the graph (the ranges are not
+    used for them: a warning on stderr and the manifest's notes say so). Polynomials are
+    fitted where their tails are exact, whatever the range.
     """
     out = Path(output)
     if out.exists() and not overwrite:
@@ -110,6 +119,8 @@ def convert(
     )
     result = convert_file(model, out, config, manifest_path=manifest_path)
     man = result.manifest
+    for note in man.notes:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(man.dumps(), nl=False)
         return
@@ -121,9 +132,14 @@ def convert(
         if s.status == "converted":
             err = (s.error or {}).get("max_abs")
             rng = "" if s.range is None else f" [{s.range[0]:.6g}, {s.range[1]:.6g}]"
+            spec = s.spec or {}
+            cost = ""
+            if "segments" in spec and "degree" in spec:
+                k, d = spec["segments"], spec["degree"]
+                cost = f", {k} seg x deg {d} = cost {k * d}"
             click.echo(
-                f"  {s.id}: {s.spelling} -> {s.op_type} ({s.mode}, body {s.body}){rng} "
-                f"max error {err:.3e}"
+                f"  {s.id}: {s.spelling} -> {s.op_type} ({s.form}, {s.mode}, body {s.body}"
+                f"{cost}){rng} max error {err:.3e}"
             )
         else:
             click.echo(f"  {s.id}: skipped: {s.reason}")

@@ -29,6 +29,7 @@ The fitter (:func:`build_poly`) minimises the error that is scored: relative err
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -44,9 +45,10 @@ from gelu_quant.numerics import GELU_FORMS, GeluForm
 FloatDType = Literal["float16", "float32"]
 FLOAT_DTYPES: tuple[FloatDType, ...] = ("float16", "float32")
 BreakpointMode = Literal["optimized", "uniform"]
-MAX_DEGREE = 4
+MAX_DEGREE = 8
 _NP: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 FP16_MIN_NORMAL = 2.0**-14
+FP32_MIN_NORMAL = 2.0**-126
 
 
 def _representable(v: float, dtype: str) -> bool:
@@ -85,11 +87,12 @@ class PolySpec(GeluApprox):
     6. ``y = Cast(acc, io_dtype)``;
     7. tails: ``xi < lo -> 0``, ``xi > hi -> xi``; NaN in, NaN out.
 
-    The tails are GELU's limits. They are exact to the output precision when the range reaches
-    far enough: in float16, 0 meets the absolute target (``|GELU| < 2**-14``) below -4.18 and
-    GELU rounds to ``x`` above 3.45; in float32, ``|GELU| < 6e-15`` below -8 and GELU rounds
-    to ``x`` above 5.35. A narrower range is a choice to clip there (calibrated ranges
-    usually are); the fitted range [-8, 8] needs no such choice.
+    The tails are GELU's limits. They are exact in ``io_dtype`` only beyond the points where
+    GELU of the form rounds to 0 (below) and to ``x`` (above) in that dtype
+    (:func:`exact_tail_domain`; exact form, float16: -5.72 / 3.45; float32: -14.36 / 5.35;
+    QuickGELU decays slowly: float16 -11.6, float32 -63.5). :func:`build_exact_poly` fits that
+    domain, which is what conversion uses; a spec fitted on a narrower range is wrong in
+    its tails inside that domain, and its error report (over the whole real line) shows it.
     """
 
     kind = "poly"
@@ -140,7 +143,8 @@ class PolySpec(GeluApprox):
             raise SpecError(f"coefficients must be a {self.compute_dtype} array")
         if c.ndim != 2 or c.shape[0] != k or not 2 <= c.shape[1] <= MAX_DEGREE + 1:
             raise SpecError(
-                f"coefficients have shape {c.shape}; expected ({k}, degree + 1), degree 1..4"
+                f"coefficients have shape {c.shape}; expected ({k}, degree + 1), degree "
+                f"1..{MAX_DEGREE}"
             )
         if not np.all(np.isfinite(c)):
             raise SpecError("coefficients must be finite")
@@ -183,6 +187,14 @@ class PolySpec(GeluApprox):
         """The io dtype: float16 specs are scored in float16 ulps on every float16 input, and
         float32 specs on float32 inputs (see :func:`gelu_quant.lut.report.error_report`)."""
         return self.io_dtype
+
+    whole_line = True
+    """Error reports cover the whole real line (tails included), not just the fitted domain."""
+
+    @property
+    def cost(self) -> int:
+        """Segments x degree: the multiply-adds and table entries a device pays for."""
+        return self.segments * self.degree
 
     # -- semantics ---------------------------------------------------------------------------
     def segment_index(self, xi: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
@@ -249,8 +261,8 @@ class PolySpec(GeluApprox):
     def summary(self) -> str:
         return (
             f"poly: {self.form} GELU on [{self.lo:.6g}, {self.hi:.6g}], {self.segments} segments "
-            f"of degree {self.degree}, {self.io_dtype} in/out, {self.compute_dtype} Horner, "
-            f"tails 0 below / x above"
+            f"of degree {self.degree} (cost {self.cost}), {self.io_dtype} in/out, "
+            f"{self.compute_dtype} Horner, tails 0 below / x above"
         )
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
@@ -259,6 +271,104 @@ class PolySpec(GeluApprox):
             "origins": np.asarray(self.origins, dtype=_NP[self.compute_dtype]),
             "coefficients": self.coefficients,
         }
+
+
+# -- the exact-tails domain and the default specs -----------------------------------------------
+DEFAULT_SHAPES: dict[tuple[str, str, str], tuple[int, int]] = {
+    # (io dtype, compute dtype, form) -> (segments, degree); chosen by benchmarks/poly_table.py
+    # and benchmarks/poly_fp32_check.py as the cheapest that meet the bounds (see README)
+    ("float16", "float16", "exact"): (11, 5),
+    ("float16", "float16", "tanh"): (13, 4),
+    ("float16", "float16", "quick"): (11, 5),
+    ("float16", "float32", "exact"): (6, 5),
+    ("float16", "float32", "tanh"): (6, 5),
+    ("float16", "float32", "quick"): (7, 5),
+    ("float32", "float32", "exact"): (36, 8),
+    ("float32", "float32", "tanh"): (36, 8),
+    ("float32", "float32", "quick"): (44, 8),
+}
+"""Default polynomial shapes. Float16 io (float16 or float32 Horner): within 1 ulp of the
+correctly rounded float16 GELU on every float16 input. Float32: within 8 float32 ulps of float64
+GELU (relative error <= 2**-20 where ``|GELU| >= 2**-126``, absolute error below 2**-126 there)."""
+
+
+def default_shape(io_dtype: str, compute_dtype: str, form: str) -> tuple[int, int]:
+    """``(segments, degree)`` of the default polynomial for these dtypes and form."""
+    try:
+        return DEFAULT_SHAPES[(io_dtype, compute_dtype, form)]
+    except KeyError:
+        raise SpecError(
+            f"no default polynomial for io {io_dtype!r}, compute {compute_dtype!r}, form {form!r}"
+        ) from None
+
+
+def exact_tail_domain(form: GeluForm, io_dtype: str) -> tuple[float, float]:
+    """The fitted domain beyond which the tails (0 below, ``x`` above) are exact in
+    ``io_dtype``: :func:`gelu_quant.numerics.tail_bounds` (GELU of ``form`` rounds to 0 below
+    it and to ``x`` above it, for every ``io_dtype`` input)."""
+    from gelu_quant.numerics import tail_bounds
+
+    if form not in GELU_FORMS:
+        raise SpecError(f"unknown GELU form {form!r}; expected one of {', '.join(GELU_FORMS)}")
+    if io_dtype not in FLOAT_DTYPES:
+        raise SpecError(f"unknown io dtype {io_dtype!r}; expected float16 or float32")
+    return tail_bounds(form, io_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_poly_cached(
+    form: GeluForm,
+    io_dtype: FloatDType,
+    compute_dtype: FloatDType,
+    segments: int,
+    degree: int,
+    focus: tuple[float, float] | None,
+) -> PolySpec:
+    lo, hi = exact_tail_domain(form, io_dtype)
+    return build_poly(
+        lo,
+        hi,
+        segments,
+        degree,
+        io_dtype=io_dtype,
+        compute_dtype=compute_dtype,
+        form=form,
+        focus=focus,
+    )
+
+
+def build_exact_poly(
+    *,
+    form: GeluForm = "exact",
+    io_dtype: FloatDType = "float16",
+    compute_dtype: FloatDType = "float16",
+    segments: int | None = None,
+    degree: int | None = None,
+    focus: tuple[float, float] | None = None,
+) -> PolySpec:
+    """A polynomial that is right on the whole real line: fitted on
+    :func:`exact_tail_domain` (so its tails are exact in ``io_dtype``), whatever range the
+    inputs were calibrated to. ``segments``/``degree`` default to :data:`DEFAULT_SHAPES`.
+
+    The calibrated range (``focus``) decides where accuracy concentrates, never where
+    correctness ends: with a shape of the caller's choosing, errors outside it count
+    ``FOCUS_SLACK`` (16) times less. The default shapes meet their bound on every input, so
+    with them ``focus`` is ignored (one verified spec per form and dtype). Specs are cached:
+    the sites of a model share a build.
+    """
+    d_seg, d_deg = default_shape(io_dtype, compute_dtype, form)
+    k = d_seg if segments is None else segments
+    d = d_deg if degree is None else degree
+    if (k, d) == (d_seg, d_deg):
+        focus = None
+    lo, hi = exact_tail_domain(form, io_dtype)
+    if focus is not None:
+        # outside the fitted domain the tails are exact anyway
+        f_lo, f_hi = max(float(focus[0]), lo), min(float(focus[1]), hi)
+        focus = (f_lo, f_hi) if f_lo < f_hi else None
+        if focus is not None and focus[0] <= lo and focus[1] >= hi:
+            focus = None
+    return _exact_poly_cached(form, io_dtype, compute_dtype, k, d, focus)
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -300,11 +410,14 @@ def build_poly(
     compute_dtype: FloatDType = "float16",
     form: GeluForm = "exact",
     breakpoints: BreakpointMode = "optimized",
+    focus: tuple[float, float] | None = None,
 ) -> PolySpec:
     """Fit a piecewise polynomial GELU on ``[lo, hi]`` (see the module docstring).
 
     ``lo`` and ``hi`` are rounded outwards to ``io_dtype``. ``segments`` counts every segment,
     including the exact zero / identity end segments that optimised float16 breakpoints use.
+    ``focus`` (a calibrated range) concentrates the accuracy: errors outside it count
+    ``poly_fit.FOCUS_SLACK`` times less when placing breakpoints and fitting.
     """
     from gelu_quant.lut import poly_fit as pf
 
@@ -330,7 +443,11 @@ def build_poly(
     if straddles and segments < 2:
         raise SpecError("a range that contains 0 needs at least 2 segments (a breakpoint at 0)")
 
-    grid = pf.Grid.build(lo_r, hi_r, io_dtype, form)
+    if focus is not None and not (
+        math.isfinite(focus[0]) and math.isfinite(focus[1]) and focus[0] < focus[1]
+    ):
+        raise SpecError(f"focus range {focus} must be finite with LO < HI")
+    grid = pf.Grid.build(lo_r, hi_r, io_dtype, form, focus)
     zero_i = grid.index(0.0) if lo_r <= 0.0 <= hi_r else None
     fixed: dict[int, tuple[float, list[float]]] = {}  # segment -> (origin, coefficients)
     if breakpoints == "uniform":
@@ -393,11 +510,9 @@ def _optimised(
 ) -> tuple[list[float], dict[int, tuple[float, list[float]]]]:
     """Optimised breakpoints (as values) and the exact end segments they use.
 
-    End segments output 0 (left) or x (right), for float16 outputs only, exactly as far as
-    that is correct for every float16 input (|GELU| < 2**-14; GELU rounds to x). For float32
-    outputs, end segments sized to the polynomials' error (|GELU| <= eps 2**-14, Q(x) <= eps)
-    were measured to make things worse (16 x 4: relative error 4.4e-5 instead of 3.7e-5): the
-    polynomials are cheap at the ends, so none are used.
+    End segments output 0 (left) or x (right) exactly as far as that meets the target for
+    every input: ``|GELU| <`` the smallest normal (2**-14 in float16, 2**-126 in float32: the
+    absolute target there), and GELU rounding to ``x``.
     """
     from gelu_quant.lut import poly_fit as pf
 
@@ -405,9 +520,10 @@ def _optimised(
     lo_i, hi_i = 0, n - 1
     cost = pf.SegmentCost(grid, degree, compute_dtype)
 
-    def ends(cr: npt.NDArray[np.float16]) -> tuple[int | None, int | None]:
-        zero_ok = np.abs(grid.g) < FP16_MIN_NORMAL
-        ident_ok = cr.astype(np.float64) == grid.x
+    def ends() -> tuple[int | None, int | None]:
+        tiny = FP16_MIN_NORMAL if grid.io_dtype == "float16" else FP32_MIN_NORMAL
+        zero_ok = np.abs(grid.g) < tiny
+        ident_ok = grid.g.astype(_NP[grid.io_dtype]).astype(np.float64) == grid.x
         z = int(np.argmin(zero_ok)) if not zero_ok.all() else n
         z_i = z if 0 < z < hi_i and (zero_i is None or z < zero_i) else None
         r_i = None
@@ -431,15 +547,12 @@ def _optimised(
         return eps, cuts, z_i is not None, r_i is not None
 
     best: Attempt | None = None
-    if grid.cr is not None:
-        # exact end segments cost nothing in float16: take the first layout that fits
-        z_i, r_i = ends(grid.cr)
-        for zz, rr in ((z_i, r_i), (z_i, None), (None, r_i), (None, None)):
-            best = attempt(zz, rr)
-            if best is not None:
-                break
-    else:
-        best = attempt(None, None)
+    # exact end segments cost nothing: take the first layout that fits
+    z_i, r_i = ends()
+    for zz, rr in ((z_i, r_i), (z_i, None), (None, r_i), (None, None)):
+        best = attempt(zz, rr)
+        if best is not None:
+            break
     if best is None:
         raise SpecError(f"cannot place {segments} segments; use more segments")
     _, cuts, use_z, use_r = best

@@ -22,6 +22,9 @@ from gelu_quant.numerics import GeluForm, gelu
 F64 = npt.NDArray[np.float64]
 _NP: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 FP16_MIN_NORMAL = 2.0**-14
+FP32_MIN_NORMAL = 2.0**-126
+FOCUS_SLACK = 16.0
+"""How much less an error outside a focus range counts (see :meth:`Grid.build`)."""
 _ULP_PENALTY = 10**6
 
 
@@ -39,6 +42,21 @@ def _fp32_grid(lo: float, hi: float) -> F64:
     g = np.concatenate(parts)
     g = g[(g >= lo) & (g <= hi)].astype(np.float32).astype(np.float64)
     return np.unique(g)
+
+
+def _tiny_edge(lo: float, hi: float, form: GeluForm) -> float | None:
+    """The most negative float32 ``x`` in ``[lo, hi]`` with ``|GELU(x)| >= 2**-126`` (where a
+    zero end segment must stop), when the range reaches below it."""
+    xs = np.linspace(lo, min(hi, 0.0), 20001).astype(np.float32).astype(np.float64)
+    ok = np.abs(gelu(xs, form)) >= FP32_MIN_NORMAL
+    if ok[0] or not ok.any():
+        return None
+    i = int(np.argmax(ok))
+    a, b = np.float32(xs[i - 1]), np.float32(xs[i])
+    bits = np.arange(int(np.abs(b).view(np.uint32)), int(np.abs(a).view(np.uint32)) + 1)
+    cand = -bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    good = cand[np.abs(gelu(cand, form)) >= FP32_MIN_NORMAL]
+    return float(good.min())
 
 
 def fp16_ulp_unit(g: F64) -> F64:
@@ -64,14 +82,30 @@ class Grid:
     """Correctly rounded float16 GELU (float16 outputs only)."""
 
     @classmethod
-    def build(cls, lo: float, hi: float, io_dtype: str, form: GeluForm) -> Grid:
+    def build(
+        cls,
+        lo: float,
+        hi: float,
+        io_dtype: str,
+        form: GeluForm,
+        focus: tuple[float, float] | None = None,
+    ) -> Grid:
+        """The grid of ``[lo, hi]``. With ``focus``, errors outside it are measured in units
+        :data:`FOCUS_SLACK` times larger, so breakpoints and fits spend their accuracy inside."""
         if io_dtype == "float16":
             x = _fp16_values(lo, hi)
             g = gelu(x, form)
-            return cls(x, g, fp16_ulp_unit(g), io_dtype, g.astype(np.float16))
-        x = _fp32_grid(lo, hi)
-        g = gelu(x, form)
-        return cls(x, g, np.maximum(np.abs(g), FP16_MIN_NORMAL), io_dtype, None)
+            unit, cr = fp16_ulp_unit(g), g.astype(np.float16)
+        else:
+            x = _fp32_grid(lo, hi)
+            edge = _tiny_edge(lo, hi, form)
+            if edge is not None:
+                x = np.unique(np.concatenate([x, [edge]]))
+            g = gelu(x, form)
+            unit, cr = np.maximum(np.abs(g), FP32_MIN_NORMAL), None
+        if focus is not None:
+            unit = np.where((x < focus[0]) | (x > focus[1]), unit * FOCUS_SLACK, unit)
+        return cls(x, g, unit, io_dtype, cr)
 
     def index(self, v: float) -> int:
         """Index of the grid point ``v`` (which must be on the grid)."""
@@ -479,8 +513,7 @@ def fit_segment(
     """Fit, round and (float16 arithmetic) search the segment ``[a, b)`` (``[a, b]``).
 
     Segments that touch 0 use origin 0 and ``c_0 = 0``. Others try origins at both ends and
-    the middle in float16 arithmetic (the search is scored exactly, so the best one wins), the
-    middle in float32.
+    the middle (scored exactly, so the best one wins).
     """
     cp = _NP[compute_dtype]
     sel = (grid.x >= a) & ((grid.x < b) | (include_b & (grid.x == b)))
@@ -493,12 +526,10 @@ def fit_segment(
         compute_dtype,
     )
     at_zero = 0.0 in (a, b)
-    if at_zero:
-        cands = [0.0]
-    elif compute_dtype == "float16":
-        cands = sorted({float(cp(v)) for v in (a, 0.5 * (a + b), b)})
-    else:
-        cands = [float(cp(0.5 * (a + b)))]
+    # otherwise both ends and the middle (exact scoring picks): in exponential tails the end
+    # where |GELU| is smallest makes every Horner term of one sign, so nothing cancels
+    ends = sorted({float(cp(v)) for v in (a, 0.5 * (a + b), b)})
+    cands = [0.0] if at_zero else ends
     best: FittedSegment | None = None
     for o in cands:
         row, score = round_coefficients(seg, o, degree, at_zero, search=compute_dtype == "float16")

@@ -7,7 +7,14 @@ Two views:
 * **fp16 ulp** (for specs that evaluate float16 inputs directly): over *every* float16 value in
   the domain, the distance in units of the last place between the spec's output and the correctly
   rounded float16 GELU, where ``|GELU(x)| >= 2**-14`` (float16's smallest normal), and the
-  absolute error below that.
+  absolute error below that;
+* **fp32** (float32 io): over the dense grid, float32 ulps from the correctly rounded GELU and
+  relative error where ``|GELU(x)| >= 2**-126``, absolute error below.
+
+Specs with ``whole_line`` (polynomials) are reported over the whole real line: every finite
+float16 value, or for float32 a dense grid over the fitted domain widened by half its length
+plus geometric samples of both tails out to the largest float32, so a tail that is not exact
+in its precision shows up in the report.
 """
 
 from __future__ import annotations
@@ -68,6 +75,65 @@ class Fp16UlpReport:
 
 
 @dataclass(frozen=True)
+class Fp32Report:
+    """Float32 output scored against float64 GELU on float32 inputs."""
+
+    n_inputs: int
+    n_rel_scored: int
+    """Inputs with ``|GELU(x)| >= 2**-126``: scored by relative error and ulps."""
+    max_ulp: int
+    pct_correctly_rounded: float
+    max_rel: float
+    worst_x: float
+    max_abs_below_normal: float
+    """Largest absolute error where ``|GELU(x)| < 2**-126`` (the target there is 2**-126)."""
+
+
+FP32_MIN_NORMAL = 2.0**-126
+
+
+def _ordered32(y: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    b = y.astype(np.float32).view(np.int32).astype(np.int64)
+    return np.where(b < 0, -(b & 0x7FFFFFFF), b)
+
+
+def score_fp32(
+    x32: npt.NDArray[np.float32], y: npt.ArrayLike, form: GeluForm = "exact"
+) -> Fp32Report:
+    """Score float32 outputs ``y`` for float32 inputs ``x32`` against float64 GELU."""
+    x32 = np.asarray(x32, dtype=np.float32)
+    y32 = np.asarray(y).astype(np.float32)
+    exact = gelu(x32.astype(np.float64), form)
+    normal = np.abs(exact) >= FP32_MIN_NORMAL
+    err = np.abs(y32.astype(np.float64) - exact)
+    rel = err[normal] / np.abs(exact[normal])
+    ulps = np.abs(_ordered32(y32) - _ordered32(exact.astype(np.float32)))[normal]
+    below = err[~normal]
+    i = int(np.argmax(rel)) if rel.size else 0
+    return Fp32Report(
+        n_inputs=int(x32.size),
+        n_rel_scored=int(rel.size),
+        max_ulp=int(ulps.max()) if ulps.size else 0,
+        pct_correctly_rounded=100.0 * float(np.mean(ulps == 0)) if ulps.size else 100.0,
+        max_rel=float(rel[i]) if rel.size else 0.0,
+        worst_x=float(x32[normal][i]) if rel.size else float("nan"),
+        max_abs_below_normal=float(below.max()) if below.size else 0.0,
+    )
+
+
+def whole_line_inputs(lo: float, hi: float, dtype: str, n_points: int) -> npt.NDArray[np.float64]:
+    """Inputs for a whole-line report: dense over ``[lo, hi]`` widened by half its length,
+    geometric samples of both tails out to the dtype's largest value, values near 0."""
+    big = float(np.finfo(np.float16 if dtype == "float16" else np.float32).max)
+    w = 0.5 * (hi - lo)
+    dense = np.linspace(lo - w, hi + w, n_points)
+    tail = np.geomspace(1.0, big, 2001)
+    near0 = np.geomspace(2.0**-30, 1.0, 2001)
+    x = np.concatenate([dense, -tail, tail, near0, -near0, [0.0]])
+    return np.unique(x.astype(np.float16 if dtype == "float16" else np.float32).astype(np.float64))
+
+
+@dataclass(frozen=True)
 class ErrorReport:
     """Errors of one spec against float64 GELU of its form."""
 
@@ -81,6 +147,9 @@ class ErrorReport:
     max_abs_at_codes: float | None = None
     """Table specs: the largest error at the real value of an input code."""
     fp16: Fp16UlpReport | None = None
+    fp32: Fp32Report | None = None
+    whole_line: bool = False
+    """The inputs covered the whole real line (``domain`` is then the dtype's finite range)."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,6 +166,13 @@ class ErrorReport:
         ]
         if self.max_abs_at_codes is not None:
             out.append(f"max error at the input codes: {self.max_abs_at_codes:.3e}")
+        if self.fp32 is not None:
+            r = self.fp32
+            out.append(
+                f"fp32: {r.n_inputs} inputs: max {r.max_ulp} ulp, max rel {r.max_rel:.3e} "
+                f"(x={r.worst_x:.6g}), correctly rounded {r.pct_correctly_rounded:.2f}%; below "
+                f"2^-126: max abs {r.max_abs_below_normal:.3e}"
+            )
         if self.fp16 is not None:
             f = self.fp16
             out.append(
@@ -153,8 +229,14 @@ def error_report(
     ``ulp_dtype`` is ``"float16"`` get the float16 ulp report over every float16 input.
     """
     lo, hi = domain if domain is not None else spec.domain
-    x = np.linspace(lo, hi, n_points)
     ulp_dtype = getattr(spec, "ulp_dtype", None)
+    whole = domain is None and bool(getattr(spec, "whole_line", False)) and ulp_dtype is not None
+    x = np.linspace(lo, hi, n_points)
+    if whole:
+        assert ulp_dtype is not None
+        x = whole_line_inputs(lo, hi, ulp_dtype, n_points)
+        big = float(np.finfo(np.float16 if ulp_dtype == "float16" else np.float32).max)
+        lo, hi = -big, big
     if ulp_dtype == "float16":
         x = x.astype(np.float16).astype(np.float64)  # the op only ever sees float16 inputs
     elif ulp_dtype == "float32":
@@ -166,10 +248,13 @@ def error_report(
     if qp is not None and hasattr(spec, "output_values"):
         xc = qp.dequantize(qp.codes(), np.float64)
         at_codes = float(np.max(np.abs(spec.output_values() - gelu(xc, spec.form))))
-    fp16 = None
+    fp16 = fp32 = None
     if ulp_dtype == "float16":
         x16 = fp16_inputs(lo, hi)
         fp16 = score_fp16(x16, spec.evaluate(x16), spec.form)
+    elif ulp_dtype == "float32":
+        x32 = x.astype(np.float32)
+        fp32 = score_fp32(x32, spec.evaluate(x32), spec.form)
     return ErrorReport(
         kind=spec.kind,
         form=spec.form,
@@ -180,4 +265,6 @@ def error_report(
         worst_x=float(x[i]),
         max_abs_at_codes=at_codes,
         fp16=fp16,
+        fp32=fp32,
+        whole_line=whole,
     )

@@ -88,6 +88,10 @@ LUT_CASES = [
     ((-6.0, 6.0), "int8", "float16", "exact"),
     ((-6.0, 6.0), "int8", "float32", "exact"),
     ((-6.0, 6.0), "int8", "int16", "exact"),
+    ((-12.0, 5.0), "int8", "int8", "quick"),
+    ((-0.6, 0.6), "int8", "int8", "quick"),  # needs nudged scales
+    ((-3.0, 9.0), "uint8", "uint8", "quick"),
+    ((-6.0, 6.0), "int8", "float32", "quick"),
 ]
 
 
@@ -149,6 +153,26 @@ def test_opset17_formula_body_three_way(rng, in_dtype, out_dtype, form) -> None:
     three_way(op, codes, spec.lookup(codes))
 
 
+@pytest.mark.parametrize("opset", [13, 17, 21])
+@pytest.mark.parametrize(("rng", "in_dtype", "out_dtype", "form"), LUT_CASES[9:12])
+def test_quick_formula_body_three_way(rng, in_dtype, out_dtype, form, opset) -> None:
+    """QuickGELU tables at every opset: DequantizeLinear -> x·Sigmoid(1.702x) ->
+    QuantizeLinear, equal to the table on every code (and the table to the float64 oracle)."""
+    spec = build_lut(in_range=rng, in_dtype=in_dtype, out_dtype=out_dtype, form=form)
+    np.testing.assert_array_equal(spec.table, _table_oracle(spec))
+    op = custom_op(spec, opset=opset)
+    assert op.body_kind == "formula", op.notes
+    assert [n.op_type for n in op.body if n.op_type != "Constant"] == [
+        "DequantizeLinear",
+        "Mul",
+        "Sigmoid",
+        "Mul",
+        "QuantizeLinear",
+    ]
+    codes = spec.in_qparams.codes()
+    three_way(op, *position_probe(codes, spec.lookup(codes)))
+
+
 def test_int16_lut_three_way_on_all_65536_codes() -> None:
     spec = build_lut(in_range=(-8.0, 8.0), in_dtype="int16", out_dtype="int16")
     op = custom_op(spec, opset=21)
@@ -201,6 +225,11 @@ POLY_CASES = [
     ((-6.0, 6.0), 4, 2, "float16", "float32", "exact"),
     ((-8.0, 8.0), 6, 3, "float32", "float32", "tanh"),
     ((0.5, 3.0), 1, 2, "float16", "float16", "exact"),
+    ((-11.6171875, 4.5546875), 16, 4, "float16", "float16", "quick"),
+    ((-20.0, 8.0), 12, 5, "float32", "float32", "quick"),
+    # beyond 16 segments the body binary-searches the breakpoints
+    ((-8.0, 8.0), 32, 4, "float16", "float16", "exact"),
+    ((-63.527347564697266, 9.899266242980957), 48, 8, "float32", "float32", "quick"),
 ]
 
 
@@ -277,10 +306,14 @@ def test_igelu_three_way(in_bits: int, io: str) -> None:
         assert same_bits(run_ort(single_op_model(custom_op(spec, opset=13)), x), want)
 
 
-def test_fp16_poly_float32_inputs_dense() -> None:
-    spec = build_poly(-8.0, 8.0, 6, 3, io_dtype="float32", compute_dtype="float32")
+@pytest.mark.parametrize("segments", [6, 40])
+def test_fp16_poly_float32_inputs_dense(segments: int) -> None:
+    spec = build_poly(-8.0, 8.0, segments, 3, io_dtype="float32", compute_dtype="float32")
     x = np.random.default_rng(0).normal(0, 5, 200_000).astype(np.float32)
-    x = np.concatenate([x, np.array([np.inf, -np.inf, np.nan, -8.0, 8.0], np.float32)])
+    edges = np.array(spec.breakpoints, np.float32)
+    near = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+    specials = np.array([np.inf, -np.inf, np.nan, -8.0, 8.0, 0.0, -0.0], np.float32)
+    x = np.concatenate([x, near.astype(np.float32), specials])
     three_way(custom_op(spec, opset=21), x, spec.evaluate(x))
 
 
@@ -290,8 +323,13 @@ def test_float32_gelu_error_is_far_below_the_assumed_margin() -> None:
     grid against float64 and require a 4x safety factor on top."""
     x = np.linspace(-30, 30, 120_001).astype(np.float32)
     den = (np.abs(x.astype(np.float64)) + 1.0) * 2.0**-24
-    for form, approx in (("exact", "none"), ("tanh", "tanh")):
+    for form, approx in (("exact", "none"), ("tanh", "tanh"), ("quick", "")):
         ref = gelu(x.astype(np.float64), form)
+        if form == "quick":  # no Gelu op: the body's own x·Sigmoid(1.702x) is checked below
+            approx = "none"
+            ref_gelu = gelu(x.astype(np.float64), "exact")
+        else:
+            ref_gelu = ref
         g = helper.make_graph(
             [helper.make_node("Gelu", ["x"], ["y"], approximate=approx)],
             "g",
@@ -300,7 +338,7 @@ def test_float32_gelu_error_is_far_below_the_assumed_margin() -> None:
         )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
         m.ir_version = 10
-        assert np.max(np.abs(run_ort(m, x) - ref) / den) <= GELU_ERROR_MARGIN / 4
+        assert np.max(np.abs(run_ort(m, x) - ref_gelu) / den) <= GELU_ERROR_MARGIN / 4
         # the formula the body uses, in ORT (fused) and in onnx.reference
         spec = build_lut(in_range=(-30.0, 30.0), out_dtype="float32", form=form)
         op = custom_op(spec, opset=21, lut_body="gather")

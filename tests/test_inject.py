@@ -28,6 +28,9 @@ from gelu_quant.lut.spec import spec_from_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spellings"
 CONVERTIBLE = [
+    "ms_quickgelu",
+    "quick_pattern",
+    "qdq_quick_ort",
     "erf_div_two",
     "erf_dynamo",
     "erf_rsqrt2_fp16",
@@ -231,8 +234,14 @@ def test_conversion_is_deterministic_and_leaves_the_input_alone() -> None:
 def test_skipped_sites_and_nothing_to_convert() -> None:
     with pytest.raises(ModelError, match="nothing to convert"):
         convert_model(load_fixture("if_subgraph"), ConvertConfig("int8-lut", range=(-4.0, 4.0)))
-    with pytest.raises(ModelError, match="QuickGELU"):
-        convert_model(load_fixture("ms_quickgelu"), ConvertConfig("int8-lut", range=(-4.0, 4.0)))
+    with pytest.raises(ModelError, match="computes GELU, not QuickGELU"):
+        convert_model(
+            load_fixture("ms_quickgelu"), ConvertConfig("fp32-tanh-formula", range=(-4.0, 4.0))
+        )
+    with pytest.raises(ModelError, match="different function"):
+        convert_model(
+            load_fixture("ms_quickgelu"), ConvertConfig("int8-lut", range=(-4, 4), form="exact")
+        )
     with pytest.raises(BadInputError, match="needs a range"):
         convert_model(load_fixture("onnx_gelu"), ConvertConfig("int8-lut"))
     with pytest.raises(BadInputError, match="no site named"):

@@ -87,7 +87,7 @@ def test_fp16_arithmetic_targets(specs, x16, segments, limit):
 
 def test_report_agrees_with_the_oracle(specs, x16):
     spec = specs[16, 4, "float16"]
-    rep = error_report(spec).fp16
+    rep = error_report(spec, domain=(-8.0, 8.0)).fp16
     assert rep is not None
     mine = oracle_score(x16, spec.evaluate(x16))
     assert rep.max_ulp == mine["max_ulp"]
@@ -96,12 +96,14 @@ def test_report_agrees_with_the_oracle(specs, x16):
 
 
 def test_float32_io_relative_error_is_small():
+    """Float32 fits aim at relative error wherever |GELU| >= 2^-126 (the deep tail included),
+    so a small 16 x 4 spec on [-8, 8] is relatively accurate to about 1e-3 everywhere."""
     spec = build_poly(-8, 8, 16, 4, io_dtype="float32", compute_dtype="float32")
     x = np.linspace(-8, 8, 20001).astype(np.float32)
     y = spec.evaluate(x).astype(np.float64)
     exact = np.array([gelu64(float(v)) for v in x])
-    rel = np.abs(y - exact) / np.maximum(np.abs(exact), 2.0**-14)
-    assert rel.max() < 1e-4
+    rel = np.abs(y - exact) / np.maximum(np.abs(exact), 2.0**-126)
+    assert rel.max() < 2e-3
     assert spec.evaluate(np.float32(0.0)) == 0.0
 
 
@@ -286,7 +288,7 @@ def test_range_is_rounded_outwards_to_fp16():
         {"lo": 1.0, "hi": 1.0},
         {"lo": 2.0, "hi": 1.0},
         {"lo": -1.0, "hi": float("nan")},
-        {"degree": 5},
+        {"degree": 9},  # MAX_DEGREE is 8
         {"degree": 0},
         {"segments": 0},
         {"segments": 1},  # the range contains 0: needs a breakpoint there
@@ -320,7 +322,7 @@ def test_spec_validation():
         {"breakpoints": (-1.0, 1.0, 0.0)},
         {"origins": (0.0,)},
         {"coefficients": np.zeros((2, 3), dtype=np.float32)},
-        {"coefficients": np.zeros((2, 7), dtype=np.float16)},
+        {"coefficients": np.zeros((2, 10), dtype=np.float16)},  # degree 9
         {"coefficients": np.full((2, 3), np.inf, dtype=np.float16)},
     ):
         with pytest.raises(SpecError):
@@ -366,7 +368,7 @@ def test_cli_poly_text():
     "extra",
     [
         ["--range", "2", "1", "--segments", "4", "--degree", "3", "--dtype", "fp16"],
-        ["--range", "-1", "1", "--segments", "4", "--degree", "5", "--dtype", "fp16"],
+        ["--range", "-1", "1", "--segments", "4", "--degree", "9", "--dtype", "fp16"],
         ["--range", "-1", "1", "--segments", "0", "--degree", "3", "--dtype", "fp16"],
         ["--range", "-1", "1", "--segments", "4", "--degree", "3", "--dtype", "fp8"],
         ["--range", "-1", "1", "-k", "4", "-d", "3", "--dtype", "fp32", "--compute", "fp16"],

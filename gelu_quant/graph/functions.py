@@ -53,8 +53,9 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
 * **Interpolated tables**: ``GatherElements`` of the equivalent 256-entry table (the attributes
   keep the knots).
 * **Polynomials**: the exact operation sequence of :meth:`PolySpec.evaluate`: segment index by
-  comparisons with the inner breakpoints, per-segment origin and coefficients by
-  ``GatherElements`` on flat tensors (at most 63 segments, which ``onnx.reference`` can run),
+  comparisons with the inner breakpoints (beyond 16 segments a branchless binary search over
+  the breakpoint table, log2 rounds of ``GatherElements`` + ``GreaterOrEqual``), per-segment
+  origin and coefficients by ``GatherElements`` on flat tensors (at most 63 segments),
   Horner with one rounding per op, tails by ``Where``. Float16 arithmetic is float32 ops each
   followed by ``Cast`` to float16 and back: ORT's CPU kernels otherwise run a float16 chain in
   float32 and drop the intermediate roundings.
@@ -79,7 +80,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.errors import ModelError, SpecError
 from gelu_quant.lut.spec import GeluApprox
-from gelu_quant.numerics import gelu
+from gelu_quant.numerics import QUICK_ALPHA, gelu
 
 DOMAIN = "gelu_quant"
 DOMAIN_VERSION = 1
@@ -264,8 +265,16 @@ def _table_body(
 
 
 def gelu_formula_nodes(x: str, y: str, form: str, prefix: str = "") -> list[onnx.NodeProto]:
-    """GELU of float32 ``x`` as exporters spell it (ORT fuses both into its Gelu kernel)."""
+    """GELU of float32 ``x`` as exporters spell it (ORT fuses exact and tanh into its Gelu
+    kernel; QuickGELU is ``x * Sigmoid(1.702 x)``)."""
     p = prefix
+    if form == "quick":
+        return [
+            const(f"{p}alpha", QUICK_ALPHA, np.float32),
+            helper.make_node("Mul", [x, f"{p}alpha"], [f"{p}z"]),
+            helper.make_node("Sigmoid", [f"{p}z"], [f"{p}sig"]),
+            helper.make_node("Mul", [x, f"{p}sig"], [y]),
+        ]
     if form == "exact":
         return [
             const(f"{p}sqrt2", math.sqrt(2.0), np.float32),
@@ -467,7 +476,18 @@ def fit_formula(
 
 def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto]:
     qp = spec.in_qparams
-    if opset >= 20:  # the Gelu op: exactly the DQ -> Gelu -> Q it replaces, as fast
+    if spec.form == "quick":
+        # QuickGELU at any opset: DequantizeLinear -> x * Sigmoid(1.702 x) -> QuantizeLinear
+        nodes = [
+            const("in_scale", fit.in_scale, np.float32),
+            const("in_zero_point", qp.zero_point, qp.np_dtype),
+            helper.make_node("DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"]),
+            const("alpha", QUICK_ALPHA, np.float32),
+            helper.make_node("Mul", ["x", "alpha"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["sig"]),
+            helper.make_node("Mul", ["x", "sig"], ["g"]),
+        ]
+    elif opset >= 20:  # the Gelu op: exactly the DQ -> Gelu -> Q it replaces, as fast
         approximate = "none" if spec.form == "exact" else "tanh"
         nodes = [
             const("in_scale", fit.in_scale, np.float32),
@@ -539,7 +559,7 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
         if int16 and opset < 21:
             notes.append(f"formula body needs opset 21 for int16 Q/DQ (model has {opset})")
         else:
-            fit = fit_formula(spec, mul_sub=opset < 20)
+            fit = fit_formula(spec, mul_sub=opset < 20 and spec.form != "quick")
             if fit is None:
                 notes.append("formula body: codes on rounding boundaries, no scale nudge helps")
         if fit is not None:
@@ -584,6 +604,9 @@ def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Cus
 # -- GeluPoly ------------------------------------------------------------------------------------
 MAX_POLY_SEGMENTS = 63
 """onnx.reference's GatherElements (numpy ``choose``) takes at most 63 entries."""
+LINEAR_SEARCH_SEGMENTS = 16
+"""Up to this many segments the body finds a segment by one comparison per breakpoint; beyond,
+by a binary search over the breakpoint table (log2 rounds)."""
 
 
 def poly_body(spec: Any) -> list[onnx.NodeProto]:
@@ -625,7 +648,54 @@ def poly_body(spec: Any) -> list[onnx.NodeProto]:
     # float16 values are exact in float32: the arithmetic dtype is float32 throughout
     coefs = spec.coefficients.astype(np.float32)
     origins = np.asarray(spec.origins, dtype=np.float32)
-    if k_seg > 1:
+    if k_seg > LINEAR_SEARCH_SEGMENTS:
+        # k = number of inner breakpoints <= x by a branchless binary search: the inner
+        # breakpoints padded with +inf to 2^m - 1 entries, m rounds of
+        # pos += step * (x >= B[pos + step - 1]) -- 6 rounds for 48 segments instead of 47
+        # comparisons; coefficient tables padded to 2^m entries (the padding is never used
+        # for finite x: +inf > x)
+        inner = list(spec.breakpoints[1:-1])
+        m = max(1, math.ceil(math.log2(len(inner) + 1)))
+        size = (1 << m) - 1
+        table = np.full(size, np.inf, np.float32)
+        table[: len(inner)] = inner
+        pad = (1 << m) - k_seg
+        coefs = np.concatenate([coefs, np.repeat(coefs[-1:], pad, axis=0)])
+        origins = np.concatenate([origins, np.repeat(origins[-1:], pad)])
+        nodes += [
+            const("bp_table", table),
+            helper.make_node("Shape", ["x"], ["flat_shape"]),
+            const("zero_i", np.zeros(1, np.int32)),
+            helper.make_node("Expand", ["zero_i", "flat_shape"], ["pos0"]),
+        ]
+        pos = "pos0"
+        step = 1 << (m - 1)
+        r = 0
+        while step >= 1:
+            r += 1
+            nodes += [
+                const(f"step{r}", np.int32(step)),
+                const(f"probe_off{r}", np.int32(step - 1)),
+                helper.make_node("Add", [pos, f"probe_off{r}"], [f"probe{r}"]),
+                helper.make_node("GatherElements", ["bp_table", f"probe{r}"], [f"b{r}"], axis=0),
+                helper.make_node("GreaterOrEqual", [xc, f"b{r}"], [f"ge{r}"]),
+                helper.make_node("Cast", [f"ge{r}"], [f"ge{r}_i"], to=TensorProto.INT32),
+                helper.make_node("Mul", [f"ge{r}_i", f"step{r}"], [f"inc{r}"]),
+                helper.make_node("Add", [pos, f"inc{r}"], [f"pos{r}"]),
+            ]
+            pos = f"pos{r}"
+            step //= 2
+        k_name = pos
+        nodes += [
+            const("origins", origins),
+            helper.make_node("GatherElements", ["origins", k_name], ["origin"], axis=0),
+        ]
+        for j in range(deg + 1):
+            nodes += [
+                const(f"c{j}_table", np.ascontiguousarray(coefs[:, j])),
+                helper.make_node("GatherElements", [f"c{j}_table", k_name], [f"c{j}"], axis=0),
+            ]
+    elif k_seg > 1:
         # k = number of inner breakpoints <= x, one scalar comparison each (float32: exact for
         # float16 values; ORT's broadcast [N, K-1] comparison is 10x slower)
         for j, b in enumerate(spec.breakpoints[1:-1], start=1):

@@ -13,11 +13,23 @@ data, atomic write, checker), configured by a frozen :class:`ConvertConfig`. Per
   GELU -> QuantizeLinear`` collapses into one ``GeluLut`` from the DQ's int8 input to the Q's int8
   output, its table built from the scales in the graph; no range is needed.
 * **bias-folded sites** (``BiasGelu``, ``FastGelu`` with bias): ``Add(x, bias)`` first.
+* **QuickGELU sites** (``x·σ(1.702x)``) become approximations *of QuickGELU* (form ``quick``):
+  tables, interpolated tables and polynomials of the quick form, or the QuickGELU formula
+  baseline; targets that compute GELU itself (the tanh formula, i-GELU) and ``--form exact|tanh``
+  skip them with a reason, as they skip GELU sites under ``--form quick``. Only alpha 1.702 is
+  supported: a site with another alpha is skipped (it is another function: 1.0 is SiLU).
+* **polynomials** are fitted on the domain where their tails are exact in their dtype
+  (:func:`gelu_quant.lut.poly.build_exact_poly`), whatever range the site was calibrated to:
+  the range never limits correctness; with a shape smaller than the default
+  (:data:`gelu_quant.lut.poly.DEFAULT_SHAPES`, which meet their bound everywhere) it decides
+  where the accuracy concentrates.
+* **QDQ sites with a ranges file**: the graph's own Q/DQ scales are used and the ranges are
+  not; the manifest says so in its notes (the CLI also warns on stderr).
 
 The op writes the site's own output tensor name (QDQ sites: the Q's output name), every node
 that is not part of a GELU is kept byte for byte, new nodes go where the site's last node was,
-and initializers that only the removed nodes used are dropped. Sites inside subgraphs and
-QuickGELU sites are reported as skipped.
+and initializers that only the removed nodes used are dropped. Sites inside subgraphs are
+reported as skipped.
 """
 
 from __future__ import annotations
@@ -52,7 +64,7 @@ from gelu_quant.graph.sites import GeluSite
 from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.modelfile import check_external_data, model_dir, read_model, uses_external_data
-from gelu_quant.numerics import GeluForm
+from gelu_quant.numerics import GELU_FORMS, QUICK_ALPHA, GeluForm
 from gelu_quant.qparams import QParams
 
 MAX_IR_VERSION = 10
@@ -126,8 +138,10 @@ class ConvertConfig:
     expand: bool = False
     """Inline the function bodies (runtimes without model-local functions)."""
     lut_body: LutBody = "auto"
-    poly_segments: int = 8
-    poly_degree: int = 3
+    poly_segments: int | None = None
+    """Polynomial segments; None: the default shape for the target and form."""
+    poly_degree: int | None = None
+    """Polynomial degree; None: the default shape for the target and form."""
     sites: tuple[str, ...] | None = None
     """Convert only these site ids (others are reported as skipped)."""
     verify: bool = True
@@ -147,8 +161,10 @@ class ConvertConfig:
             object.__setattr__(self, "range", (lo, hi))
         if self.lut_body not in LUT_BODIES:
             raise BadInputError(f"unknown LUT body {self.lut_body!r}")
-        if self.form is not None and self.form not in ("exact", "tanh"):
-            raise BadInputError(f"unknown GELU form {self.form!r}; expected exact or tanh")
+        if self.form is not None and self.form not in GELU_FORMS:
+            raise BadInputError(
+                f"unknown GELU form {self.form!r}; expected one of {', '.join(GELU_FORMS)}"
+            )
         if self.sites is not None:
             object.__setattr__(self, "sites", tuple(self.sites))
 
@@ -178,10 +194,16 @@ def build_spec(
     in_range: tuple[float, float] | None = None,
     in_qparams: QParams | None = None,
     out_qparams: QParams | None = None,
-    poly_segments: int = 8,
-    poly_degree: int = 3,
+    poly_segments: int | None = None,
+    poly_degree: int | None = None,
 ) -> GeluApprox:
-    """The spec a target builds for one site (a range, or the qparams of a QDQ site)."""
+    """The spec a target builds for one site (a range, or the qparams of a QDQ site).
+
+    Polynomials are fitted where their tails are exact
+    (:func:`gelu_quant.lut.poly.build_exact_poly`); ``in_range`` only focuses a non-default
+    shape. Baselines that compute GELU refuse the
+    quick form, and the QuickGELU baseline is scored against QuickGELU on quick sites.
+    """
     if target.kind == "lut":
         from gelu_quant.lut.table import build_lut
 
@@ -212,25 +234,54 @@ def build_spec(
         from gelu_quant.lut import baselines as bl
 
         lo, hi = in_range
-        if target.baseline == "igelu":
-            return bl.IGeluSpec(lo, hi, in_bits=8, io_dtype="float32")
         fd: Any = target.in_dtype
         if target.baseline == "quick":
-            return bl.QuickGeluSpec(lo, hi, fd, fd)
+            return bl.QuickGeluSpec(lo, hi, fd, fd, form="quick" if form == "quick" else "exact")
+        if form == "quick":
+            raise SpecError(
+                f"the {target.baseline} baseline computes GELU, not QuickGELU; use a table, a "
+                "polynomial or fp16-quick-gelu for QuickGELU sites"
+            )
+        if target.baseline == "igelu":
+            return bl.IGeluSpec(lo, hi, in_bits=8, io_dtype="float32")
         return bl.TanhGeluSpec(lo, hi, fd, fd)
-    from gelu_quant.lut.poly import build_poly
+    from gelu_quant.lut.poly import build_exact_poly
 
     io: Any = target.in_dtype
     cp: Any = target.out_dtype
-    return build_poly(
-        in_range[0],
-        in_range[1],
-        poly_segments,
-        poly_degree,
+    return build_exact_poly(
+        form=form,
         io_dtype=io,
         compute_dtype=cp,
-        form=form,
+        segments=poly_segments,
+        degree=poly_degree,
+        focus=in_range,
     )
+
+
+_SITE_FORMS: dict[str, GeluForm] = {"erf": "exact", "tanh": "tanh", "quick": "quick"}
+
+
+def site_form(site: GeluSite, override: GeluForm | None = None) -> GeluForm:
+    """The form a site's approximation must have: its own (erf -> exact, tanh, quick), or
+    ``override`` between the two GELU forms. Raises SpecError (the site is skipped) when the
+    override would replace the site by another function, or for a QuickGELU alpha other than
+    1.702."""
+    own = _SITE_FORMS[site.variant]
+    if own == "quick" and site.alpha is not None and abs(site.alpha - QUICK_ALPHA) > 1e-4:
+        raise SpecError(
+            f"QuickGELU with alpha {site.alpha:.6g}: only alpha {QUICK_ALPHA} is supported "
+            "(another alpha is another function)"
+        )
+    if override is None or override == own:
+        return own
+    if "quick" in (own, override):
+        what = "a QuickGELU" if own == "quick" else "a GELU"
+        raise SpecError(
+            f"--form {override} on {what} site would approximate a different function; "
+            "leave --form out (each site's own form is used)"
+        )
+    return override
 
 
 # -- graph bookkeeping ----------------------------------------------------------------
@@ -331,7 +382,7 @@ def _plan_site(
 ) -> _Plan:
     """Decide the replacement of one site (raises SpecError/ModelError/BadInputError to skip)."""
     target = TARGETS[config.target]
-    form: GeluForm = config.form or ("tanh" if site.variant == "tanh" else "exact")
+    form = site_form(site, config.form)
     missing = [n for n in site.nodes if n not in index_of]
     if missing:
         raise ModelError(f"nodes {missing} of the site are not in the main graph")
@@ -534,9 +585,6 @@ def convert_model(
         if site.in_subgraph:
             records.append(_skip(site, f"inside subgraph {site.graph}; not converted"))
             continue
-        if site.variant == "quick":
-            records.append(_skip(site, "QuickGELU is a different function; no target for it"))
-            continue
         if config.sites is not None and site.id not in config.sites:
             records.append(_skip(site, "not selected (--site)"))
             continue
@@ -567,6 +615,8 @@ def convert_model(
                 quantized_output=plan.quantized_output,
                 spec=plan.spec.to_json(),
                 error=rep.to_json(),
+                form=plan.spec.form,
+                cost=getattr(plan.spec, "cost", None),
             )
         )
     if config.sites is not None:
@@ -599,14 +649,27 @@ def convert_model(
             raise ModelError(
                 f"the converted model fails the ONNX checker: {_one_line(e)}"
             ) from None
+    notes: list[str] = []
+    qdq_ids = [p.site.id for p in plans if p.mode == "qdq"]
+    if qdq_ids and (ranges is not None or config.range is not None):
+        notes.append(qdq_ranges_note(qdq_ids, "--ranges" if ranges is not None else "--range"))
     manifest = Manifest(
         target=config.target,
         config=config.to_json(),
         sites=tuple(records),
         source_name=source_name,
         expanded=config.expand,
+        notes=tuple(notes),
     )
     return ConvertResult(out, manifest, functions)
+
+
+def qdq_ranges_note(site_ids: list[str], option: str) -> str:
+    """The note saying a QDQ model's own scales were used, not the given ranges."""
+    return (
+        f"{option} not used for {len(site_ids)} QDQ site(s) ({', '.join(site_ids)}): their "
+        "tables were built from the QuantizeLinear/DequantizeLinear scales already in the graph"
+    )
 
 
 def _rewrite(model: onnx.ModelProto, plans: list[_Plan]) -> None:
@@ -725,6 +788,7 @@ def convert_file(
         output_name=dst_p.name,
         expanded=config.expand,
         external_data=data_name if wrote_data else None,
+        notes=result.manifest.notes,
     )
     result.manifest.save(man_p)
     return result

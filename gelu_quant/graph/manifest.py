@@ -9,8 +9,10 @@ Schema ``gelu-quant/manifest`` version 1, written beside the converted model
      "target": "int8-lut",
      "config": {…ConvertConfig…},
      "converted": 6, "skipped": 0,
+     "notes": […],                       # e.g. a QDQ model's scales used instead of --ranges
      "sites": [{"id": "gelu0", "status": "converted" | "skipped", "reason": null,
                 "variant", "spelling", "graph", "input", "output", "bias",
+                "form": "exact" | "tanh" | "quick", "cost": segments x degree | null,
                 "mode": "float" | "qdq",
                 "range": [lo, hi] | null, "range_source": "--range" | "ranges:<method>" | "qdq",
                 "op_type": "GeluLut_…", "body": "formula" | "gather" | "poly", "body_notes": […],
@@ -53,6 +55,10 @@ class SiteRecord:
     input: str
     output: str
     bias: str | None = None
+    form: str | None = None
+    """The function the approximation approximates (exact, tanh, quick), converted sites."""
+    cost: int | None = None
+    """Polynomials: segments x degree."""
     reason: str | None = None
     mode: Literal["float", "qdq"] | None = None
     range: tuple[float, float] | None = None
@@ -95,6 +101,8 @@ class SiteRecord:
             "input": self.input,
             "output": self.output,
             "bias": self.bias,
+            "form": self.form,
+            "cost": self.cost,
             "mode": self.mode,
             "range": None if self.range is None else [float(self.range[0]), float(self.range[1])],
             "range_source": self.range_source,
