@@ -10,7 +10,8 @@ most similar other sentence is the same as with fp32).
     python benchmarks/accuracy_minilm.py --configs int8-lut:minmax:1 int8-lut:entropy:8
     python benchmarks/accuracy_minilm.py --json results.json
 
-A configuration is ``TARGET:METHOD:GROUPS`` (GROUPS > 1: grouped tables).
+A configuration is ``TARGET:METHOD:GROUPS[:nocut]`` (GROUPS > 1: grouped tables; ``nocut``: the
+calibrated range as it is, without cutting GELU's negative tail).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from gelu_quant.models.corpus import stdlib_sentences
 from gelu_quant.models.minilm import minilm_onnx, minilm_tokenizer_dir, tokenize
 
 DEFAULT_CONFIGS = [
+    "int8-lut:minmax:1:nocut",
+    "int8-lut:entropy:1:nocut",
     "int8-lut:minmax:1",
     "int8-lut:percentile:1",
     "int8-lut:mse:1",
@@ -91,10 +94,14 @@ def main() -> int:
         )
         print(f"calibrated in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         for cfg in args.configs:
-            target, method, groups = cfg.split(":")
+            target, method, groups, *flags = cfg.split(":")
             out = tmp / "m.gq.onnx"
             cc = ConvertConfig(
-                target=target, ranges_file=str(ranges), method=method, groups=int(groups)
+                target=target,
+                ranges_file=str(ranges),
+                method=method,
+                groups=int(groups),
+                tail_cut="nocut" not in flags,
             )
             convert_file(model, out, cc)
             m = metrics(ref, embeddings(out, ev))

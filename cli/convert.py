@@ -56,6 +56,14 @@ from gelu_quant.graph.inject import TARGETS, ConvertConfig, convert_file, defaul
     default=None,
     help="GELU form to approximate (default: each site's own; QuickGELU sites are always quick).",
 )
+@click.option(
+    "--groups",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Tables per site: K > 1 partitions each site's channels by their calibrated ranges "
+    "into K groups, each with its own qparams and table (needs --ranges; 8-bit tables).",
+)
 @click.option("--site", "sites", multiple=True, help="Convert only this site id. Repeatable.")
 @click.option(
     "--segments",
@@ -88,6 +96,7 @@ def convert(
     overwrite: bool,
     form: Any,
     sites: tuple[str, ...],
+    groups: int,
     segments: int | None,
     degree: int | None,
     lut_body: Any,
@@ -116,6 +125,7 @@ def convert(
         poly_segments=segments,
         poly_degree=degree,
         sites=sites or None,
+        groups=groups,
     )
     result = convert_file(model, out, config, manifest_path=manifest_path)
     man = result.manifest

@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+import gelu_quant.graph.grouped_op  # noqa: F401  (registers the GeluGroupedLut body)
 from gelu_quant.errors import BadInputError, ModelError, SpecError
 from gelu_quant.graph.functions import (
     DOMAIN,
@@ -61,8 +62,10 @@ from gelu_quant.graph.functions import (
 from gelu_quant.graph.manifest import Manifest, SiteRecord
 from gelu_quant.graph.names import ensure_node_names
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.lut.grouped import MAX_GROUPS, GroupedLutSpec, build_grouped_lut, partition_channels
 from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.lut.tails import cut_range, negative_tail_cut
 from gelu_quant.modelfile import check_external_data, model_dir, read_model, uses_external_data
 from gelu_quant.numerics import GELU_FORMS, QUICK_ALPHA, GeluForm
 from gelu_quant.qparams import QParams
@@ -119,6 +122,8 @@ class RangeSource(Protocol):
 
     def range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]: ...
 
+    def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None: ...
+
 
 @dataclass(frozen=True)
 class ConvertConfig:
@@ -148,8 +153,29 @@ class ConvertConfig:
     """Prove formula bodies equal to their tables by running them (ORT and onnx.reference)."""
     check: bool = True
     """Run ``onnx.checker.check_model(full_check=True)`` on the result."""
+    tail_cut: bool = True
+    """Start a calibrated table range where GELU's negative tail stops mattering
+    (:mod:`gelu_quant.lut.tails`: no output changes below the cut, finer codes above it).
+    Explicit ``--range`` values are used as given."""
+    groups: int = 1
+    """Tables per float site: > 1 gives grouped tables (channels of the last axis partitioned
+    by their calibrated ranges, each group its own qparams and table; needs a ranges file with
+    per-channel extremes). 8-bit table targets only."""
 
     def __post_init__(self) -> None:
+        g = self.groups
+        if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
+            raise BadInputError(f"--groups must be an integer from 1 to {MAX_GROUPS}, got {g!r}")
+        t = TARGETS.get(self.target)
+        if g > 1 and t is not None and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8")):
+            raise BadInputError(
+                f"--groups applies to 8-bit table targets (int8-lut, uint8-lut, int8-lut-fp16out, "
+                f"…), not {self.target}"
+            )
+        if g > 1 and self.range is not None and self.ranges_file is None:
+            raise BadInputError(
+                "--groups needs per-channel ranges: pass --ranges RANGES.json from calibrate"
+            )
         if self.target not in TARGETS:
             raise BadInputError(
                 f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}"
@@ -366,6 +392,56 @@ class _Plan:
     quantized_output: dict[str, Any] | None
 
 
+def _report(spec: GeluApprox) -> Any:
+    """The spec's error report; for grouped tables the worst group's."""
+    if isinstance(spec, GroupedLutSpec):
+        return max((error_report(g) for g in spec.groups), key=lambda r: r.max_abs)
+    return error_report(spec)
+
+
+def _expand(spec: GroupedLutSpec, per_group: list[Any]) -> np.ndarray:
+    """A per-group value repeated for every channel of its group (per-axis Q/DQ parameters)."""
+    return np.asarray(per_group)[spec.channel_group]
+
+
+def _grouped_spec(
+    site: GeluSite, target: Target, form: GeluForm, ranges: RangeSource, groups: int
+) -> GroupedLutSpec:
+    """Grouped tables from the site's per-channel extremes: channels partitioned by their
+    ranges (:func:`~gelu_quant.lut.grouped.partition_channels`), each group's range its members'
+    min/max with GELU's irrelevant negative tail cut (:mod:`gelu_quant.lut.tails`)."""
+    ch = ranges.channel_ranges_for(site.id)
+    if ch is None:
+        raise ModelError(
+            "grouped tables need per-channel ranges and the ranges file has none for this site "
+            "(calibrate again with this version of gelu-quant)"
+        )
+    lo, hi = ch
+    if site.shape is not None and isinstance(site.shape[-1], int) and site.shape[-1] != lo.size:
+        raise ModelError(
+            f"the ranges file has {lo.size} channels for this site, its last axis has "
+            f"{site.shape[-1]}"
+        )
+    in_dt: Any = target.in_dtype
+    out_dt: Any = target.out_dtype
+    hi = np.maximum(hi, 1e-3)  # a channel that never went positive still needs a range
+    cut = np.array(
+        [negative_tail_cut(float(h), in_dtype=in_dt, out_dtype=out_dt, form=form) for h in hi]
+    )
+    part = partition_channels(np.maximum(lo, cut), hi, groups)
+
+    def group_range(members: np.ndarray) -> tuple[float, float]:
+        return cut_range(
+            min(float(lo[members].min()), -1e-3),
+            float(hi[members].max()),
+            in_dtype=in_dt,
+            out_dtype=out_dt,
+            form=form,
+        )
+
+    return build_grouped_lut(part, group_range, in_dtype=in_dt, out_dtype=out_dt, form=form)
+
+
 def _skip(site: GeluSite, reason: str) -> SiteRecord:
     return SiteRecord.for_site(site, "skipped", reason=reason)
 
@@ -455,6 +531,23 @@ def _plan_site(
             except BadInputError as e:  # e.g. a site the calibrator skipped: skip it too
                 raise ModelError(str(e)) from None
             source = f"ranges:{config.method or 'chosen'}"
+            if (
+                config.tail_cut
+                and target.kind in ("lut", "interp")
+                and target.in_dtype
+                in (
+                    "int8",
+                    "uint8",
+                )
+            ):
+                cut = cut_range(
+                    *rng,
+                    in_dtype=target.in_dtype,  # type: ignore[arg-type]
+                    out_dtype=target.out_dtype or "int8",  # type: ignore[arg-type]
+                    form=form,
+                )
+                if cut != rng:
+                    rng, source = cut, source + ", tail cut"
         elif config.range is not None:
             rng, source = config.range, "--range"
         else:
@@ -462,13 +555,19 @@ def _plan_site(
                 f"site {site.id} is a float site and needs a range: pass --range LO HI or "
                 "--ranges RANGES.json"
             )
-        spec = build_spec(
-            target,
-            form,
-            in_range=rng,
-            poly_segments=config.poly_segments,
-            poly_degree=config.poly_degree,
-        )
+        if config.groups > 1:
+            assert ranges is not None
+            spec = _grouped_spec(site, target, form, ranges, config.groups)
+            source = "ranges:per-channel minmax, tail cut"
+            rng = spec.domain
+        else:
+            spec = build_spec(
+                target,
+                form,
+                in_range=rng,
+                poly_segments=config.poly_segments,
+                poly_degree=config.poly_degree,
+            )
         op = custom_op(spec, opset=opset, lut_body=config.lut_body, verify=config.verify)
         x = site.input
         if site.bias is not None:
@@ -482,6 +581,45 @@ def _plan_site(
                 )
             if site.dtype != "float32":
                 x = node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
+            if isinstance(spec, GroupedLutSpec):  # per-channel Q/DQ around the grouped op
+                qps = [g.in_qparams for g in spec.groups]
+                s = init("in_scale", _expand(spec, [q.scale for q in qps]), np.float32)
+                z = init(
+                    "in_zero_point", _expand(spec, [q.zero_point for q in qps]), qps[0].np_dtype
+                )
+                codes = node("QuantizeLinear", [x, s, z], "codes", axis=-1)
+                y = new_name(f"{pre}_out_codes")
+                new_nodes.append(op.node(codes, y, new_name(f"{pre}_{op.kind}")))
+                oqs = [g.out_qparams for g in spec.groups if g.out_qparams is not None]
+                if not oqs:  # float-output tables
+                    if op.output_type == site_t:
+                        new_nodes[-1].output[0] = site.output
+                    else:
+                        node("Cast", [y], "", out=site.output, to=site_t)
+                else:
+                    s = init("out_scale", _expand(spec, [q.scale for q in oqs]), np.float32)
+                    zo = _expand(spec, [q.zero_point for q in oqs])
+                    z = init("out_zero_point", zo, oqs[0].np_dtype)
+                    if site.dtype == "float32":
+                        node("DequantizeLinear", [y, s, z], "", out=site.output, axis=-1)
+                    else:
+                        f = node("DequantizeLinear", [y, s, z], "y_f32", axis=-1)
+                        node("Cast", [f], "", out=site.output, to=site_t)
+                plan = _Plan(
+                    site,
+                    remove,
+                    new_nodes,
+                    inits,
+                    op,
+                    spec,
+                    "float",
+                    rng,
+                    source,
+                    site.output,
+                    None,
+                )
+                _check_internal_tensors(plan, graph, readers)
+                return plan
             qp = spec.in_qparams  # type: ignore[attr-defined]
             s = init("in_scale", qp.scale, np.float32)
             z = init("in_zero_point", qp.zero_point, qp.np_dtype)
@@ -598,7 +736,7 @@ def convert_model(
             continue
         claimed |= plan.remove
         plans.append(plan)
-        rep = error_report(plan.spec)
+        rep = _report(plan.spec)
         records.append(
             SiteRecord.for_site(
                 site,
