@@ -419,18 +419,24 @@ def test_ranges_file_gives_per_site_ranges(tmp_path: Path) -> None:
     onnx.save_model(load_fixture("erf_torchscript"), str(src))
     rf = tmp_path / "ranges.json"
     _ranges_file(rf, src, -7.0, 3.0)
-    res = convert_file(
-        src, tmp_path / "o.onnx", ConvertConfig("int8-lut", range=(-1.0, 1.0), ranges_file=str(rf))
-    )
+    cfg = ConvertConfig("int8-lut", range=(-1.0, 1.0), ranges_file=str(rf), tail_cut=False)
+    res = convert_file(src, tmp_path / "o.onnx", cfg)
     rec = res.manifest.converted[0]
     assert rec.range == (-7.0, 3.0) and rec.range_source == "ranges:chosen"
     from gelu_quant.lut.table import build_lut
 
     assert spec_from_json(rec.spec) == build_lut(in_range=(-7.0, 3.0))
+    # by default the calibrated range starts where GELU's negative tail stops mattering
+    from gelu_quant.lut.tails import negative_tail_cut
+
+    res = convert_file(src, tmp_path / "c.onnx", dataclasses.replace(cfg, tail_cut=True))
+    rec = res.manifest.converted[0]
+    assert rec.range_source == "ranges:chosen, tail cut"
+    assert rec.range == (negative_tail_cut(3.0), 3.0)
     res = convert_file(
         src,
         tmp_path / "p.onnx",
-        ConvertConfig("int8-lut", ranges_file=str(rf), method="percentile"),
+        ConvertConfig("int8-lut", ranges_file=str(rf), method="percentile", tail_cut=False),
     )
     assert res.manifest.converted[0].range == (-3.5, 1.5)
     with pytest.raises(ModelError, match="no 'entropy' range"):
@@ -445,7 +451,9 @@ def test_ranges_file_gives_per_site_ranges(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="different model"):
         convert_file(other, tmp_path / "q.onnx", ConvertConfig("int8-lut", ranges_file=str(rf)))
     res = convert_file(
-        other, tmp_path / "q.onnx", ConvertConfig("int8-lut", ranges_file=str(rf), force=True)
+        other,
+        tmp_path / "q.onnx",
+        ConvertConfig("int8-lut", ranges_file=str(rf), force=True, tail_cut=False),
     )
     assert res.manifest.converted[0].range == (-7.0, 3.0)
 
