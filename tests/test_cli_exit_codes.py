@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _small_models import matmul_gelu
 from click.testing import CliRunner, Result
-from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.cli.main import main
 
@@ -25,19 +25,7 @@ W = RNG.standard_normal((8, 8)).astype(np.float32)
 
 
 def _model(path: Path, w: np.ndarray = W) -> Path:
-    g = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
-            helper.make_node("Gelu", ["h"], ["y"], name="gelu"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        [numpy_helper.from_array(w, "W")],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
-    m.ir_version = 10
-    onnx.save_model(m, str(path))
+    onnx.save_model(matmul_gelu(w), str(path))
     return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _small_models import matmul_gelu
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -31,19 +32,7 @@ W = np.random.default_rng(7).standard_normal((8, 8)).astype(np.float32)
 
 def _graph_model() -> onnx.ModelProto:
     """x[N, 8] -> MatMul(W) -> Gelu (opset 20) -> y: one GELU, one weight to keep external."""
-    g = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
-            helper.make_node("Gelu", ["h"], ["y"], name="gelu"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        [numpy_helper.from_array(W, "W")],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
-    m.ir_version = 10
-    return m
+    return matmul_gelu(W)
 
 
 def _save_external(folder: Path, location: str = "model.data") -> Path:
