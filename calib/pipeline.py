@@ -11,7 +11,7 @@ import onnx
 
 from gelu_quant.calib.collector import collect, open_probe
 from gelu_quant.calib.data import model_input_specs, open_data_source
-from gelu_quant.calib.methods import MethodName
+from gelu_quant.calib.methods import DEFAULT_METHOD, MethodName
 from gelu_quant.calib.ranges_file import (
     MethodParams,
     RangesFile,
@@ -22,9 +22,6 @@ from gelu_quant.calib.ranges_file import (
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.modelfile import read_model_bytes, uses_external_data
-
-DEFAULT_METHOD: MethodName = "minmax"
-"""Min/max by default: on MiniLM, clipping GELU input outliers hurt downstream accuracy."""
 
 
 def _discovery() -> Callable[[onnx.ModelProto | str | os.PathLike[str]], list[GeluSite]]:

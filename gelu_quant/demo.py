@@ -21,7 +21,7 @@ target = "{target}"
 [calibrate]
 data = "calibration.txt"
 tokenizer = "{tokenizer}"
-method = "minmax"
+method = "entropy"
 batch-size = {batch_size}
 
 [eval]

@@ -22,7 +22,7 @@ The config is TOML (relative paths resolve against the config file's folder)::
     [calibrate]
     data = "calibration.txt"       # any `--data` source
     tokenizer = "tokenizer/"       # text sources only
-    method = "minmax"              # minmax | percentile | entropy | mse
+    method = "entropy"             # entropy (default) | minmax | percentile | mse
     batch-size = 16
     max-batches = 32
 
@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from gelu_quant import __version__
+from gelu_quant.calib.methods import DEFAULT_METHOD
 from gelu_quant.errors import BadInputError
 from gelu_quant.evaluate.gate import GateConfig, gate_config_from_table
 from gelu_quant.evaluate.report import AccuracyReport
@@ -80,7 +81,7 @@ class PipelineConfig:
     calibrate: StageData
     evaluate: StageData
     target: str = "int8-lut"
-    method: str = "minmax"
+    method: str = DEFAULT_METHOD
     percentile: float | None = None
     labels: Path | None = None
     classification_outputs: tuple[str, ...] | None = None
@@ -199,7 +200,7 @@ class PipelineConfig:
             calibrate=cal,
             evaluate=ev,
             target=str(doc.get("target", "int8-lut")),
-            method=str(cal_t.get("method", "minmax")),
+            method=str(cal_t.get("method", DEFAULT_METHOD)),
             percentile=None if pct is None else float(pct),
             labels=path_of(ev_t["labels"], "eval.labels") if "labels" in ev_t else None,
             classification_outputs=None if cls_outs is None else tuple(cls_outs),
