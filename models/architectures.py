@@ -79,7 +79,7 @@ SEED = 0
 
 # Bump "format" when the code below changes what it writes.
 EXPORT_SETTINGS: dict[str, Any] = {
-    "format": 2,
+    "format": 3,
     "seed": SEED,
     "batch": BATCH,
     "sequence": SEQUENCE,
@@ -473,15 +473,22 @@ def gelu_module_classes() -> tuple[type, ...]:
 
 
 def torch_gelu_count(name: str, feeds: Mapping[str, np.ndarray] | None = None) -> int:
-    """How many GELUs one forward pass of architecture ``name`` computes (PyTorch's count).
+    """How many GELUs one forward pass of architecture ``name`` computes (PyTorch's count)."""
+    model = build_torch_model(name)
+    return count_gelu_calls(model, torch_inputs(feeds or make_inputs(name, SEED), name))
 
-    Each call of a GELU activation module counts once (whatever it does inside: a clipped GELU is
-    one GELU), and so does each ``torch.nn.functional.gelu`` call made outside such a module.
+
+def count_gelu_calls(model: Any, args: Sequence[Any]) -> int:
+    """GELUs computed by ``model(*args)``: calls of GELU activation modules, plus calls of
+    ``torch.nn.functional.gelu`` made outside such modules.
+
+    Each module call counts once whatever it does inside (a clipped GELU is one GELU); modules
+    are recognised by class (:func:`gelu_module_classes`), functional calls by a
+    ``TorchFunctionMode``.
     """
     import torch
     from torch.overrides import TorchFunctionMode
 
-    model = build_torch_model(name)
     classes = gelu_module_classes()
     state = {"depth": 0, "modules": 0, "functional": 0}
 
@@ -511,7 +518,7 @@ def torch_gelu_count(name: str, feeds: Mapping[str, np.ndarray] | None = None) -
             handles.append(module.register_forward_hook(post))
     try:
         with torch.no_grad(), CountGelu():
-            model(*torch_inputs(feeds or make_inputs(name, SEED), name))
+            model(*args)
     finally:
         for h in handles:
             h.remove()
@@ -704,8 +711,41 @@ def _convert_fp16(name: str, folder: Path, cache_dir: Path | None) -> dict[str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         half = convert_float_to_float16(model, keep_io_types=EXPORT_SETTINGS["fp16"]["keep_io"])
+    moved = _sort_topologically(half.graph)
     onnx.save(half, str(folder / MODEL_FILE))
-    return _cap_ir_version(folder / MODEL_FILE)
+    return {"nodes_moved_by_topological_sort": moved, **_cap_ir_version(folder / MODEL_FILE)}
+
+
+def _sort_topologically(graph: Any) -> int:
+    """Put the nodes of ``graph`` in topological order (stable); return how many moved.
+
+    ORT's float16 converter appends the ``Cast`` of each float model input at the end of the node
+    list (``keep_io_types=True``); ORT runs such a graph, but ``onnx.checker`` refuses it and so
+    does ``gelu-quant convert``.
+    """
+    nodes = []
+    for original in graph.node:  # copies: the repeated field is cleared below
+        node = type(original)()
+        node.CopyFrom(original)
+        nodes.append(node)
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    placed: list[Any] = []
+    pending = nodes
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                placed.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ModelError("the float16 model's graph has a cycle or an undefined input")
+        pending = rest
+    moved = sum(a is not b for a, b in zip(nodes, placed, strict=True))
+    del graph.node[:]
+    graph.node.extend(placed)
+    return moved
 
 
 def calibration_batches(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
