@@ -101,6 +101,14 @@ EXPORT_SETTINGS: dict[str, Any] = {
     "seed": SEED,
     "batch": BATCH,
     "sequence": SEQUENCE,
+    "sizes": {
+        "vocab": VOCAB,
+        "hidden": HIDDEN,
+        "heads": HEADS,
+        "layers": LAYERS,
+        "intermediate": INTERMEDIATE,
+        "image": IMAGE,
+    },
     "attn_implementation": "eager",
     # weights std 0.3 instead of 0.02: GELU inputs then span about ±4, its curved part, rather
     # than ±0.2 where any approximation of x/2 passes
@@ -433,9 +441,8 @@ def _perturb_vectors(model: Any, std: float) -> None:
     """Add seeded noise to every 1-D parameter (biases, norm weights).
 
     Random initialisation leaves biases at 0 and norm weights at 1; the TorchScript exporter then
-    folds the identical tensors into one initializer shared by several layers, which real models
-    never have (and on which ORT 1.32 fails to load ORT-optimised models: ``Attempt to replace the
-    existing tensor``).
+    folds the identical tensors into one initializer shared by several layers (a Gemm of layer 1
+    reading layer 0's bias), which trained models never have.
     """
     import torch
 
@@ -912,7 +919,7 @@ def table_rows(
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.4g}"
     return "" if value is None else str(value)
 
 

@@ -19,6 +19,8 @@ Cases that fail today for a reason the issue lists are ``xfail(strict=True)`` wi
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Iterator
 from functools import cache
@@ -117,7 +119,8 @@ def _torch_count(name: str) -> int:
     return archs.torch_gelu_count(name)
 
 
-_WORK = Path(tempfile.mkdtemp(prefix="gq-test-arch-"))
+_WORK = Path(tempfile.mkdtemp(prefix="gq-test-arch-"))  # shared by the cached helpers below
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 
 
 @cache
@@ -178,6 +181,13 @@ def test_torch_counts_follow_the_architectures() -> None:
     assert _torch_count("whisper-encoder") == layers + 2  # F.gelu after each of the 2 convs
     assert _torch_count("convnext") == 2  # one block per stage, 2 stages
     assert all(_torch_count(n) == 0 for n in NO_GELU_ARCHS)
+
+
+@pytest.mark.parametrize("name", list(archs.ARCHITECTURES))
+def test_opset17_export_computes_what_torch_computes(name: str) -> None:
+    feeds = archs.make_inputs(name, archs.EVALUATION_SEEDS[0])
+    onnx_out = archs.run_onnx(archs.export_onnx(name, "opset17"), feeds)
+    assert archs.relative_error(onnx_out, archs.torch_output(name, feeds)) <= 1e-5
 
 
 # -- discovery ----------------------------------------------------------------
