@@ -132,9 +132,10 @@ def test_reference_ops_fix_onnx_gather_elements() -> None:
 
 
 def test_int8_gelu_tables_get_the_fast_formula_body() -> None:
-    """The point of the formula body: GELU tables with int8/uint8 outputs never need Gather."""
+    """The point of the formula body: GELU tables with int8/uint8 outputs never need Gather
+    (QuickGELU tables use GatherElements by choice: faster than their formula in ORT)."""
     for rng, in_dtype, out_dtype, form in LUT_CASES:
-        if out_dtype in ("int8", "uint8"):
+        if out_dtype in ("int8", "uint8") and form != "quick":
             spec = build_lut(in_range=rng, in_dtype=in_dtype, out_dtype=out_dtype, form=form)
             op = custom_op(spec, opset=21)
             assert op.body_kind == "formula", (rng, op.notes)
