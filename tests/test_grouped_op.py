@@ -70,3 +70,22 @@ def test_float16_output_falls_back_to_the_table() -> None:
     op = custom_op(spec, opset=21)
     assert op.body_kind == "gather-elements"
     _three_way(op, spec)
+
+
+def test_the_wide_probe_covers_every_code_at_every_position() -> None:
+    """The probe of a 16k-channel tensor: every code of every channel, each code of a group at
+    all 16 positions modulo 16 of the flattened tensor."""
+    rng = np.random.default_rng(4)
+    C = 64
+    lo, hi = -rng.uniform(0.5, 9, C), rng.uniform(0.5, 24, C)
+    spec = build_grouped_lut(partition_channels(lo, hi, 4), [(-9.0, 24.0)] * 4)
+    x, want = all_codes_probe(spec)
+    codes = x.astype(np.int64)
+    for c in range(C):
+        assert set(codes[:, c]) == set(range(-128, 128))
+    pos = np.arange(x.size).reshape(x.shape) % 16
+    for k in (-128, -1, 0, 77, 127):
+        assert set(pos[codes == k]) == set(range(16))
+    op = custom_op(spec, opset=17)
+    assert op.body_kind == "formula"
+    _three_way(op, spec)

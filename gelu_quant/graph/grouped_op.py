@@ -154,11 +154,23 @@ def channel_model(op: CustomOp, channels: int) -> onnx.ModelProto:
 
 
 def all_codes_probe(spec: GroupedLutSpec) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-    """Every input code in every channel (at every position modulo 16) and the expected
-    outputs: column ``c`` is the codes of channel ``c``'s dtype, looked up in its group."""
+    """Every input code of every channel at every position modulo 16 of the flattened tensor
+    (vectorised kernels treat a block's tail differently), plus a ragged tail, and the expected
+    outputs.
+
+    Narrow tensors repeat :func:`position_probe`'s shifted code list down every column. For a
+    channel count that is a multiple of 16 (transformer widths) a cheaper probe does the same:
+    row ``r`` of column ``c`` holds code ``qmin + (r + c) mod n``, so each channel sees all its
+    ``n`` codes and code ``k`` of channel ``c`` sits at flattened position ``≡ c (mod 16)``.
+    """
     qp = spec.groups[0].in_qparams
-    codes, _ = position_probe(qp.codes(), qp.codes())
-    x = np.repeat(codes[:, None], spec.channels, axis=1)
+    n = qp.qmax - qp.qmin + 1
+    if spec.channels % 16:
+        codes, _ = position_probe(qp.codes(), qp.codes())
+        x = np.repeat(codes[:, None], spec.channels, axis=1)
+    else:
+        rows = np.arange(n + 13)[:, None] + np.arange(spec.channels)[None, :]
+        x = (qp.qmin + rows % n).astype(qp.np_dtype)
     return x, spec.lookup(x)
 
 
