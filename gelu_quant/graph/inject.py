@@ -778,16 +778,16 @@ def convert_model(
         for op in functions.values():
             out.functions.append(op.function())
     weights = sum(len(t.raw_data) for t in out.graph.initializer)
-    if config.check and weights < (1 << 30) and not uses_external_data(out):
-        # in-memory check for models far from protobuf's 2 GB limit; convert_file checks the
-        # written file instead, whatever its size
-        try:
-            onnx.checker.check_model(out, full_check=True)
-        except Exception as e:  # ValidationError, InferenceError, ValueError, …
-            raise ModelError(
-                f"the converted model fails the ONNX checker: {_one_line(e)}"
-            ) from None
     notes: list[str] = []
+    # in-memory check for models far from protobuf's 2 GB limit; convert_file checks the
+    # written file instead, whatever its size
+    if config.check and weights < (1 << 30) and not uses_external_data(out):
+        problem = _checker_error(out)
+        if problem is not None:
+            source_problem = _checker_error(model)
+            if source_problem is None:
+                raise ModelError(f"the converted model fails the ONNX checker: {problem}")
+            notes.append(_unchecked_note(problem, source_problem))
     qdq_ids = [p.site.id for p in plans if p.mode == "qdq"]
     if qdq_ids and (ranges is not None or config.range is not None):
         notes.append(qdq_ranges_note(qdq_ids, "--ranges" if ranges is not None else "--range"))
@@ -914,8 +914,8 @@ def convert_file(
     result = convert_model(model, in_memory, sites=sites, ranges=ranges, source_name=src_p.name)
     del model, header
     # tensors under the size threshold stay inline: a small model may end up with no data file
-    wrote_data = _save_atomic(
-        result.model, dst_p, data_name if external else None, check=config.check
+    wrote_data, check_note = _save_atomic(
+        result.model, dst_p, data_name if external else None, check=config.check, source=src_p
     )
     result.manifest = Manifest(
         target=result.manifest.target,
@@ -926,15 +926,39 @@ def convert_file(
         output_name=dst_p.name,
         expanded=config.expand,
         external_data=data_name if wrote_data else None,
-        notes=result.manifest.notes,
+        notes=result.manifest.notes + ((check_note,) if check_note else ()),
     )
     result.manifest.save(man_p)
     return result
 
 
-def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, check: bool) -> bool:
+def _checker_error(model: onnx.ModelProto | str) -> str | None:
+    """``onnx.checker``'s full check: None when it passes, else its message on one line."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # ValidationError, InferenceError, ValueError, …
+        return _one_line(e)
+    return None
+
+
+def _unchecked_note(problem: str, source_problem: str) -> str:
+    return (
+        "the converted model was not held to onnx.checker: the input model itself fails it "
+        f"({source_problem[:200]}); the converted model's check says: {problem[:200]}"
+    )
+
+
+def _save_atomic(
+    model: onnx.ModelProto,
+    dst: Path,
+    data_name: str | None,
+    *,
+    check: bool,
+    source: Path | None = None,
+) -> tuple[bool, str | None]:
     """Write ``dst`` (and its data file ``data_name``) atomically; whether a data file was
-    written (tensors under 1 KB stay inline)."""
+    written (tensors under 1 KB stay inline), and a note when the checker could not be held to
+    (the input ``source`` fails it too: gelu-quant keeps what it was given, and says so)."""
     folder = dst.resolve().parent
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=folder))
     try:
@@ -953,17 +977,17 @@ def _save_atomic(model: onnx.ModelProto, dst: Path, data_name: str | None, *, ch
                 size_threshold=1024,
                 convert_attribute=False,
             )
-        if check:
-            try:
-                onnx.checker.check_model(str(tmp_model), full_check=True)
-            except Exception as e:  # ValidationError, InferenceError, ValueError, …
-                raise ModelError(
-                    f"the converted model fails the ONNX checker: {_one_line(e)}"
-                ) from None
+        note = None
+        problem = _checker_error(str(tmp_model)) if check else None
+        if problem is not None:
+            source_problem = _checker_error(str(source)) if source is not None else None
+            if source_problem is None:
+                raise ModelError(f"the converted model fails the ONNX checker: {problem}")
+            note = _unchecked_note(problem, source_problem)
         wrote_data = data_name is not None and (tmpdir / data_name).exists()
         if wrote_data:
             os.replace(tmpdir / data_name, folder / data_name)  # type: ignore[operator]
         os.replace(tmp_model, dst)
-        return wrote_data
+        return wrote_data, note
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
