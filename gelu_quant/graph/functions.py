@@ -50,8 +50,8 @@ Function bodies (figures from ``benchmarks/bench_gelulut.py``, ORT 1.31, 32x128x
   do not (their rounding intervals are finer than float32 GELU's error) and use
   ``GatherElements``. QuickGELU tables have a formula body too (``DequantizeLinear -> Mul(1.702)
   -> Sigmoid -> Mul -> QuantizeLinear``, any opset, proved the same way, ``lut_body="formula"``),
-  but ``auto`` gives them ``GatherElements``: ORT runs the formula at 0.5x the speed of
-  DQ->Gelu->Q, GatherElements at 0.96x (``benchmarks/bench_gelulut.py``).
+  but ``auto`` gives them ``GatherElements``: ORT runs the formula at 0.42-0.53x the speed
+  of DQ->Gelu->Q, GatherElements at 0.96-1.15x (``benchmarks/bench_gelulut.py``).
   :attr:`CustomOp.body_kind` says which body was used; ``lut_body="gather"`` asks for
   ``Cast -> Gather`` (~7x slower in ORT).
 * **Interpolated tables**: ``GatherElements`` of the equivalent 256-entry table (the attributes
@@ -560,7 +560,7 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
     notes: list[str] = []
     if lut_body == "auto" and spec.form == "quick":
         # measured (benchmarks/bench_gelulut.py): x·Sigmoid(1.702x) behind a DequantizeLinear
-        # runs at 0.5x the speed of DQ -> Gelu -> Q, GatherElements at 0.96x
+        # runs at 0.42-0.53x the speed of DQ -> Gelu -> Q, GatherElements at 0.96-1.15x
         lut_body = "gather-elements"
         notes.append("QuickGELU table: GatherElements (faster than its formula body)")
     if lut_body in ("auto", "formula"):
