@@ -5,8 +5,11 @@ own scales; ``fp16-poly``), then every model runs on the same batch, interleaved
 at 1 and 2 intra-op threads. Printed: best latency and ``converted / original`` (the target is
 <= 1.10).
 
+With ``--groups K`` the float variants are also converted to grouped tables (``int8-lut
+--groups K``, calibrated on 64 sentences of the built-in corpus).
+
 Usage: ``python benchmarks/bench_minilm_latency.py [--batch 1] [--seq 128] [--rounds 15]
-[--variants opset17 opset20 qdq]``
+[--variants opset17 opset20 qdq] [--groups 8]``
 """
 
 from __future__ import annotations
@@ -45,6 +48,18 @@ def feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
     }
 
 
+def _ranges(model: Path, out: Path, tmp: Path) -> Path:
+    from gelu_quant.calib.pipeline import calibrate_model
+    from gelu_quant.models.corpus import write_corpus
+    from gelu_quant.models.minilm import minilm_tokenizer_dir
+
+    text = tmp / "calibration.txt"
+    if not text.exists():
+        write_corpus(text, "calibration", 64)
+    calibrate_model(model, text, out, tokenizer=minilm_tokenizer_dir(), batch_size=16)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
@@ -53,6 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--variants", nargs="+", default=["opset17", "opset20", "qdq"])
     ap.add_argument("--range", type=float, nargs=2, default=[-12.0, 12.0])
+    ap.add_argument("--groups", type=int, default=0, help="also grouped tables with K groups")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gq-bench-") as folder:
@@ -73,6 +89,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
                 res = convert_file(src, out, cfg)
             bodies = sorted({s.body or "" for s in res.manifest.converted})
             pairs.append((f"{v} -> {t} ({'/'.join(bodies)})", src, out))
+        if args.groups > 1 and v != "qdq":
+            ranges = _ranges(src, tmp / f"{v}-ranges.json", tmp)
+            out = tmp / f"{v}-g{args.groups}.onnx"
+            cfg = ConvertConfig(target="int8-lut", ranges_file=str(ranges), groups=args.groups)
+            res = convert_file(src, out, cfg)
+            bodies = sorted({s.body or "" for s in res.manifest.converted})
+            pairs.append((f"{v} -> int8-lut g{args.groups} ({'/'.join(bodies)})", src, out))
     x = feeds(args.batch, args.seq)
     print(
         f"all-MiniLM-L6-v2, batch {args.batch} x {args.seq} tokens, best of {args.rounds} "

@@ -4,6 +4,7 @@ float64 oracle written here, JSON round trips, and refusals."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,30 @@ def test_refusals() -> None:
         partition_channels([0.0], [1.0], 0)
     with pytest.raises(SpecError, match="finite"):
         partition_channels([np.nan], [1.0], 2)
+
+
+def test_c_header_holds_the_tables_and_the_channel_map(tmp_path: Path) -> None:
+    """The header compiles (-Wall -Werror) and its arrays are the spec's, read back in C."""
+    import shutil
+    import subprocess
+
+    from gelu_quant.lut.export import c_header
+
+    spec = build_grouped_lut(np.array([0, 1, 1, 0, 2]), [(-1.0, 1.0), (-2.0, 6.0), (-3.0, 20.0)])
+    (tmp_path / "g.h").write_text(c_header(spec, "ffn0"))
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "main.c").write_text(
+        '#include <stdio.h>\n#include "g.h"\nint main(void) {\n'
+        "  for (int c = 0; c < 5; c++) { int g = ffn0_channel_group[c];\n"
+        '    for (int q = 0; q < 256; q++) printf("%d ", ffn0_tables[g][q]); }\n'
+        '  printf("\\n"); return 0; }\n'
+    )
+    exe = tmp_path / "main"
+    subprocess.run(
+        [cc, "-std=c99", "-Wall", "-Werror", "-o", str(exe), str(tmp_path / "main.c")], check=True
+    )
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    want = np.concatenate([spec.groups[g].table for g in spec.channel_group]).astype(int)
+    assert [int(v) for v in out] == list(want)
