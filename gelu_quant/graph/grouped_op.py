@@ -2,18 +2,19 @@
 
 Input ``X`` holds int8/uint8 codes whose last axis is the spec's channels, each channel in its
 group's input code space; output ``Y`` the output codes (or float16/float32 values), each channel
-in its group's output code space. In a float model the converter puts a per-axis
-``QuantizeLinear`` before it and a per-axis ``DequantizeLinear`` after it (``axis=-1``, the
-groups' qparams expanded to channels).
+in its group's output code space. In a float model the converter puts a per-channel
+quantize before it and a per-channel dequantize after it (the groups' qparams expanded to
+channels, spelled as :func:`quantize_per_channel` / :func:`dequantize_per_channel`).
 
 Attributes carry the spec for a vendor compiler: ``tables`` (K x entries), ``channel_group``,
 per-group ``in_scales`` / ``in_zero_points`` / ``out_scales`` / ``out_zero_points``,
 ``out_dtype``, ``form``. Bodies, as for one table (see :mod:`gelu_quant.graph.functions`):
 
-* ``formula``: ``DequantizeLinear(axis=-1) -> Gelu -> QuantizeLinear(axis=-1)`` with per-channel
-  scales (opset >= 20; ``Cast -> Mul -> Sub`` and the spelled-out formula before), each group's
-  scales nudged until every code of the group provably lands on its entry, then run on every
-  code of every channel in ORT and onnx.reference at build time;
+* ``formula``: per-channel dequantize -> ``Gelu`` -> per-channel quantize (spelled with
+  broadcast arithmetic, :func:`quantize_per_channel`: ORT's per-axis Q/DQ kernels are ~18x
+  slower) with per-channel scales (opset >= 20; ``Cast -> Mul -> Sub`` and the spelled-out
+  formula before), each group's scales nudged until every code of the group provably lands on
+  its entry, then run on every code of every channel in ORT and onnx.reference at build time;
 * ``gather-elements``: index = code + 256·group (per channel), one ``GatherElements`` on the
   flattened tables — any tables, used when the formula cannot be proved.
 """
@@ -70,6 +71,40 @@ def _attributes(spec: GroupedLutSpec) -> tuple[onnx.AttributeProto, ...]:
     return tuple(attrs)
 
 
+def quantize_per_channel(
+    x: str, scale: str, zero_point_f: str, y: str, dtype: Any, prefix: str = ""
+) -> list[onnx.NodeProto]:
+    """Per-channel QuantizeLinear of float32 ``x`` spelled ``Div → Round → Add → Clip → Cast``:
+    ``saturate(round_half_even(x / scale) + zp)``, exactly ONNX's QuantizeLinear (the zero point
+    is added to an integer-valued float, exact), with per-channel ``scale`` and float zero points
+    broadcast on the last axis. ORT runs this 18× faster than a per-axis QuantizeLinear (0.24 vs
+    4.2 ms for 128 × 1536 values, one thread)."""
+    info = np.iinfo(dtype)
+    p = prefix
+    return [
+        helper.make_node("Div", [x, scale], [f"{p}q_div"]),
+        helper.make_node("Round", [f"{p}q_div"], [f"{p}q_round"]),
+        helper.make_node("Add", [f"{p}q_round", zero_point_f], [f"{p}q_shift"]),
+        const(f"{p}q_min", float(info.min), np.float32),
+        const(f"{p}q_max", float(info.max), np.float32),
+        helper.make_node("Clip", [f"{p}q_shift", f"{p}q_min", f"{p}q_max"], [f"{p}q_sat"]),
+        helper.make_node("Cast", [f"{p}q_sat"], [y], to=onnx_type(dtype)),
+    ]
+
+
+def dequantize_per_channel(
+    q: str, scale: str, zero_point_f: str, y: str, prefix: str = ""
+) -> list[onnx.NodeProto]:
+    """Per-channel DequantizeLinear spelled ``Cast → Sub → Mul``: ``(q − zp)·scale`` with one
+    rounding (the subtraction of two small integers is exact in float32), as ONNX defines it."""
+    p = prefix
+    return [
+        helper.make_node("Cast", [q], [f"{p}dq_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", [f"{p}dq_f", zero_point_f], [f"{p}dq_c"]),
+        helper.make_node("Mul", [f"{p}dq_c", scale], [y]),
+    ]
+
+
 def _per_channel(spec: GroupedLutSpec, per_group: list[Any], dtype: Any) -> npt.NDArray[Any]:
     return np.asarray(per_group, dtype=dtype)[spec.channel_group]
 
@@ -83,10 +118,8 @@ def formula_body(spec: GroupedLutSpec, fits: list[FormulaFit], opset: int) -> li
     if opset >= 20:
         nodes = [
             const("in_scale", in_scale),
-            const("in_zero_point", in_zp),
-            helper.make_node(
-                "DequantizeLinear", ["X", "in_scale", "in_zero_point"], ["x"], axis=-1
-            ),
+            const("in_zero_point", in_zp.astype(np.float32)),
+            *dequantize_per_channel("X", "in_scale", "in_zero_point", "x"),
             helper.make_node(
                 "Gelu", ["x"], ["g"], approximate="none" if spec.form == "exact" else "tanh"
             ),
@@ -111,8 +144,8 @@ def formula_body(spec: GroupedLutSpec, fits: list[FormulaFit], opset: int) -> li
     )
     nodes += [
         const("out_scale", out_scale),
-        const("out_zero_point", out_zp),
-        helper.make_node("QuantizeLinear", ["g", "out_scale", "out_zero_point"], ["Y"], axis=-1),
+        const("out_zero_point", out_zp.astype(np.float32)),
+        *quantize_per_channel("g", "out_scale", "out_zero_point", "Y", out_np),
     ]
     return nodes
 

@@ -47,7 +47,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import gelu_quant.graph.grouped_op  # noqa: F401  (registers the GeluGroupedLut body)
 from gelu_quant.errors import BadInputError, ModelError, SpecError
 from gelu_quant.graph.functions import (
     DOMAIN,
@@ -59,6 +58,7 @@ from gelu_quant.graph.functions import (
     expand_functions,
     onnx_type,
 )
+from gelu_quant.graph.grouped_op import dequantize_per_channel, quantize_per_channel
 from gelu_quant.graph.manifest import Manifest, SiteRecord
 from gelu_quant.graph.names import ensure_node_names
 from gelu_quant.graph.sites import GeluSite
@@ -591,10 +591,12 @@ def _plan_site(
             if isinstance(spec, GroupedLutSpec):  # per-channel Q/DQ around the grouped op
                 qps = [g.in_qparams for g in spec.groups]
                 s = init("in_scale", _expand(spec, [q.scale for q in qps]), np.float32)
-                z = init(
-                    "in_zero_point", _expand(spec, [q.zero_point for q in qps]), qps[0].np_dtype
-                )
-                codes = node("QuantizeLinear", [x, s, z], "codes", axis=-1)
+                z = init("in_zero_point", _expand(spec, [q.zero_point for q in qps]), np.float32)
+                codes = new_name(f"{pre}_codes")
+                p_in = new_name(f"{pre}_quant") + "_"
+                for n in quantize_per_channel(x, s, z, codes, qps[0].np_dtype, prefix=p_in):
+                    n.name = new_name(f"{pre}_{n.op_type}")
+                    new_nodes.append(n)
                 y = new_name(f"{pre}_out_codes")
                 new_nodes.append(op.node(codes, y, new_name(f"{pre}_{op.kind}")))
                 oqs = [g.out_qparams for g in spec.groups if g.out_qparams is not None]
@@ -606,12 +608,14 @@ def _plan_site(
                 else:
                     s = init("out_scale", _expand(spec, [q.scale for q in oqs]), np.float32)
                     zo = _expand(spec, [q.zero_point for q in oqs])
-                    z = init("out_zero_point", zo, oqs[0].np_dtype)
-                    if site.dtype == "float32":
-                        node("DequantizeLinear", [y, s, z], "", out=site.output, axis=-1)
-                    else:
-                        f = node("DequantizeLinear", [y, s, z], "y_f32", axis=-1)
-                        node("Cast", [f], "", out=site.output, to=site_t)
+                    z = init("out_zero_point", zo, np.float32)
+                    out = site.output if site.dtype == "float32" else new_name(f"{pre}_y_f32")
+                    p_out = new_name(f"{pre}_dequant") + "_"
+                    for n in dequantize_per_channel(y, s, z, out, prefix=p_out):
+                        n.name = new_name(f"{pre}_{n.op_type}")
+                        new_nodes.append(n)
+                    if site.dtype != "float32":
+                        node("Cast", [out], "", out=site.output, to=site_t)
                 plan = _Plan(
                     site,
                     remove,
