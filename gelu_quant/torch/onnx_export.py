@@ -22,38 +22,72 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gelu_quant.qparams import qlimits
+
 if TYPE_CHECKING:
     from gelu_quant.torch.fakequant import GeluFakeQuant
 
 _TORCH_ZP = {"int8": torch.int8, "uint8": torch.uint8}
 
 
+_LIVE: dict[int, Any] = {}
+"""Specs of the modules being exported, by module id: the Function's forward evaluates them."""
+
+
 class _QdqGelu(torch.autograd.Function):
-    """Forward: the module's exact table value; ONNX: the Q/DQ graph above."""
+    """Forward: the module's exact table value; ONNX: the Q/DQ graph above. The qparams go in
+    as Python scalars (the TorchScript exporter passes those to ``symbolic`` as constants)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: Any) -> torch.Tensor:
-        return module.table_forward(x).to(x.dtype)
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        key: int,
+        in_scale: float,
+        in_zp: int,
+        in_dtype: str,
+        in_bits: int,
+        out_scale: float,
+        out_zp: int,
+        out_dtype: str,
+        out_bits: int,
+        form: str,
+    ) -> torch.Tensor:
+        # numpy, not torch ops: the tracer must not record the lookup (the values are the same,
+        # GeluFakeQuant is bit-identical to the spec's evaluate)
+        y = _LIVE[key].evaluate(x.detach().cpu().numpy())
+        return torch.from_numpy(y).to(x.dtype)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, module: Any) -> Any:
-        iq, oq = module.in_qparams, module.out_qparams
-        opset = _opset()
-
-        def quant(v: Any, qp: Any) -> Any:
-            s = g.op("Constant", value_t=torch.tensor(qp.scale, dtype=torch.float32))
-            zdt = _TORCH_ZP[qp.dtype]
-            z = g.op("Constant", value_t=torch.tensor(qp.zero_point, dtype=zdt))
+    def symbolic(
+        g: Any,
+        x: Any,
+        key: int,
+        in_scale: float,
+        in_zp: int,
+        in_dtype: str,
+        in_bits: int,
+        out_scale: float,
+        out_zp: int,
+        out_dtype: str,
+        out_bits: int,
+        form: str,
+    ) -> Any:
+        def quant(v: Any, scale: float, zp: int, dtype: str, bits: int) -> Any:
+            s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+            zdt = _TORCH_ZP[dtype]
+            z = g.op("Constant", value_t=torch.tensor(zp, dtype=zdt))
             q = g.op("QuantizeLinear", v, s, z)
-            if qp.code_bits is not None:
-                lo = g.op("Constant", value_t=torch.tensor(qp.qmin, dtype=zdt))
-                hi = g.op("Constant", value_t=torch.tensor(qp.qmax, dtype=zdt))
+            if bits < 8:
+                qmin, qmax = qlimits(dtype, bits)
+                lo = g.op("Constant", value_t=torch.tensor(qmin, dtype=zdt))
+                hi = g.op("Constant", value_t=torch.tensor(qmax, dtype=zdt))
                 q = g.op("Clip", q, lo, hi)
             return g.op("DequantizeLinear", q, s, z)
 
-        xh = quant(x, iq)
-        y = _gelu_nodes(g, xh, module.form, opset)
-        return quant(y, oq)
+        xh = quant(x, in_scale, in_zp, in_dtype, in_bits)
+        y = _gelu_nodes(g, xh, form, _opset())
+        return quant(y, out_scale, out_zp, out_dtype, out_bits)
 
 
 def _opset() -> int:
@@ -87,8 +121,21 @@ def _gelu_nodes(g: Any, x: Any, form: str, opset: int) -> Any:
 
 def qdq_gelu(module: GeluFakeQuant, x: torch.Tensor) -> torch.Tensor:
     """The module's forward inside ``torch.onnx.export``."""
-    module.spec()  # the table of the current scales
-    out: torch.Tensor = _QdqGelu.apply(x, module)
+    _LIVE[id(module)] = module.spec()  # the table of the current scales
+    iq, oq = module.in_qparams, module.out_qparams
+    out: torch.Tensor = _QdqGelu.apply(
+        x,
+        id(module),
+        iq.scale,
+        iq.zero_point,
+        iq.dtype,
+        iq.bits,
+        oq.scale,
+        oq.zero_point,
+        oq.dtype,
+        oq.bits,
+        module.form,
+    )
     return out
 
 
@@ -121,6 +168,7 @@ def export_qat_onnx(
             )
     finally:
         model.train(was_training)
+        _LIVE.clear()
     proto = onnx.load(str(path))
     if proto.ir_version > max_ir_version:
         proto.ir_version = max_ir_version

@@ -303,12 +303,16 @@ def calibrate_ranges(
     *,
     example_inputs: Sequence[Any] | None = None,
     percentile: float | None = None,
+    stats: Mapping[str, TensorStats] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Each GELU site's input range by ``method`` (``minmax``, ``percentile``, ``entropy``,
     ``mse``) from statistics collected in PyTorch: what ``gelu-quant calibrate --method`` gives
-    on the exported model for the same data (up to the float32 differences of the two runtimes)."""
+    on the exported model for the same data (up to the float32 differences of the two runtimes).
+    ``stats``: statistics already collected by :func:`collect_stats` (``batches`` is then not
+    read), to try several methods on one pass."""
     sites = {s.site_id: s for s in find_gelus(model, example_inputs)}
-    stats = collect_stats(model, batches, example_inputs=example_inputs)
+    if stats is None:
+        stats = collect_stats(model, batches, example_inputs=example_inputs)
     out: dict[str, tuple[float, float]] = {}
     for sid, st in stats.items():
         if st.count == 0:
