@@ -44,23 +44,23 @@ def one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def trainable(model: torch.nn.Module, what: str) -> list[dict[str, object]]:
-    """Parameter groups: GELU scales (lr x10), LayerNorms, feed-forward biases."""
+    """Parameter groups: GELU scales, LayerNorms, feed-forward biases."""
     for p in model.parameters():
         p.requires_grad_(False)
     scales = [p for m in fake_quant_modules(model) for p in (m.in_scale, m.out_scale)]
-    groups: list[dict[str, object]] = [{"params": scales, "lr_mult": 10.0}]
+    groups: list[dict[str, object]] = [{"params": scales, "scales": True}]
     if what in ("norms", "ffn"):
         norms = [
             p for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()
         ]
-        groups.append({"params": norms, "lr_mult": 1.0})
+        groups.append({"params": norms})
     if what == "ffn":
         biases = [
             p
             for n, p in model.named_parameters()
             if n.endswith("bias") and (".intermediate." in n or ".output.dense" in n)
         ]
-        groups.append({"params": biases, "lr_mult": 1.0})
+        groups.append({"params": biases})
     for g in groups:
         for p in g["params"]:  # type: ignore[attr-defined]
             p.requires_grad_(True)
@@ -72,11 +72,17 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-4, help="LayerNorms and biases (Adam)")
+    ap.add_argument(
+        "--lr-scales",
+        type=float,
+        default=2e-2,
+        help="GELU scales (Adam: an absolute step, so of the order of 1%% of the scales)",
+    )
     ap.add_argument("--train", choices=("ranges", "norms", "ffn"), default="norms")
     ap.add_argument("--hidden-weight", type=float, default=0.0)
     ap.add_argument("--calibration", type=int, default=512)
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-length", type=int, default=64, help="training tokens per sentence")
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -97,7 +103,10 @@ def main() -> None:
     student = prepare_qat(copy.deepcopy(teacher), ranges, bits=args.bits, learn_ranges=True)
     groups = trainable(student, args.train)
     opt = torch.optim.Adam(
-        [{"params": g["params"], "lr": args.lr * float(g["lr_mult"])} for g in groups]  # type: ignore[arg-type]
+        [
+            {"params": g["params"], "lr": args.lr_scales if g.get("scales") else args.lr}
+            for g in groups
+        ]  # type: ignore[arg-type]
     )
     student.train()
     for m in student.modules():  # no dropout: the student must see the deployed function
@@ -116,7 +125,7 @@ def main() -> None:
         loss.backward()
         opt.step()
         if step % 20 == 0:
-            print(f"  step {step:4d} loss {float(loss):.3e}", flush=True)
+            print(f"  step {step:4d} loss {float(loss.detach()):.3e}", flush=True)
     t_qat = time.perf_counter() - t1
     student.eval()
     after = one_minus_cos(embed(student, ev), ref)

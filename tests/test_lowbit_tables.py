@@ -5,6 +5,7 @@ runs of the converted model against the spec's numpy reference."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -120,3 +121,46 @@ def test_c_header_of_a_low_bit_table() -> None:
     assert "static const int8_t g4_table[16]" in h
     full = c_header(build_lut(in_range=(-4.0, 4.0)), "g8")
     assert "BITS" not in full and "g8_table[256]" in full
+
+
+QDQ_CLIPPED = """
+    <ir_version: 10, opset_import: ["" : 20]>
+    g (float[N] x) => (float[N] y) {
+        s = Constant<value = float {0.4}>()
+        z = Constant<value = int8 {-1}>()
+        lo = Constant<value = int8 {-8}>()
+        hi = Constant<value = int8 {7}>()
+        so = Constant<value = float {0.3}>()
+        zo = Constant<value = int8 {-7}>()
+        q = QuantizeLinear(x, s, z)
+        qc = Clip(q, lo, hi)
+        d = DequantizeLinear(qc, s, z)
+        g1 = Gelu(d)
+        q2 = QuantizeLinear(g1, so, zo)
+        q2c = Clip(q2, lo, hi)
+        y = DequantizeLinear(q2c, so, zo)
+    }
+"""
+
+
+def test_qdq_site_with_low_bit_clips_collapses_to_a_low_bit_table() -> None:
+    import onnxruntime as ort
+
+    model = onnx.parser.parse_model(QDQ_CLIPPED)
+    (site,) = find_gelu_sites(model)
+    assert site.qdq_in is not None and site.qdq_out is not None
+    assert (site.qdq_in.bits, site.qdq_out.bits) == (4, 4)
+    assert "bits" in site.to_json()["qdq_in"]
+    res = convert_model(model, ConvertConfig("int8-lut"))
+    spec = spec_from_json(res.manifest.converted[0].spec)
+    want_spec = build_lut(
+        in_qparams=QParams(0.4, -1, "int8", 4), out_qparams=QParams(0.3, -7, "int8", 4)
+    )
+    assert spec == want_spec and want_spec.table.size == 16
+    x = np.linspace(-6, 6, 4001, dtype=np.float32)
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(sess.run(None, {"x": x})[0], want_spec.evaluate(x))
+    full = Path(__file__).parent / "fixtures" / "spellings" / "qdq_gelu.onnxtxt"
+    (full_site,) = find_gelu_sites(onnx.parser.parse_model(full.read_text()))
+    assert full_site.qdq_in is not None and full_site.qdq_in.bits is None
+    assert "bits" not in full_site.to_json()["qdq_in"]  # inspect --json as before

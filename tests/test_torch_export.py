@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 import onnxruntime as ort  # noqa: E402
 
 from gelu_quant.graph.inject import ConvertConfig, convert_file  # noqa: E402
+from gelu_quant.lut.spec import spec_from_json  # noqa: E402
 from gelu_quant.models.digits_vit import build_model, digits_train_data  # noqa: E402
 from gelu_quant.torch import (  # noqa: E402
     calibrate_ranges,
@@ -80,6 +81,9 @@ def test_export_convert_ort_reproduces_every_gelu_site(tmp_path: Path, bits: int
     fqs = fake_quant_modules(model)
     records = [r for r in result.manifest.sites if r.status == "converted"]
     assert len(records) == len(fqs) == 2
+    for r, fq in zip(records, fqs, strict=True):  # the trained table, low-bit codes included
+        assert spec_from_json(r.spec) == fq.spec()
+        assert spec_from_json(r.spec).table.size == 2**bits  # type: ignore[attr-defined]
     blob, sites = _with_site_outputs(dst)
     assert len(sites) == 2
     sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])

@@ -385,8 +385,8 @@ def _plan_site(
     if collapse:
         assert site.qdq_in is not None and site.qdq_out is not None
         qin, qout = site.qdq_in, site.qdq_out
-        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype)  # type: ignore[arg-type]
-        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype)  # type: ignore[arg-type]
+        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
+        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
         spec = build_spec(target, form, in_qparams=in_qp, out_qparams=out_qp)
         op = custom_op(spec, opset=opset, lut_body=config.lut_body, verify=config.verify)
         for n in (qin.node, qout.node):
