@@ -304,12 +304,14 @@ def calibrate_ranges(
     example_inputs: Sequence[Any] | None = None,
     percentile: float | None = None,
     stats: Mapping[str, TensorStats] | None = None,
+    bits: int | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Each GELU site's input range by ``method`` (``minmax``, ``percentile``, ``entropy``,
     ``mse``) from statistics collected in PyTorch: what ``gelu-quant calibrate --method`` gives
     on the exported model for the same data (up to the float32 differences of the two runtimes).
     ``stats``: statistics already collected by :func:`collect_stats` (``batches`` is then not
-    read), to try several methods on one pass."""
+    read), to try several methods on one pass. ``bits``: the code width ``mse`` scores (the
+    range that is best for 4-bit tables is narrower than the int8 one)."""
     sites = {s.site_id: s for s in find_gelus(model, example_inputs)}
     if stats is None:
         stats = collect_stats(model, batches, example_inputs=example_inputs)
@@ -317,7 +319,7 @@ def calibrate_ranges(
     for sid, st in stats.items():
         if st.count == 0:
             raise SpecError(f"GELU site {sid} ({sites[sid].name}) saw no data")
-        kw: dict[str, Any] = {"variant": _VARIANT_OF_FORM[sites[sid].form]}
+        kw: dict[str, Any] = {"variant": _VARIANT_OF_FORM[sites[sid].form], "bits": bits}
         if percentile is not None:
             kw["percentile"] = percentile
         out[sid] = select_range(st, method, **kw)
