@@ -23,7 +23,7 @@ What counts as a GELU:
 Sites are named ``gelu0``, ``gelu1``, … in order of execution when ``example_inputs`` are given
 (a forward pass with hooks), otherwise in module registration order; the ranges file of the
 model's ONNX export names its sites in graph order, which is the order of execution for the
-TorchScript exporter (checked on MiniLM and the digits ViT in the tests).
+TorchScript exporter (checked on the digits ViT in the tests).
 """
 
 from __future__ import annotations
