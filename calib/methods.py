@@ -252,6 +252,7 @@ def _quantized_gelu_mses(
     ranges: list[Range],
     variant: str,
     dtype: QDType,
+    bits: int | None = None,
 ) -> FloatArray:
     """Weighted MSE of ``Q_out(GELU(DQ(Q_in(x))))`` against ``ref`` (float64 GELU) at
     ``centres``, for every input range at once (one quantizer per row); ``inf`` for a range
@@ -262,23 +263,28 @@ def _quantized_gelu_mses(
         return out
     lo = np.array([ranges[k][0] for k in rows])
     hi = np.array([ranges[k][1] for k in rows])
-    s_in, z_in = qparams_from_ranges(lo, hi, dtype)
-    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, variant), dtype)
+    s_in, z_in = qparams_from_ranges(lo, hi, dtype, bits)
+    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, variant), dtype, bits)
     s_in, z_in, s_out, z_out = s_in[:, None], z_in[:, None], s_out[:, None], z_out[:, None]
-    qmin, qmax = qlimits(dtype)
+    qmin, qmax = qlimits(dtype, bits)
     codes = np.arange(qmin, qmax + 1)[None, :]
     y = gelu_fn(variant)(dequantize_linear(codes, s_in, z_in))
-    table = dequantize_linear(quantize_linear(y, s_out, z_out, dtype), s_out, z_out)
-    idx = quantize_linear(centres[None, :], s_in, z_in, dtype).astype(np.int64) - qmin
+    table = dequantize_linear(quantize_linear(y, s_out, z_out, dtype, bits), s_out, z_out)
+    idx = quantize_linear(centres[None, :], s_in, z_in, dtype, bits).astype(np.int64) - qmin
     err = np.take_along_axis(table, idx, axis=1) - ref[None, :]
     out[rows] = np.sum(weights * err * err, axis=1) / np.sum(weights)
     return out
 
 
 def mse_range(
-    stats: TensorStats, variant: str = "erf", dtype: QDType = "int8", candidates: int = 24
+    stats: TensorStats,
+    variant: str = "erf",
+    dtype: QDType = "int8",
+    candidates: int = 24,
+    bits: int | None = None,
 ) -> Range:
-    """The range minimising the quantized GELU's output MSE (coordinate search)."""
+    """The range minimising the quantized GELU's output MSE (coordinate search); ``bits``:
+    for low-bit input and output codes (2..8) in the ``dtype`` container."""
     _need_data(stats)
     nz = np.flatnonzero(stats.counts)
     w = stats.bin_width
@@ -303,7 +309,7 @@ def mse_range(
         return sorted({v for v in vals if v < 0} or {vmin})
 
     def costs(ranges: list[Range]) -> FloatArray:
-        c = _quantized_gelu_mses(centres, weights, ref, ranges, variant, dtype)
+        c = _quantized_gelu_mses(centres, weights, ref, ranges, variant, dtype, bits)
         c[np.isnan(c)] = math.inf
         return c
 
@@ -330,8 +336,10 @@ def select_range(
     percentile: float = DEFAULT_PERCENTILE,
     variant: str = "erf",
     dtype: QDType = "int8",
+    bits: int | None = None,
 ) -> Range:
-    """Dispatch to one method by name."""
+    """Dispatch to one method by name (``bits``: the code width ``mse`` scores, default the
+    dtype's)."""
     if method == "minmax":
         return minmax_range(stats)
     if method == "percentile":
@@ -339,5 +347,5 @@ def select_range(
     if method == "entropy":
         return entropy_range(stats)
     if method == "mse":
-        return mse_range(stats, variant, dtype)
+        return mse_range(stats, variant, dtype, bits=bits)
     raise BadInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

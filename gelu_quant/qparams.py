@@ -5,6 +5,10 @@
 holds), so numpy and ONNX Runtime start from the same number. Arithmetic happens in the input's
 float dtype: float32 inputs are divided in float32, as ORT does; float64 inputs in float64 (the
 reference used to build tables).
+
+Low-bit codes (2–7 bits, "int4" tables with 16 entries, say) live in an 8-bit container: the
+dtype stays int8/uint8 and ``bits`` narrows the code range to ``[-2**(bits-1), 2**(bits-1) - 1]``
+(signed) or ``[0, 2**bits - 1]`` (unsigned); quantization saturates to that range.
 """
 
 from __future__ import annotations
@@ -35,25 +39,37 @@ _ONNX_TYPES: dict[str, int] = {
 }
 
 
-def qlimits(dtype: str) -> tuple[int, int]:
-    """Smallest and largest code of an integer quantized dtype."""
+def qlimits(dtype: str, bits: int | None = None) -> tuple[int, int]:
+    """Smallest and largest code of an integer quantized dtype, or of ``bits``-bit codes stored
+    in it (``bits`` from 2 to the dtype's width; None: the dtype's full width)."""
     try:
-        return _LIMITS[dtype]
+        lo, hi = _LIMITS[dtype]
     except KeyError:
         raise SpecError(
             f"unknown quantized dtype {dtype!r}; expected one of {', '.join(QDTYPES)}"
         ) from None
+    if bits is None:
+        return lo, hi
+    width = 16 if dtype == "int16" else 8
+    if not (isinstance(bits, int) and 2 <= bits <= width):
+        raise SpecError(f"code bits must be an integer within 2..{width} for {dtype}, got {bits!r}")
+    if lo < 0:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def qparams_from_ranges(
-    lo: npt.NDArray[np.floating], hi: npt.NDArray[np.floating], dtype: QDType = "int8"
+    lo: npt.NDArray[np.floating],
+    hi: npt.NDArray[np.floating],
+    dtype: QDType = "int8",
+    bits: int | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """Scales (float32 values, as float64) and zero points of :meth:`QParams.from_range` for
     each range ``[lo[i], hi[i]]``, computed all at once. Raises SpecError for the first range
     that has none."""
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
-    qmin, qmax = qlimits(dtype)
+    qmin, qmax = qlimits(dtype, bits)
     bad = ~(np.isfinite(lo) & np.isfinite(hi))
     if bad.any():
         i = int(np.argmax(bad))
@@ -79,11 +95,13 @@ def quantize_linear(
     scale: float | npt.NDArray[np.floating],
     zero_point: int | npt.NDArray[np.integer],
     dtype: QDType,
+    bits: int | None = None,
 ) -> npt.NDArray[np.integer]:
     """ONNX QuantizeLinear: ``saturate(round_half_to_even(x / scale) + zero_point)``.
 
     ``scale`` (float32 values) and ``zero_point`` are scalars or arrays that broadcast against
-    ``x`` (one quantizer per row, say). NaN quantizes to the zero point.
+    ``x`` (one quantizer per row, say). NaN quantizes to the zero point. ``bits`` saturates to
+    the code range of that many bits instead of the dtype's (QuantizeLinear then ``Clip``).
     """
     a = np.asarray(x)
     ftype = np.float32 if a.dtype in (np.float16, np.float32) else np.float64
@@ -91,7 +109,7 @@ def quantize_linear(
     with np.errstate(invalid="ignore", over="ignore"):
         r = np.rint(a / np.asarray(scale, dtype=ftype))
     r = np.nan_to_num(r, nan=0.0, posinf=np.inf, neginf=-np.inf) + zero_point
-    qmin, qmax = qlimits(dtype)
+    qmin, qmax = qlimits(dtype, bits)
     return np.clip(r, qmin, qmax).astype(_NP_DTYPES[dtype])
 
 
@@ -116,9 +134,14 @@ class QParams:
     scale: float
     zero_point: int
     dtype: QDType
+    code_bits: int | None = None
+    """Width of the codes when narrower than the dtype (2..7 for int8/uint8: low-bit tables in
+    an 8-bit container); None (the default) is the dtype's full width."""
 
     def __post_init__(self) -> None:
-        qmin, qmax = qlimits(self.dtype)
+        if self.code_bits is not None and self.code_bits == (16 if self.dtype == "int16" else 8):
+            object.__setattr__(self, "code_bits", None)  # one spelling of the full width
+        qmin, qmax = qlimits(self.dtype, self.code_bits)
         s32 = float(np.float32(self.scale))
         if not (math.isfinite(s32) and s32 > 0.0):
             raise SpecError(f"scale must be a positive finite float32, got {self.scale!r}")
@@ -132,11 +155,11 @@ class QParams:
     # -- facts -------------------------------------------------------------------------------
     @property
     def qmin(self) -> int:
-        return qlimits(self.dtype)[0]
+        return qlimits(self.dtype, self.code_bits)[0]
 
     @property
     def qmax(self) -> int:
-        return qlimits(self.dtype)[1]
+        return qlimits(self.dtype, self.code_bits)[1]
 
     @property
     def np_dtype(self) -> type[np.integer]:
@@ -148,6 +171,9 @@ class QParams:
 
     @property
     def bits(self) -> int:
+        """Width of the codes (``code_bits``, else the dtype's)."""
+        if self.code_bits is not None:
+            return self.code_bits
         return 16 if self.dtype == "int16" else 8
 
     def codes(self) -> npt.NDArray[np.integer]:
@@ -165,7 +191,7 @@ class QParams:
     # -- arithmetic --------------------------------------------------------------------------
     def quantize(self, x: npt.ArrayLike) -> npt.NDArray[np.integer]:
         """ONNX QuantizeLinear: round half to even, add zero point, saturate."""
-        return quantize_linear(x, self.scale, self.zero_point, self.dtype)
+        return quantize_linear(x, self.scale, self.zero_point, self.dtype, self.code_bits)
 
     def dequantize(
         self, q: npt.ArrayLike, dtype: type[np.floating] = np.float64
@@ -175,17 +201,26 @@ class QParams:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_range(cls, lo: float, hi: float, dtype: QDType = "int8") -> QParams:
+    def from_range(
+        cls, lo: float, hi: float, dtype: QDType = "int8", bits: int | None = None
+    ) -> QParams:
         """Asymmetric qparams covering ``[lo, hi]`` (widened to contain 0, as ONNX requires).
 
         ``scale = (hi - lo) / (qmax - qmin)`` and the zero point is the code of 0, rounded half
-        to even and saturated, so 0 is exactly representable.
+        to even and saturated, so 0 is exactly representable. ``bits``: low-bit codes.
         """
-        scales, zps = qparams_from_ranges(np.array([lo]), np.array([hi]), dtype)
-        return cls(scale=float(scales[0]), zero_point=int(zps[0]), dtype=dtype)
+        scales, zps = qparams_from_ranges(np.array([lo]), np.array([hi]), dtype, bits)
+        return cls(scale=float(scales[0]), zero_point=int(zps[0]), dtype=dtype, code_bits=bits)
 
     def to_json(self) -> dict[str, object]:
-        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+        d: dict[str, object] = {
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "dtype": self.dtype,
+        }
+        if self.code_bits is not None:
+            d["bits"] = self.code_bits
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> QParams:
@@ -194,6 +229,7 @@ class QParams:
                 scale=float(d["scale"]),  # type: ignore[arg-type]
                 zero_point=int(d["zero_point"]),  # type: ignore[call-overload]
                 dtype=d["dtype"],  # type: ignore[arg-type]
+                code_bits=None if d.get("bits") is None else int(d["bits"]),  # type: ignore[call-overload]
             )
         except KeyError as e:
             raise SpecError(f"qparams JSON lacks {e.args[0]!r}") from None

@@ -74,6 +74,12 @@ def c_header(spec: GeluApprox, name: str = "gelu") -> str:
             macro = f"{ident.upper()}_{_c_ident(key).upper()}"
             lines.append(f"#define {macro}_SCALE {qp['scale']!r}f")
             lines.append(f"#define {macro}_ZERO_POINT {qp['zero_point']}")
+            if qp.get("bits") is not None:  # low-bit codes in an 8-bit container
+                b, signed = int(qp["bits"]), qp.get("dtype") != "uint8"
+                lo, hi = (-(1 << (b - 1)), (1 << (b - 1)) - 1) if signed else (0, (1 << b) - 1)
+                lines.append(f"#define {macro}_BITS {b}")
+                lines.append(f"#define {macro}_QMIN ({lo})")
+                lines.append(f"#define {macro}_QMAX {hi}")
     lines.append("")
     for key, arr in spec.arrays().items():
         a = np.ascontiguousarray(arr)

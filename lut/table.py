@@ -25,7 +25,9 @@ IN_DTYPES: tuple[QDType, ...] = ("int8", "uint8", "int16")
 _FLOAT_NP: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 
 
-def gelu_output_qparams(in_qparams: QParams, out_dtype: QDType, form: GeluForm) -> QParams:
+def gelu_output_qparams(
+    in_qparams: QParams, out_dtype: QDType, form: GeluForm, bits: int | None = None
+) -> QParams:
     """Output qparams fitted to GELU's actual (asymmetric) output range over every input code.
 
     GELU's minimum is -0.16997 (at x = -0.7518), so for inputs that reach below that point the
@@ -36,7 +38,7 @@ def gelu_output_qparams(in_qparams: QParams, out_dtype: QDType, form: GeluForm) 
     out_lo, out_hi = gelu_output_range(lo, hi, form)
     if not out_lo < out_hi:
         raise SpecError(f"GELU is constant over [{lo}, {hi}]; widen the input range")
-    return QParams.from_range(out_lo, out_hi, out_dtype)
+    return QParams.from_range(out_lo, out_hi, out_dtype, bits)
 
 
 @register_spec
@@ -165,11 +167,15 @@ def build_lut(
     out_dtype: OutDType = "int8",
     out_qparams: QParams | None = None,
     form: GeluForm = "exact",
+    in_bits: int | None = None,
+    out_bits: int | None = None,
 ) -> LutSpec:
     """Build the table for an input range (or given input qparams).
 
     Output qparams default to GELU's output range over the input codes
     (:func:`gelu_output_qparams`). Entries are ``Q_out(gelu(DQ_in(q)))`` in float64.
+    ``in_bits`` / ``out_bits`` (2..8, with ``in_range`` / default output qparams): low-bit codes
+    in the 8-bit container (``in_bits=4``: a 16-entry table); given qparams carry their own.
     """
     if form not in GELU_FORMS:
         raise SpecError(f"unknown GELU form {form!r}; expected one of {', '.join(GELU_FORMS)}")
@@ -180,9 +186,11 @@ def build_lut(
             raise SpecError("give an input range or input qparams")
         if in_dtype not in IN_DTYPES:
             raise SpecError(f"unknown input dtype {in_dtype!r}; expected one of {IN_DTYPES}")
-        in_qparams = QParams.from_range(float(in_range[0]), float(in_range[1]), in_dtype)
+        in_qparams = QParams.from_range(float(in_range[0]), float(in_range[1]), in_dtype, in_bits)
     elif in_range is not None:
         raise SpecError("give an input range or input qparams, not both")
+    elif in_bits is not None and in_bits != in_qparams.bits:
+        raise SpecError(f"in_bits={in_bits} but the input qparams have {in_qparams.bits} bits")
     x = in_qparams.dequantize(in_qparams.codes(), np.float64)
     y = gelu(x, form)
     if out_dtype in _FLOAT_NP:
@@ -192,7 +200,9 @@ def build_lut(
     else:
         qd = cast(QDType, out_dtype)
         if out_qparams is None:
-            out_qparams = gelu_output_qparams(in_qparams, qd, form)
+            out_qparams = gelu_output_qparams(in_qparams, qd, form, out_bits)
+        elif out_bits is not None and out_bits != out_qparams.bits:
+            raise SpecError(f"out_bits={out_bits} but the output qparams have {out_qparams.bits}")
         elif out_qparams.dtype != out_dtype:
             raise SpecError(f"output qparams are {out_qparams.dtype}, output dtype {out_dtype}")
         table = out_qparams.quantize(y)

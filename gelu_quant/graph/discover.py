@@ -23,6 +23,7 @@ Models given by path are read without their external data; only constants of at 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -397,6 +398,23 @@ def _quant_info(
     )
 
 
+def _clip_bits(clip: ir.Node | None, dtype: str) -> int | None:
+    """The code width ``b < 8`` when ``clip`` is a ``Clip`` to exactly the ``b``-bit code range of
+    ``dtype`` (int8/uint8) with constant bounds, else None."""
+    from gelu_quant.qparams import qlimits
+
+    if clip is None or not is_op(clip, "Clip") or dtype not in ("int8", "uint8"):
+        return None
+    ins = [*clip.inputs, None, None]
+    lo, hi = const_array(ins[1]), const_array(ins[2])
+    if lo is None or hi is None or lo.size != 1 or hi.size != 1:
+        return None
+    for b in range(2, 8):
+        if (int(lo.reshape(-1)[0]), int(hi.reshape(-1)[0])) == qlimits(dtype, b):
+            return b
+    return None
+
+
 def _qdq_in(
     x: ir.Value, members: set[ir.Node], notes: list[str], inferred: _Inferred
 ) -> QuantInfo | None:
@@ -404,6 +422,10 @@ def _qdq_in(
     if dq is None or not is_op(dq, "DequantizeLinear") or dq.inputs[0] is None:
         return None
     info = _quant_info(dq, dq.inputs[0], inferred, notes)
+    if info is not None:
+        bits = _clip_bits(dq.inputs[0].producer(), info.dtype)
+        if bits is not None:
+            info = dataclasses.replace(info, bits=bits)
     outside = [u for u in consumers(x) if u not in members]
     if info is not None and (outside or x.is_graph_output()):
         names = ", ".join(repr(u.name) for u in outside) or "the graph output"
@@ -422,7 +444,13 @@ def _qdq_out(y: ir.Value, notes: list[str], inferred: _Inferred) -> QuantInfo | 
         )
         return None
     q = qs[0]
-    return _quant_info(q, q.outputs[0], inferred, notes)
+    info = _quant_info(q, q.outputs[0], inferred, notes)
+    after = consumers(q.outputs[0])
+    if info is not None and len(after) == 1 and not q.outputs[0].is_graph_output():
+        bits = _clip_bits(after[0], info.dtype)
+        if bits is not None:
+            info = dataclasses.replace(info, bits=bits)
+    return info
 
 
 # -- shape inference ------------------------------------------------------------------------------

@@ -403,6 +403,11 @@ def _lut_attributes(spec: Any) -> tuple[onnx.AttributeProto, ...]:
             helper.make_attribute("out_scale", float(spec.out_qparams.scale)),
             helper.make_attribute("out_zero_point", int(spec.out_qparams.zero_point)),
         ]
+    # low-bit codes in an 8-bit container: their widths (absent for full-width codes)
+    if getattr(spec.in_qparams, "code_bits", None) is not None:
+        attrs.append(helper.make_attribute("in_bits", int(spec.in_qparams.code_bits)))
+    if getattr(spec.out_qparams, "code_bits", None) is not None:
+        attrs.append(helper.make_attribute("out_bits", int(spec.out_qparams.code_bits)))
     return tuple(attrs)
 
 
@@ -563,9 +568,12 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
         # runs at 0.42-0.53x the speed of DQ -> Gelu -> Q, GatherElements at 0.96-1.15x
         lut_body = "gather-elements"
         notes.append("QuickGELU table: GatherElements (faster than its formula body)")
+    low_bit = qp.code_bits is not None or getattr(spec.out_qparams, "code_bits", None) is not None
     if lut_body in ("auto", "formula"):
         fit = None
-        if int16 and opset < 21:
+        if low_bit:  # the body's QuantizeLinear would saturate to the container's range
+            notes.append("low-bit codes: table body (GatherElements)")
+        elif int16 and opset < 21:
             notes.append(f"formula body needs opset 21 for int16 Q/DQ (model has {opset})")
         else:
             fit = fit_formula(spec, mul_sub=opset < 20 and spec.form != "quick")

@@ -87,6 +87,9 @@ class Target:
     """Interpolated tables: number of segments."""
     baseline: Literal["tanh", "quick", "igelu"] | None = None
     help: str = ""
+    bits: int = 8
+    """LUT targets: width of the input and output codes (2..8; below 8 they live in an 8-bit
+    container, ``Clip`` after the ``QuantizeLinear``, a ``2**bits``-entry table)."""
 
 
 TARGETS: dict[str, Target] = {
@@ -115,6 +118,21 @@ TARGETS: dict[str, Target] = {
         "baseline", "int8", "float32", baseline="igelu", help="baseline: I-BERT i-GELU"
     ),
 }
+
+# Low-bit tables: 2..7-bit codes in an 8-bit container (int4-lut: 16 entries, and so on).
+TARGETS.update(
+    {
+        f"{sign}{b}-lut": Target(
+            "lut",
+            f"{sign}8",
+            f"{sign}8",
+            bits=b,
+            help=f"{2**b}-entry table, {b}-bit {sign} codes in and out (8-bit container)",
+        )
+        for b in range(7, 1, -1)
+        for sign in ("int", "uint")
+    }
+)
 
 
 class RangeSource(Protocol):
@@ -235,6 +253,7 @@ def build_spec(
 
         out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
         in_dtype: Any = target.in_dtype
+        low = target.bits if target.bits < 8 else None
         return build_lut(
             in_range=in_range if in_qparams is None else None,
             in_qparams=in_qparams,
@@ -242,6 +261,8 @@ def build_spec(
             out_dtype=out_dtype,
             out_qparams=out_qparams,
             form=form,
+            in_bits=low if in_qparams is None else None,
+            out_bits=low if out_qparams is None else None,
         )
     if target.kind == "interp":
         from gelu_quant.lut.interp import build_interp_lut
@@ -498,8 +519,8 @@ def _plan_site(
     if collapse:
         assert site.qdq_in is not None and site.qdq_out is not None
         qin, qout = site.qdq_in, site.qdq_out
-        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype)  # type: ignore[arg-type]
-        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype)  # type: ignore[arg-type]
+        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
+        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
         spec = build_spec(target, form, in_qparams=in_qp, out_qparams=out_qp)
         op = custom_op(spec, opset=opset, lut_body=config.lut_body, verify=config.verify)
         for n in (qin.node, qout.node):
@@ -635,6 +656,10 @@ def _plan_site(
             s = init("in_scale", qp.scale, np.float32)
             z = init("in_zero_point", qp.zero_point, qp.np_dtype)
             codes = node("QuantizeLinear", [x, s, z], "codes")
+            if qp.code_bits is not None:  # low-bit codes: saturate to their range
+                lo = init("in_qmin", qp.qmin, qp.np_dtype)
+                hi = init("in_qmax", qp.qmax, qp.np_dtype)
+                codes = node("Clip", [codes, lo, hi], "codes_clipped")
             lut_out_qp: QParams | None = getattr(spec, "out_qparams", None)
             if lut_out_qp is None:  # float-output table
                 if op.output_type == site_t:

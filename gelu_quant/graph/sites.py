@@ -27,6 +27,9 @@ class QuantInfo:
     """"int8", "uint8" or "int16"."""
     node: str
     """Name of the DQ or Q node."""
+    bits: int | None = None
+    """Low-bit codes: a ``Clip`` to the code range of this many bits sits between the Q and the
+    DQ (what ``gelu_quant.torch`` exports for 2–7-bit codes); None: the dtype's full width."""
 
 
 @dataclass(frozen=True)
@@ -70,4 +73,7 @@ class GeluSite:
         d["nodes"] = list(self.nodes)
         d["notes"] = list(self.notes)
         d["shape"] = None if self.shape is None else list(self.shape)
+        for key in ("qdq_in", "qdq_out"):  # "bits" only when there are low-bit codes
+            if d[key] is not None and d[key].get("bits") is None:
+                d[key].pop("bits", None)
         return d
