@@ -162,6 +162,8 @@ def main() -> None:
         "GeluLut quick (formula, opset 17)": custom_op(quick, opset=17, lut_body="formula"),
         "GeluLut quick (auto: GatherElements)": custom_op(quick),
         "GeluLut exact (formula, opset 17)": custom_op(exact, opset=17),
+        "GeluLut tanh (formula, opset 17)": custom_op(tanh, opset=17, lut_body="formula"),
+        "GeluLut tanh (auto, opset 17)": custom_op(tanh, opset=17),
         "GeluLut arbitrary (GatherElements)": custom_op(arbitrary),
         "GeluLut arbitrary (Gather)": custom_op(arbitrary, lut_body="gather"),
         "GeluInterpLut 32 (GatherElements)": custom_op(interp),

