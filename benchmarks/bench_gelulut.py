@@ -32,7 +32,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from gelu_quant.graph.functions import custom_op, single_op_model
+from gelu_quant.graph.ops import custom_op
+from gelu_quant.graph.ops.op_runners import single_op_model
 from gelu_quant.lut.interp import build_interp_lut
 from gelu_quant.lut.table import LutSpec, build_lut
 

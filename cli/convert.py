@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from gelu_quant.errors import BadInputError
-from gelu_quant.graph.functions import LUT_BODIES
 from gelu_quant.graph.inject import TARGETS, ConvertConfig, convert_file, default_manifest_path
+from gelu_quant.graph.ops import LUT_BODIES
 
 
 @click.command("convert")

@@ -2,7 +2,7 @@
 
 A spec holds the numbers (tables, breakpoints, coefficients) and nothing else holds them: its
 numpy reference :meth:`GeluApprox.evaluate`, its JSON form, its C header, its error report and its
-ONNX function body (``gelu_quant.graph.functions``) are all generated from it.
+ONNX function body (``gelu_quant.graph.ops``) are all generated from it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from click.testing import CliRunner
 
 from gelu_quant.cli.main import main
-from gelu_quant.graph.functions import DOMAIN
+from gelu_quant.graph.ops import DOMAIN
 from gelu_quant.numerics import gelu
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spellings"

@@ -18,17 +18,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from gelu_quant.errors import ModelError, SpecError
-from gelu_quant.graph.functions import (
-    DOMAIN,
-    GELU_ERROR_MARGIN,
-    custom_op,
-    expand_functions,
-    op_kind,
-    position_probe,
-    run_ort,
-    run_reference,
-    single_op_model,
-)
+from gelu_quant.graph.expand import expand_functions
+from gelu_quant.graph.ops import DOMAIN, custom_op, op_kind
+from gelu_quant.graph.ops.formula_proof import GELU_ERROR_MARGIN
+from gelu_quant.graph.ops.op_runners import position_probe, run_ort, run_reference, single_op_model
 from gelu_quant.lut.interp import build_interp_lut
 from gelu_quant.lut.poly import build_poly
 from gelu_quant.lut.table import build_lut
@@ -347,7 +340,7 @@ def test_float32_gelu_error_is_far_below_the_assumed_margin() -> None:
         # the formula the body uses, in ORT (fused) and in onnx.reference
         spec = build_lut(in_range=(-30.0, 30.0), out_dtype="float32", form=form)
         op = custom_op(spec, opset=21, lut_body="gather")
-        from gelu_quant.graph.functions import gelu_formula_nodes
+        from gelu_quant.graph.ops.formula_proof import gelu_formula_nodes
 
         g2 = helper.make_graph(
             gelu_formula_nodes("x", "y", form),
@@ -405,7 +398,7 @@ def test_refusals() -> None:
 
 
 def test_exact_gelu_constants() -> None:
-    from gelu_quant.graph.functions import gelu_formula_nodes
+    from gelu_quant.graph.ops.formula_proof import gelu_formula_nodes
 
     nodes = gelu_formula_nodes("x", "y", "exact")
     sqrt2 = next(n for n in nodes if n.output[0] == "sqrt2")

@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from gelu_quant.graph.functions import custom_op, run_ort, run_reference
-from gelu_quant.graph.grouped_op import all_codes_probe, channel_model, grouped_lut_op
+from gelu_quant.graph.ops import custom_op
+from gelu_quant.graph.ops.grouped_lut_op import all_codes_probe, channel_model, grouped_lut_op
+from gelu_quant.graph.ops.op_runners import run_ort, run_reference
 from gelu_quant.lut.grouped import build_grouped_lut, partition_channels
 
 

@@ -20,9 +20,9 @@ from onnx import helper, numpy_helper
 
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.graph.discover import find_gelu_sites
-from gelu_quant.graph.functions import DOMAIN, op_kind
 from gelu_quant.graph.inject import ConvertConfig, convert_file, convert_model
 from gelu_quant.graph.names import ensure_node_names
+from gelu_quant.graph.ops import DOMAIN, op_kind
 from gelu_quant.graph.sites import QuantInfo
 from gelu_quant.lut.spec import spec_from_json
 

@@ -48,19 +48,19 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.errors import BadInputError, ModelError, SpecError
-from gelu_quant.graph.functions import (
+from gelu_quant.graph.expand import expand_functions
+from gelu_quant.graph.manifest import Manifest, SiteRecord
+from gelu_quant.graph.names import ensure_node_names
+from gelu_quant.graph.ops import (
     DOMAIN,
     DOMAIN_VERSION,
     LUT_BODIES,
     CustomOp,
     LutBody,
     custom_op,
-    expand_functions,
     onnx_type,
 )
-from gelu_quant.graph.grouped_op import dequantize_per_channel, quantize_per_channel
-from gelu_quant.graph.manifest import Manifest, SiteRecord
-from gelu_quant.graph.names import ensure_node_names
+from gelu_quant.graph.ops.grouped_lut_op import dequantize_per_channel, quantize_per_channel
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.lut.grouped import MAX_GROUPS, GroupedLutSpec, build_grouped_lut, partition_channels
 from gelu_quant.lut.report import error_report

@@ -8,7 +8,7 @@ channels, spelled as :func:`quantize_per_channel` / :func:`dequantize_per_channe
 
 Attributes carry the spec for a vendor compiler: ``tables`` (K x entries), ``channel_group``,
 per-group ``in_scales`` / ``in_zero_points`` / ``out_scales`` / ``out_zero_points``,
-``out_dtype``, ``form``. Bodies, as for one table (see :mod:`gelu_quant.graph.functions`):
+``out_dtype``, ``form``. Bodies, as for one table (see :mod:`gelu_quant.graph.ops`):
 
 * ``formula``: per-channel dequantize -> ``Gelu`` -> per-channel quantize (spelled with
   broadcast arithmetic, :func:`quantize_per_channel`: ORT's per-axis Q/DQ kernels are ~18x
@@ -30,19 +30,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.errors import SpecError
-from gelu_quant.graph.functions import (
-    DOMAIN,
-    CustomOp,
-    FormulaFit,
-    const,
-    fit_formula,
-    gelu_formula_nodes,
-    onnx_type,
-    position_probe,
-    register_body,
-    run_ort,
-    run_reference,
-)
+from gelu_quant.graph.ops.body_emit import const
+from gelu_quant.graph.ops.custom_op import DOMAIN, CustomOp, onnx_type, register_body
+from gelu_quant.graph.ops.formula_proof import FormulaFit, fit_formula, gelu_formula_nodes
+from gelu_quant.graph.ops.op_runners import position_probe, run_ort, run_reference
 from gelu_quant.lut.grouped import GroupedLutSpec
 
 KIND = "GeluGroupedLut"
