@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from gelu_quant.calib.pipeline import calibrate_model
-from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.calib.ranges_file import load_ranges
+from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.digits_vit import digits_test_data, digits_train_data, digits_vit_path
 
 CONFIGS = [
@@ -46,7 +47,7 @@ def main() -> int:
         for target, groups in CONFIGS:
             out = d / "m.onnx"
             convert_file(
-                model, out, ConvertConfig(target, ranges_file=str(d / "r.json"), groups=groups)
+                model, out, ConvertConfig(target, groups=groups), ranges=load_ranges(d / "r.json")
             )
             a = accuracy(out)
             print(f"{target:<18} groups {groups}: {a:.4f}  drop {100 * (base - a):+.2f} points")

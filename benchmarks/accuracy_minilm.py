@@ -27,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 
 from gelu_quant.calib.pipeline import calibrate_model
-from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.calib.ranges_file import load_ranges
+from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.corpus import stdlib_sentences
 from gelu_quant.models.minilm import minilm_onnx, minilm_tokenizer_dir, tokenize
 
@@ -98,12 +99,11 @@ def main() -> int:
             out = tmp / "m.gq.onnx"
             cc = ConvertConfig(
                 target=target,
-                ranges_file=str(ranges),
                 method=method,
                 groups=int(groups),
                 tail_cut="nocut" not in flags,
             )
-            convert_file(model, out, cc)
+            convert_file(model, out, cc, ranges=load_ranges(ranges))
             m = metrics(ref, embeddings(out, ev))
             rows.append({"config": cfg, **m})
             print(

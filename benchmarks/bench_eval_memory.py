@@ -70,7 +70,7 @@ def main() -> None:
         child(int(n), Path(ref), Path(cand), args.threads, args.batch_size)
         return
 
-    from gelu_quant.graph.inject import ConvertConfig, convert_file
+    from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.models.minilm import minilm_onnx
 
     src = minilm_onnx("opset17")

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.calib.ranges_file import load_ranges
+from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.minilm import INPUT_NAMES, minilm_onnx
 
 
@@ -100,10 +101,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             ranges = _ranges(src, tmp / f"{v}-ranges.json", tmp)
             for body in args.lut_bodies:
                 out = tmp / f"{v}-g{args.groups}-{body}.onnx"
-                cfg = ConvertConfig(
-                    target="int8-lut", ranges_file=str(ranges), groups=args.groups, lut_body=body
-                )
-                res = convert_file(src, out, cfg)
+                cfg = ConvertConfig(target="int8-lut", groups=args.groups, lut_body=body)
+                res = convert_file(src, out, cfg, ranges=load_ranges(ranges))
                 bodies = sorted({s.body or "" for s in res.manifest.converted})
                 pairs.append((f"{v} -> int8-lut g{args.groups} ({'/'.join(bodies)})", src, out))
     x = feeds(args.batch, args.seq)

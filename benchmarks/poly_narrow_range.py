@@ -27,7 +27,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.calib.pipeline import calibrate_model
-from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.calib.ranges_file import load_ranges
+from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.digits_vit import digits_test_data, digits_vit_path
 
 
@@ -95,7 +96,10 @@ def main() -> None:
             for target in ("fp16-poly", "fp32-poly"):
                 out = d / f"{name}.{target}.onnx"
                 res = convert_file(
-                    model, out, ConvertConfig(target, ranges_file=str(d / f"{name}.ranges.json"))
+                    model,
+                    out,
+                    ConvertConfig(target),
+                    ranges=load_ranges(d / f"{name}.ranges.json"),
                 )
                 spec = res.manifest.converted[0].spec or {}
                 k, deg, a0, b0 = spec["segments"], spec["degree"], spec["lo"], spec["hi"]

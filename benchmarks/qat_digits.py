@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.digits_vit import (
     INPUT_NAME,
     OUTPUT_NAME,

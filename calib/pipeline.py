@@ -16,10 +16,10 @@ from gelu_quant.calib.ranges_file import (
     MethodParams,
     RangesFile,
     StatsFile,
-    model_fingerprint,
     refuse_overwriting_inputs,
 )
 from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.fingerprint import model_fingerprint
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.modelfile import read_model_bytes, uses_external_data
 

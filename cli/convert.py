@@ -7,9 +7,11 @@ from typing import Any
 
 import click
 
+from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.errors import BadInputError
-from gelu_quant.graph.inject import TARGETS, ConvertConfig, convert_file, default_manifest_path
+from gelu_quant.graph.convert import ConvertConfig, convert_file, default_manifest_path
 from gelu_quant.graph.ops import LUT_BODIES
+from gelu_quant.graph.targets import TARGETS
 
 
 @click.command("convert")
@@ -116,7 +118,6 @@ def convert(
     config = ConvertConfig(
         target=target,
         range=range_,
-        ranges_file=ranges_file,
         method=method,
         force=force,
         form=form,
@@ -127,7 +128,8 @@ def convert(
         sites=sites or None,
         groups=groups,
     )
-    result = convert_file(model, out, config, manifest_path=manifest_path)
+    ranges = None if ranges_file is None else load_ranges(ranges_file)
+    result = convert_file(model, out, config, manifest_path=manifest_path, ranges=ranges)
     man = result.manifest
     for note in man.notes:
         click.echo(f"warning: {note}", err=True)

@@ -22,7 +22,7 @@ from gelu_quant.evaluate.report import (
     to_markdown,
 )
 from gelu_quant.fileio import write_text_atomic
-from gelu_quant.graph.inject import default_manifest_path
+from gelu_quant.graph.convert import default_manifest_path
 
 
 @click.command("eval")

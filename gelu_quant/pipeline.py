@@ -259,11 +259,11 @@ def run_pipeline(
     from gelu_quant.calib.data import model_input_specs, open_data_source
     from gelu_quant.calib.methods import MethodName
     from gelu_quant.calib.pipeline import calibrate_model
-    from gelu_quant.calib.ranges_file import MethodParams
+    from gelu_quant.calib.ranges_file import MethodParams, load_ranges
     from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
     from gelu_quant.evaluate.report import to_json, to_junit_xml, to_markdown
     from gelu_quant.fileio import write_text_atomic
-    from gelu_quant.graph.inject import ConvertConfig, convert_file
+    from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.lut.export import c_header, spec_json_text
     from gelu_quant.lut.spec import spec_from_json
     from gelu_quant.modelfile import read_model
@@ -317,8 +317,9 @@ def run_pipeline(
     result = convert_file(
         cfg.model,
         files["model"],
-        ConvertConfig(target=cfg.target, ranges_file=str(files["ranges"]), method=cfg.method),
+        ConvertConfig(target=cfg.target, method=cfg.method),
         manifest_path=files["manifest"],
+        ranges=load_ranges(files["ranges"]),
     )
     timings["convert_s"] = time.perf_counter() - t0
     say(

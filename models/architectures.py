@@ -853,8 +853,9 @@ EVALUATION_SEEDS = (200, 2)
 
 def _table_row(name: str, exporter: str, count: int, work: Path) -> dict[str, Any]:
     from gelu_quant.calib.pipeline import calibrate_model
+    from gelu_quant.calib.ranges_file import load_ranges
+    from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.graph.discover import find_gelu_sites
-    from gelu_quant.graph.inject import ConvertConfig, convert_file
 
     row: dict[str, Any] = {"architecture": name, "exporter": exporter, "torch": count}
     try:
@@ -886,7 +887,7 @@ def _table_row(name: str, exporter: str, count: int, work: Path) -> dict[str, An
         out = folder / f"{target}.onnx"
         try:
             result = convert_file(
-                path, out, ConvertConfig(target=target, ranges_file=str(ranges), verify=False)
+                path, out, ConvertConfig(target=target, verify=False), ranges=load_ranges(ranges)
             )
         except Exception as e:
             row[key] = f"{type(e).__name__}: {str(e)[:80]}"

@@ -34,9 +34,10 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.errors import ModelError
+from gelu_quant.graph.convert import ConvertConfig, ConvertResult, convert_file
 from gelu_quant.graph.discover import find_gelu_sites
-from gelu_quant.graph.inject import ConvertConfig, ConvertResult, convert_file
 from gelu_quant.models import architectures as archs
 
 pytestmark = pytest.mark.slow
@@ -118,8 +119,8 @@ def _evaluation(name: str) -> list[dict[str, np.ndarray]]:
 def _convert(name: str, exporter: str, target: str) -> tuple[Path, ConvertResult]:
     src = _export(name, exporter)
     dst = _WORK / f"{name}-{exporter}.{target}.onnx"
-    config = ConvertConfig(target=target, ranges_file=str(_ranges(name, exporter)))
-    return dst, convert_file(src, dst, config)
+    ranges = load_ranges(_ranges(name, exporter))
+    return dst, convert_file(src, dst, ConvertConfig(target=target), ranges=ranges)
 
 
 def _assert_every_site_converted_as_its_form(name: str, result: ConvertResult) -> None:

@@ -12,9 +12,10 @@ from _calib_models import batches, oracle_preactivations, save, two_gelu_model
 from click.testing import CliRunner
 
 from gelu_quant.calib.methods import METHODS
-from gelu_quant.calib.ranges_file import load_ranges, model_fingerprint
+from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.cli.main import main
 from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.fingerprint import model_fingerprint
 
 
 def _run(*args: str) -> tuple[int, str, str]:

@@ -32,7 +32,8 @@ N_EVAL = 48
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from gelu_quant.calib.pipeline import calibrate_model
-    from gelu_quant.graph.inject import ConvertConfig, convert_file
+    from gelu_quant.calib.ranges_file import load_ranges
+    from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.models.corpus import stdlib_sentences
     from gelu_quant.models.minilm import minilm_onnx, minilm_tokenizer_dir, tokenize
 
@@ -47,7 +48,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dst = d / "minilm.gq.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        convert_file(src, dst, ConvertConfig("int8-lut", ranges_file=str(ranges)))
+        convert_file(src, dst, ConvertConfig("int8-lut"), ranges=load_ranges(ranges))
     return {
         "src": src,
         "dst": dst,

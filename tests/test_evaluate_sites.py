@@ -78,7 +78,7 @@ def test_qdq_site_without_float_output_is_compared_dequantized(tmp_path: Path) -
 
 
 def test_manifest_ranges_with_the_real_converter(tmp_path: Path) -> None:
-    from gelu_quant.graph.inject import ConvertConfig, convert_file
+    from gelu_quant.graph.convert import ConvertConfig, convert_file
 
     src = em.save(em.build(), tmp_path / "ref.onnx")
     dst = tmp_path / "ref.gq.onnx"

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.cli.main import main
 from gelu_quant.errors import ModelError
+from gelu_quant.graph.convert import ConvertConfig, convert_model
 from gelu_quant.graph.discover import find_gelu_sites
-from gelu_quant.graph.inject import ConvertConfig, convert_model
 from gelu_quant.lut.poly import DEFAULT_SHAPES, build_exact_poly, exact_tail_domain
 from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import spec_from_json

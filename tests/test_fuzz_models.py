@@ -30,8 +30,8 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from gelu_quant.cli.main import main
 from gelu_quant.errors import GeluQuantError
+from gelu_quant.graph.convert import ConvertConfig, convert_model
 from gelu_quant.graph.discover import discover
-from gelu_quant.graph.inject import ConvertConfig, convert_model
 from gelu_quant.modelfile import parse_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spellings"

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.cli.main import main
 from gelu_quant.errors import BadInputError
-from gelu_quant.graph.inject import ConvertConfig, convert_file
+from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.spec import spec_from_json
 from gelu_quant.numerics import gelu
@@ -80,7 +81,8 @@ def test_grouped_model_is_the_grouped_spec(tmp_path: Path, opset: int, target: s
     res = convert_file(
         model,
         tmp_path / "g.onnx",
-        ConvertConfig(target, ranges_file=str(tmp_path / "r.json"), groups=4),
+        ConvertConfig(target, groups=4),
+        ranges=load_ranges(tmp_path / "r.json"),
     )
     rec = res.manifest.converted[0]
     spec = spec_from_json(rec.spec or {})
@@ -95,7 +97,7 @@ def test_grouped_model_is_the_grouped_spec(tmp_path: Path, opset: int, target: s
     assert not outl & bulk
     # and the bulk channels get finer tables than one table can give them
     convert_file(
-        model, tmp_path / "p.onnx", ConvertConfig(target, ranges_file=str(tmp_path / "r.json"))
+        model, tmp_path / "p.onnx", ConvertConfig(target), ranges=load_ranges(tmp_path / "r.json")
     )
     ref = gelu(x.astype(np.float64))
     err_g = np.mean((got - ref) ** 2)
@@ -110,7 +112,9 @@ def test_groups_refusals(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="from 1 to 64"):
         ConvertConfig("int8-lut", groups=0)
     with pytest.raises(BadInputError, match="per-channel ranges"):
-        ConvertConfig("int8-lut", range=(-4.0, 4.0), groups=4)
+        convert_file(
+            model, tmp_path / "x.onnx", ConvertConfig("int8-lut", range=(-4.0, 4.0), groups=4)
+        )
     # a ranges file without per-channel extremes: the site is skipped, saying why
     np.savez(tmp_path / "cal.npz", x=_data(64, 0))
     calibrate_model(model, tmp_path / "cal.npz", tmp_path / "r.json")

@@ -18,9 +18,10 @@ import pytest
 from _formulas import assert_sequence_up_to_transcendental
 from onnx import helper, numpy_helper
 
+from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.graph.convert import ConvertConfig, convert_file, convert_model
 from gelu_quant.graph.discover import find_gelu_sites
-from gelu_quant.graph.inject import ConvertConfig, convert_file, convert_model
 from gelu_quant.graph.names import ensure_node_names
 from gelu_quant.graph.ops import DOMAIN, op_kind
 from gelu_quant.graph.sites import QuantInfo
@@ -393,7 +394,8 @@ def test_refuses_to_overwrite_the_input(tmp_path: Path) -> None:
 
 
 def _ranges_file(path: Path, model_path: Path, lo: float, hi: float) -> None:
-    from gelu_quant.calib.ranges_file import RangesFile, model_fingerprint
+    from gelu_quant.calib.ranges_file import RangesFile
+    from gelu_quant.fingerprint import model_fingerprint
 
     RangesFile(
         model_name=model_path.name,
@@ -419,8 +421,8 @@ def test_ranges_file_gives_per_site_ranges(tmp_path: Path) -> None:
     onnx.save_model(load_fixture("erf_torchscript"), str(src))
     rf = tmp_path / "ranges.json"
     _ranges_file(rf, src, -7.0, 3.0)
-    cfg = ConvertConfig("int8-lut", range=(-1.0, 1.0), ranges_file=str(rf), tail_cut=False)
-    res = convert_file(src, tmp_path / "o.onnx", cfg)
+    cfg = ConvertConfig("int8-lut", range=(-1.0, 1.0), tail_cut=False)
+    res = convert_file(src, tmp_path / "o.onnx", cfg, ranges=load_ranges(rf))
     rec = res.manifest.converted[0]
     assert rec.range == (-7.0, 3.0) and rec.range_source == "ranges:chosen"
     from gelu_quant.lut.table import build_lut
@@ -429,31 +431,36 @@ def test_ranges_file_gives_per_site_ranges(tmp_path: Path) -> None:
     # by default the calibrated range starts where GELU's negative tail stops mattering
     from gelu_quant.lut.tails import negative_tail_cut
 
-    res = convert_file(src, tmp_path / "c.onnx", dataclasses.replace(cfg, tail_cut=True))
+    res = convert_file(
+        src, tmp_path / "c.onnx", dataclasses.replace(cfg, tail_cut=True), ranges=load_ranges(rf)
+    )
     rec = res.manifest.converted[0]
     assert rec.range_source == "ranges:chosen, tail cut"
     assert rec.range == (negative_tail_cut(3.0), 3.0)
     res = convert_file(
         src,
         tmp_path / "p.onnx",
-        ConvertConfig("int8-lut", ranges_file=str(rf), method="percentile", tail_cut=False),
+        ConvertConfig("int8-lut", method="percentile", tail_cut=False),
+        ranges=load_ranges(rf),
     )
     assert res.manifest.converted[0].range == (-3.5, 1.5)
     with pytest.raises(ModelError, match="no 'entropy' range"):
         convert_file(
             src,
             tmp_path / "e.onnx",
-            ConvertConfig("int8-lut", ranges_file=str(rf), method="entropy"),
+            ConvertConfig("int8-lut", method="entropy"),
+            ranges=load_ranges(rf),
         )
     # a ranges file of another model is refused unless forced
     other = tmp_path / "other.onnx"
     onnx.save_model(load_fixture("erf_div_two"), str(other))
     with pytest.raises(ModelError, match="different model"):
-        convert_file(other, tmp_path / "q.onnx", ConvertConfig("int8-lut", ranges_file=str(rf)))
+        convert_file(other, tmp_path / "q.onnx", ConvertConfig("int8-lut"), ranges=load_ranges(rf))
     res = convert_file(
         other,
         tmp_path / "q.onnx",
-        ConvertConfig("int8-lut", ranges_file=str(rf), force=True, tail_cut=False),
+        ConvertConfig("int8-lut", force=True, tail_cut=False),
+        ranges=load_ranges(rf),
     )
     assert res.manifest.converted[0].range == (-7.0, 3.0)
 

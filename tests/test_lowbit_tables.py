@@ -13,9 +13,10 @@ import onnx.parser
 import pytest
 
 from gelu_quant.errors import SpecError
+from gelu_quant.graph.convert import ConvertConfig, convert_model
 from gelu_quant.graph.discover import find_gelu_sites
-from gelu_quant.graph.inject import TARGETS, ConvertConfig, convert_model
 from gelu_quant.graph.ops.op_runners import reference_evaluator
+from gelu_quant.graph.targets import TARGETS
 from gelu_quant.lut.export import c_header
 from gelu_quant.lut.spec import spec_from_json
 from gelu_quant.lut.table import build_lut

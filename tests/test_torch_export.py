@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 import onnxruntime as ort  # noqa: E402
 
-from gelu_quant.graph.inject import ConvertConfig, convert_file  # noqa: E402
+from gelu_quant.graph.convert import ConvertConfig, convert_file  # noqa: E402
 from gelu_quant.lut.spec import spec_from_json  # noqa: E402
 from gelu_quant.models.digits_vit import build_model, digits_train_data  # noqa: E402
 from gelu_quant.torch import (  # noqa: E402

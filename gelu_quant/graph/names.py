@@ -36,26 +36,49 @@ def needs_names(model: onnx.ModelProto) -> bool:
     return False
 
 
-def name_nodes_in_place(model: onnx.ModelProto) -> int:
-    """Name unnamed and duplicate-named nodes of ``model`` in place; return how many changed."""
-    nodes = list(_graphs_dfs(model.graph))
+def _assigned(nodes: list[onnx.NodeProto]) -> list[str]:
+    """The unique name of each node (depth-first order), the model left untouched."""
     taken = {n.name for n in nodes if n.name}
     seen: set[str] = set()
     counter = 0
-    changed = 0
+    names: list[str] = []
     for node in nodes:
         if node.name and node.name not in seen:
             seen.add(node.name)
+            names.append(node.name)
             continue
         while True:
             candidate = f"{node.op_type}_gq{counter}"
             counter += 1
             if candidate not in taken:
                 break
-        node.name = candidate
         taken.add(candidate)
         seen.add(candidate)
-        changed += 1
+        names.append(candidate)
+    return names
+
+
+def node_names(model: onnx.ModelProto) -> list[str]:
+    """The names :func:`ensure_node_names` gives every node (depth-first order), without copying
+    or changing the model."""
+    return _assigned(list(_graphs_dfs(model.graph)))
+
+
+def main_graph_node_names(model: onnx.ModelProto) -> list[str]:
+    """Those names for the main graph's nodes, in graph order."""
+    nodes = list(_graphs_dfs(model.graph))
+    top = {id(n) for n in model.graph.node}
+    return [name for n, name in zip(nodes, _assigned(nodes), strict=True) if id(n) in top]
+
+
+def name_nodes_in_place(model: onnx.ModelProto) -> int:
+    """Name unnamed and duplicate-named nodes of ``model`` in place; return how many changed."""
+    nodes = list(_graphs_dfs(model.graph))
+    changed = 0
+    for node, name in zip(nodes, _assigned(nodes), strict=True):
+        if node.name != name:
+            node.name = name
+            changed += 1
     return changed
 
 

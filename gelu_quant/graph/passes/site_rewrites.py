@@ -1,0 +1,363 @@
+"""What replaces one GELU site: a small rule per kind of replacement.
+
+Each rule (:class:`QdqCollapse`, :class:`FloatTable`, :class:`GroupedFloatTable`,
+:class:`FloatOp`) turns a site into a :class:`Rewrite`: the nodes to remove, the new nodes and
+initializers (written as ONNX nodes over tensor *names*, so that every name is chosen here,
+deterministically), and which existing tensors the new nodes take over. The pass
+(:mod:`gelu_quant.graph.passes.replace_sites`) applies rewrites to the onnx-ir graph: it wires
+the names to values, moves the readers of taken-over tensors to the new values and removes what
+the site was.
+
+Per site:
+
+* **QDQ model**, table targets: ``DequantizeLinear -> GELU -> QuantizeLinear`` collapses into one
+  op from the DQ's codes to the Q's codes, its table built from the graph's scales;
+* **float model**, table targets: ``QuantizeLinear -> op -> DequantizeLinear`` (``Cast`` to
+  float32 around it for float16 models; a ``Cast`` instead of the ``DequantizeLinear`` for
+  float-output tables; ``Clip`` to the code range for low-bit codes);
+* **float model**, grouped tables: per-channel quantize and dequantize around the op;
+* **float model**, polynomial and baseline targets: the op on the tensor, ``Cast`` around it when
+  the model's float type is not the op's;
+* bias-folded spellings get ``Add(x, bias)`` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.graph.ops import CustomOp, LutBody, custom_op, onnx_type
+from gelu_quant.graph.ops.grouped_lut_op import dequantize_per_channel, quantize_per_channel
+from gelu_quant.graph.sites import GeluSite
+from gelu_quant.graph.targets import Target, build_spec, grouped_spec
+from gelu_quant.lut.grouped import GroupedLutSpec
+from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.lut.tails import cut_range
+from gelu_quant.numerics import GeluForm
+from gelu_quant.qparams import QParams
+
+
+class RangeSource(Protocol):
+    """Where per-site input ranges come from (``gelu_quant.calib.ranges_file.RangesFile``)."""
+
+    def range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]: ...
+
+    def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What a rule needs besides the site: the choices of the conversion and the graph's facts."""
+
+    target: Target
+    form: GeluForm
+    opset: int
+    lut_body: LutBody
+    verify: bool
+    method: str | None
+    range: tuple[float, float] | None
+    ranges: RangeSource | None
+    groups: int
+    tail_cut: bool
+    poly_segments: int | None
+    poly_degree: int | None
+    new_name: Callable[[str], str]
+    """A fresh tensor/node name for a base name."""
+    still_read: Callable[[str, set[str]], bool]
+    """Is the tensor a graph output or read by a node outside the given node names?"""
+    output_of: Callable[[str], str]
+    """The first output of a main-graph node (ModelError when there is no such node)."""
+
+
+@dataclass
+class Rewrite:
+    """The replacement of one site."""
+
+    site: GeluSite
+    remove: set[str]
+    """Names of the nodes it replaces."""
+    op: CustomOp
+    spec: GeluApprox
+    mode: Literal["float", "qdq"]
+    range: tuple[float, float] | None
+    range_source: str
+    output_tensor: str | None
+    """The float tensor the site's value ends up in (QDQ sites: None when only codes remain)."""
+    quantized_output: dict[str, Any] | None = None
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    takes_over: set[str] = field(default_factory=set)
+    """Existing tensors the new nodes write (their readers stay connected)."""
+
+
+class _Emit:
+    """Appends the new nodes and initializers of one rewrite, each with a fresh name."""
+
+    def __init__(self, rw: Rewrite, ctx: SiteContext) -> None:
+        self.rw, self.ctx = rw, ctx
+        self.prefix = f"{rw.site.id}_gq"
+
+    def name(self, base: str) -> str:
+        return self.ctx.new_name(f"{self.prefix}_{base}")
+
+    def init(self, base: str, value: Any, dtype: Any) -> str:
+        name = self.name(base)
+        self.rw.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def node(
+        self, op_type: str, inputs: list[str], base: str, out: str | None = None, **attrs: Any
+    ) -> str:
+        y = out if out is not None else self.name(base)
+        self.rw.nodes.append(
+            helper.make_node(op_type, inputs, [y], name=self.name(op_type), **attrs)
+        )
+        if out is not None:
+            self.rw.takes_over.add(out)
+        return y
+
+    def custom(self, x: str, out: str | None = None, base: str = "y") -> str:
+        y = out if out is not None else self.name(base)
+        op = self.rw.op
+        self.rw.nodes.append(op.node(x, y, self.name(op.kind)))
+        if out is not None:
+            self.rw.takes_over.add(out)
+        return y
+
+    def protos(self, nodes: list[onnx.NodeProto]) -> None:
+        """Nodes written with their own (prefixed) tensor names: give each a fresh node name."""
+        for n in nodes:
+            n.name = self.name(n.op_type)
+            self.rw.nodes.append(n)
+
+    def to_site_dtype(self, y: str, y_type: int) -> None:
+        """Write ``y`` into the site's output tensor, with a ``Cast`` when the types differ."""
+        site = self.rw.site
+        if y_type == onnx_type(site.dtype):
+            self.rw.nodes[-1].output[0] = site.output
+            self.rw.takes_over.add(site.output)
+        else:
+            self.node("Cast", [y], "", out=site.output, to=onnx_type(site.dtype))
+
+
+def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float], str]:
+    """The site's input range and where it came from."""
+    t = ctx.target
+    if ctx.ranges is not None:
+        try:
+            rng = ctx.ranges.range_for(site.id, ctx.method)
+        except BadInputError as e:  # e.g. a site the calibrator skipped: skip it too
+            raise ModelError(str(e)) from None
+        source = f"ranges:{ctx.method or 'chosen'}"
+        if ctx.tail_cut and t.kind in ("lut", "interp") and t.in_dtype in ("int8", "uint8"):
+            in_dt: Any = t.in_dtype
+            out_dt: Any = t.out_dtype or "int8"
+            cut = cut_range(*rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form)
+            if cut != rng:
+                rng, source = cut, source + ", tail cut"
+        return rng, source
+    if ctx.range is not None:
+        return ctx.range, "--range"
+    raise BadInputError(
+        f"site {site.id} is a float site and needs a range: pass --range LO HI or "
+        "--ranges RANGES.json"
+    )
+
+
+def _check_float_site(site: GeluSite, ctx: SiteContext) -> None:
+    if ctx.target.kind != "poly" and site.dtype not in ("float32", "float16"):
+        raise ModelError(f"site dtype {site.dtype} is not float32 or float16")
+    t = ctx.target
+    if t.kind in ("lut", "interp") and "int16" in (t.in_dtype, t.out_dtype) and ctx.opset < 21:
+        raise ModelError(
+            f"int16 QuantizeLinear/DequantizeLinear need opset 21; the model imports "
+            f"{ctx.opset} (convert it with onnx.version_converter, or use an 8-bit target)"
+        )
+
+
+def _biased_input(e: _Emit) -> str:
+    site = e.rw.site
+    return site.input if site.bias is None else e.node("Add", [site.input, site.bias], "biased")
+
+
+class QdqCollapse:
+    """``DequantizeLinear -> GELU -> QuantizeLinear`` of a QDQ model -> one op on the codes."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return (
+            ctx.target.kind in ("lut", "interp")
+            and site.qdq_in is not None
+            and site.qdq_out is not None
+            and site.bias is None
+        )
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        qin, qout = site.qdq_in, site.qdq_out
+        assert qin is not None and qout is not None
+        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
+        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
+        spec = build_spec(ctx.target, ctx.form, in_qparams=in_qp, out_qparams=out_qp)
+        op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
+        ctx.output_of(qout.node)  # both Q/DQ nodes must be in the main graph
+        remove = set(site.nodes) | {qout.node}
+        if not ctx.still_read(
+            ctx.output_of(qin.node), remove
+        ):  # the DQ goes too when nobody else reads it
+            remove.add(qin.node)
+        out_q = {
+            "tensor": qout.tensor,
+            "scale": qout.scale,
+            "zero_point": qout.zero_point,
+            "dtype": qout.dtype,
+        }
+        rw = Rewrite(site, remove, op, spec, "qdq", None, "qdq", None, out_q)
+        e = _Emit(rw, ctx)
+        e.custom(qin.tensor, out=qout.tensor)
+        if ctx.still_read(site.output, remove):  # the float value is read elsewhere too
+            if site.dtype == "float16":
+                raise ModelError("float16 QDQ site whose float output is read elsewhere")
+            s = e.init("out_scale", qout.scale, np.float32)
+            z = e.init("out_zero_point", qout.zero_point, out_qp.np_dtype)
+            rw.output_tensor = e.node("DequantizeLinear", [qout.tensor, s, z], "", out=site.output)
+        return rw
+
+
+class FloatTable:
+    """A float site -> ``QuantizeLinear -> table op -> DequantizeLinear`` (one table)."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return ctx.target.kind in ("lut", "interp") and ctx.groups == 1
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        _check_float_site(site, ctx)
+        rng, source = _float_range(site, ctx)
+        spec: Any = build_spec(ctx.target, ctx.form, in_range=rng)
+        op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
+        rw = Rewrite(site, set(site.nodes), op, spec, "float", rng, source, site.output)
+        e = _Emit(rw, ctx)
+        x = _biased_input(e)
+        if site.dtype != "float32":
+            x = e.node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
+        qp = spec.in_qparams
+        s = e.init("in_scale", qp.scale, np.float32)
+        z = e.init("in_zero_point", qp.zero_point, qp.np_dtype)
+        codes = e.node("QuantizeLinear", [x, s, z], "codes")
+        if qp.code_bits is not None:  # low-bit codes: saturate to their range
+            lo = e.init("in_qmin", qp.qmin, qp.np_dtype)
+            hi = e.init("in_qmax", qp.qmax, qp.np_dtype)
+            codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
+        oq: QParams | None = spec.out_qparams
+        if oq is None:  # float-output table
+            e.to_site_dtype(e.custom(codes), op.output_type)
+            return rw
+        y = e.custom(codes, base="out_codes")
+        s = e.init("out_scale", oq.scale, np.float32)
+        z = e.init("out_zero_point", oq.zero_point, oq.np_dtype)
+        if site.dtype == "float32":
+            e.node("DequantizeLinear", [y, s, z], "", out=site.output)
+        else:
+            f = e.node("DequantizeLinear", [y, s, z], "y_f32")
+            e.node("Cast", [f], "", out=site.output, to=onnx_type(site.dtype))
+        return rw
+
+
+class GroupedFloatTable:
+    """A float site -> per-channel quantize -> grouped tables -> per-channel dequantize."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return ctx.target.kind == "lut" and ctx.groups > 1
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        _check_float_site(site, ctx)
+        _float_range(site, ctx)  # the same refusals as one table (a site the calibrator skipped)
+        assert ctx.ranges is not None
+        ch = ctx.ranges.channel_ranges_for(site.id)
+        spec = grouped_spec(site, ctx.target, ctx.form, ch, ctx.groups)
+        op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
+        source = "ranges:per-channel minmax, tail cut"
+        rw = Rewrite(site, set(site.nodes), op, spec, "float", spec.domain, source, site.output)
+        e = _Emit(rw, ctx)
+        x = _biased_input(e)
+        if site.dtype != "float32":
+            x = e.node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
+        qps = [g.in_qparams for g in spec.groups]
+        s = e.init("in_scale", _per_channel(spec, [q.scale for q in qps]), np.float32)
+        z = e.init("in_zero_point", _per_channel(spec, [q.zero_point for q in qps]), np.float32)
+        codes = e.name("codes")
+        p_in = e.name("quant") + "_"
+        e.protos(quantize_per_channel(x, s, z, codes, qps[0].np_dtype, prefix=p_in))
+        y = e.custom(codes, base="out_codes")
+        oqs = [g.out_qparams for g in spec.groups if g.out_qparams is not None]
+        if not oqs:  # float-output tables
+            e.to_site_dtype(y, op.output_type)
+            return rw
+        s = e.init("out_scale", _per_channel(spec, [q.scale for q in oqs]), np.float32)
+        z = e.init("out_zero_point", _per_channel(spec, [q.zero_point for q in oqs]), np.float32)
+        out = site.output if site.dtype == "float32" else e.name("y_f32")
+        p_out = e.name("dequant") + "_"
+        e.protos(dequantize_per_channel(y, s, z, out, prefix=p_out))
+        if site.dtype == "float32":
+            rw.takes_over.add(out)
+        else:
+            e.node("Cast", [out], "", out=site.output, to=onnx_type(site.dtype))
+        return rw
+
+
+class FloatOp:
+    """A float site -> the op on the tensor itself (polynomials, float baselines)."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return ctx.target.kind in ("poly", "baseline")
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        _check_float_site(site, ctx)
+        rng, source = _float_range(site, ctx)
+        spec = build_spec(
+            ctx.target,
+            ctx.form,
+            in_range=rng,
+            poly_segments=ctx.poly_segments,
+            poly_degree=ctx.poly_degree,
+        )
+        op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
+        rw = Rewrite(site, set(site.nodes), op, spec, "float", rng, source, site.output)
+        e = _Emit(rw, ctx)
+        x = _biased_input(e)
+        if op.input_type != onnx_type(site.dtype):
+            x = e.node("Cast", [x], "x_io", to=op.input_type)
+            y = e.custom(x)
+            e.node("Cast", [y], "", out=site.output, to=onnx_type(site.dtype))
+        else:
+            e.custom(x, out=site.output)
+        return rw
+
+
+RULES = (QdqCollapse, FloatTable, GroupedFloatTable, FloatOp)
+"""In order: the first rule that applies to a site rewrites it."""
+
+
+def rewrite_site(site: GeluSite, ctx: SiteContext) -> Rewrite:
+    """The rewrite of ``site`` (raises SpecError/ModelError/BadInputError to skip it)."""
+    for rule in RULES:
+        if rule.applies(site, ctx):
+            return rule.rewrite(site, ctx)
+    raise ModelError(f"no rewrite for target kind {ctx.target.kind!r} with --groups {ctx.groups}")
+
+
+def _per_channel(spec: GroupedLutSpec, per_group: list[Any]) -> np.ndarray:
+    """A per-group value repeated for every channel of its group (per-axis Q/DQ parameters)."""
+    return np.asarray(per_group)[spec.channel_group]

@@ -1,0 +1,227 @@
+"""What each ``--target`` builds for a site: :data:`TARGETS`, the spec of one site
+(:func:`build_spec`, :func:`grouped_spec`) and the GELU form it must approximate
+(:func:`site_form`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from gelu_quant.errors import ModelError, SpecError
+from gelu_quant.graph.sites import GeluSite
+from gelu_quant.lut.grouped import GroupedLutSpec, build_grouped_lut, partition_channels
+from gelu_quant.lut.spec import GeluApprox
+from gelu_quant.lut.tails import cut_range, negative_tail_cut
+from gelu_quant.numerics import QUICK_ALPHA, GeluForm
+from gelu_quant.qparams import QParams
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a ``--target`` name builds."""
+
+    kind: Literal["lut", "interp", "poly", "baseline"]
+    in_dtype: str = "int8"
+    out_dtype: str = "int8"
+    segments: int | None = None
+    """Interpolated tables: number of segments."""
+    baseline: Literal["tanh", "quick", "igelu"] | None = None
+    help: str = ""
+    bits: int = 8
+    """LUT targets: width of the input and output codes (2..8; below 8 they live in an 8-bit
+    container, ``Clip`` after the ``QuantizeLinear``, a ``2**bits``-entry table)."""
+
+
+TARGETS: dict[str, Target] = {
+    "int8-lut": Target("lut", "int8", "int8", help="256-entry table, int8 in and out"),
+    "uint8-lut": Target("lut", "uint8", "uint8", help="256-entry table, uint8 in and out"),
+    "int8-lut-fp16out": Target("lut", "int8", "float16", help="int8 in, float16 out"),
+    "int8-lut-fp32out": Target("lut", "int8", "float32", help="int8 in, float32 out"),
+    "int16-lut": Target("lut", "int16", "int16", help="65536-entry table (opset 21)"),
+    "int8-interp16": Target("interp", segments=16, help="16-segment interpolated table"),
+    "int8-interp32": Target("interp", segments=32, help="32-segment interpolated table"),
+    "int8-interp64": Target("interp", segments=64, help="64-segment interpolated table"),
+    "int8-interp128": Target("interp", segments=128, help="128-segment interpolated table"),
+    "fp16-poly": Target("poly", "float16", "float16", help="float16 piecewise polynomial"),
+    "fp16-poly-fp32acc": Target("poly", "float16", "float32", help="float16 io, float32 Horner"),
+    "fp32-poly": Target("poly", "float32", "float32", help="float32 piecewise polynomial"),
+    "fp16-tanh-formula": Target(
+        "baseline", "float16", "float16", baseline="tanh", help="baseline: tanh form"
+    ),
+    "fp32-tanh-formula": Target(
+        "baseline", "float32", "float32", baseline="tanh", help="baseline: tanh form"
+    ),
+    "fp16-quick-gelu": Target(
+        "baseline", "float16", "float16", baseline="quick", help="baseline: QuickGELU"
+    ),
+    "int8-igelu": Target(
+        "baseline", "int8", "float32", baseline="igelu", help="baseline: I-BERT i-GELU"
+    ),
+}
+
+# Low-bit tables: 2..7-bit codes in an 8-bit container (int4-lut: 16 entries, and so on).
+TARGETS.update(
+    {
+        f"{sign}{b}-lut": Target(
+            "lut",
+            f"{sign}8",
+            f"{sign}8",
+            bits=b,
+            help=f"{2**b}-entry table, {b}-bit {sign} codes in and out (8-bit container)",
+        )
+        for b in range(7, 1, -1)
+        for sign in ("int", "uint")
+    }
+)
+
+
+def build_spec(
+    target: Target,
+    form: GeluForm,
+    *,
+    in_range: tuple[float, float] | None = None,
+    in_qparams: QParams | None = None,
+    out_qparams: QParams | None = None,
+    poly_segments: int | None = None,
+    poly_degree: int | None = None,
+) -> GeluApprox:
+    """The spec a target builds for one site (a range, or the qparams of a QDQ site).
+
+    Polynomials are fitted where their tails are exact
+    (:func:`gelu_quant.lut.poly.build_exact_poly`); ``in_range`` only focuses a non-default
+    shape. Baselines that compute GELU refuse the
+    quick form, and the QuickGELU baseline is scored against QuickGELU on quick sites.
+    """
+    if target.kind == "lut":
+        from gelu_quant.lut.table import build_lut
+
+        out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
+        in_dtype: Any = target.in_dtype
+        low = target.bits if target.bits < 8 else None
+        return build_lut(
+            in_range=in_range if in_qparams is None else None,
+            in_qparams=in_qparams,
+            in_dtype=in_dtype,
+            out_dtype=out_dtype,
+            out_qparams=out_qparams,
+            form=form,
+            in_bits=low if in_qparams is None else None,
+            out_bits=low if out_qparams is None else None,
+        )
+    if target.kind == "interp":
+        from gelu_quant.lut.interp import build_interp_lut
+
+        assert target.segments is not None
+        return build_interp_lut(
+            segments=target.segments,
+            in_range=in_range if in_qparams is None else None,
+            in_qparams=in_qparams,
+            out_dtype=out_qparams.dtype if out_qparams is not None else "int8",
+            out_qparams=out_qparams,
+            form=form,
+        )
+    assert in_range is not None
+    if target.kind == "baseline":
+        from gelu_quant.lut import baselines as bl
+
+        lo, hi = in_range
+        fd: Any = target.in_dtype
+        if target.baseline == "quick":
+            return bl.QuickGeluSpec(lo, hi, fd, fd, form="quick" if form == "quick" else "exact")
+        if form == "quick":
+            raise SpecError(
+                f"the {target.baseline} baseline computes GELU, not QuickGELU; use a table, a "
+                "polynomial or fp16-quick-gelu for QuickGELU sites"
+            )
+        if target.baseline == "igelu":
+            return bl.IGeluSpec(lo, hi, in_bits=8, io_dtype="float32")
+        return bl.TanhGeluSpec(lo, hi, fd, fd)
+    from gelu_quant.lut.poly import build_exact_poly
+
+    io: Any = target.in_dtype
+    cp: Any = target.out_dtype
+    return build_exact_poly(
+        form=form,
+        io_dtype=io,
+        compute_dtype=cp,
+        segments=poly_segments,
+        degree=poly_degree,
+        focus=in_range,
+    )
+
+
+_SITE_FORMS: dict[str, GeluForm] = {"erf": "exact", "tanh": "tanh", "quick": "quick"}
+
+
+def _is_quick_alpha(alpha: float, dtype: str | None) -> bool:
+    """1.702 as the site's float type stores it (a float16 export holds 1.70215)."""
+    if abs(alpha - QUICK_ALPHA) <= 1e-4:
+        return True
+    return dtype == "float16" and float(np.float16(alpha)) == float(np.float16(QUICK_ALPHA))
+
+
+def site_form(site: GeluSite, override: GeluForm | None = None) -> GeluForm:
+    """The form a site's approximation must have: its own (erf -> exact, tanh, quick), or
+    ``override`` between the two GELU forms. Raises SpecError (the site is skipped) when the
+    override would replace the site by another function, or for a QuickGELU alpha other than
+    1.702."""
+    own = _SITE_FORMS[site.variant]
+    if own == "quick" and site.alpha is not None and not _is_quick_alpha(site.alpha, site.dtype):
+        raise SpecError(
+            f"QuickGELU with alpha {site.alpha:.6g}: only alpha {QUICK_ALPHA} is supported "
+            "(another alpha is another function)"
+        )
+    if override is None or override == own:
+        return own
+    if "quick" in (own, override):
+        what = "a QuickGELU" if own == "quick" else "a GELU"
+        raise SpecError(
+            f"--form {override} on {what} site would approximate a different function; "
+            "leave --form out (each site's own form is used)"
+        )
+    return override
+
+
+def grouped_spec(
+    site: GeluSite,
+    target: Target,
+    form: GeluForm,
+    channel_ranges: tuple[np.ndarray, np.ndarray] | None,
+    groups: int,
+) -> GroupedLutSpec:
+    """Grouped tables from the site's per-channel extremes: channels partitioned by their
+    ranges (:func:`~gelu_quant.lut.grouped.partition_channels`), each group's range its members'
+    min/max with GELU's irrelevant negative tail cut (:mod:`gelu_quant.lut.tails`)."""
+    ch = channel_ranges
+    if ch is None:
+        raise ModelError(
+            "grouped tables need per-channel ranges and the ranges file has none for this site "
+            "(calibrate again with this version of gelu-quant)"
+        )
+    lo, hi = ch
+    if site.shape is not None and isinstance(site.shape[-1], int) and site.shape[-1] != lo.size:
+        raise ModelError(
+            f"the ranges file has {lo.size} channels for this site, its last axis has "
+            f"{site.shape[-1]}"
+        )
+    in_dt: Any = target.in_dtype
+    out_dt: Any = target.out_dtype
+    hi = np.maximum(hi, 1e-3)  # a channel that never went positive still needs a range
+    cut = np.array(
+        [negative_tail_cut(float(h), in_dtype=in_dt, out_dtype=out_dt, form=form) for h in hi]
+    )
+    part = partition_channels(np.maximum(lo, cut), hi, groups)
+
+    def group_range(members: np.ndarray) -> tuple[float, float]:
+        return cut_range(
+            min(float(lo[members].min()), -1e-3),
+            float(hi[members].max()),
+            in_dtype=in_dt,
+            out_dtype=out_dt,
+            form=form,
+        )
+
+    return build_grouped_lut(part, group_range, in_dtype=in_dt, out_dtype=out_dt, form=form)
