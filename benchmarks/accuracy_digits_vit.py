@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.digits_vit import digits_test_data, digits_train_data, digits_vit_path

@@ -88,7 +88,7 @@ def child_plain(model: str, data: str, threads: int) -> dict[str, Any]:
 def child_calibrate(
     model: str, data: str, threads: int, workers: int | None = None
 ) -> dict[str, Any]:
-    from gelu_quant.calib.pipeline import collect_stats
+    from gelu_quant.calib.calibration import collect_stats
     from gelu_quant.calib.ranges_file import MethodParams
     from gelu_quant.calib.stats import backend
 

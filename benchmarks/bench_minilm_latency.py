@@ -50,7 +50,7 @@ def feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
 
 
 def _ranges(model: Path, out: Path, tmp: Path) -> Path:
-    from gelu_quant.calib.pipeline import calibrate_model
+    from gelu_quant.calib.calibration import calibrate_model
     from gelu_quant.models.corpus import write_corpus
     from gelu_quant.models.minilm import minilm_tokenizer_dir
 

@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.digits_vit import digits_test_data, digits_vit_path

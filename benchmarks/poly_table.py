@@ -18,8 +18,8 @@ import numpy as np
 
 from gelu_quant.lut import poly_fit as pf
 from gelu_quant.lut.baselines import IGeluSpec, QuickGeluSpec, TanhGeluSpec
+from gelu_quant.lut.error_report import fp16_inputs, score_fp16, score_fp32
 from gelu_quant.lut.poly import PolySpec, build_exact_poly, build_poly
-from gelu_quant.lut.report import fp16_inputs, score_fp16, score_fp32
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.numerics import gelu
 

@@ -10,7 +10,7 @@ Modules:
 - :mod:`~gelu_quant.calib.collector` — the probe model and the streaming pass;
 - :mod:`~gelu_quant.calib.ranges_file` — the ranges file (``load_ranges``, ``RangesFile``), the
   statistics shards (``StatsFile``) and the model fingerprint;
-- :mod:`~gelu_quant.calib.pipeline` — ``calibrate_model`` and ``merge_stats``, behind the CLI.
+- :mod:`~gelu_quant.calib.calibration` — ``calibrate_model`` and ``merge_stats``, behind the CLI.
 """
 
 from __future__ import annotations

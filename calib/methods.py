@@ -202,23 +202,23 @@ def entropy_range(stats: TensorStats, num_quantized_bins: int = 255, max_bins: i
 
 
 # -- mse ---------------------------------------------------------------------------------------
-def gelu_fn(variant: str) -> Callable[[npt.ArrayLike], FloatArray]:
-    """float64 reference of a site variant ("erf", "tanh", "quick")."""
-    if variant in ("erf", "exact"):
+def gelu_fn(form: str) -> Callable[[npt.ArrayLike], FloatArray]:
+    """float64 reference of a site's form (``exact``, ``tanh``, ``quick``; ``erf`` = exact)."""
+    if form in ("erf", "exact"):
         return lambda x: gelu(x, "exact")
-    if variant == "tanh":
+    if form == "tanh":
         return lambda x: gelu(x, "tanh")
-    if variant == "quick":
+    if form == "quick":
         return quick_gelu
-    raise BadInputError(f"unknown GELU variant {variant!r}; expected erf, tanh or quick")
+    raise BadInputError(f"unknown GELU form {form!r}; expected exact, tanh or quick")
 
 
-def output_range(lo: float, hi: float, variant: str = "erf") -> Range:
+def output_range(lo: float, hi: float, form: str = "exact") -> Range:
     """GELU's exact output range over the input range ``[lo, hi]``."""
-    if variant in ("erf", "exact", "tanh"):
-        form: GeluForm = "tanh" if variant == "tanh" else "exact"
-        return gelu_output_range(lo, hi, form)
-    f = gelu_fn(variant)
+    if form in ("erf", "exact", "tanh"):
+        gelu_form: GeluForm = "tanh" if form == "tanh" else "exact"
+        return gelu_output_range(lo, hi, gelu_form)
+    f = gelu_fn(form)
     xs = np.concatenate([np.linspace(lo, hi, 4097), [lo, hi]])
     # QuickGELU's minimum is near x = -1.28 / alpha: refine on a dense grid around it
     ys = f(xs)
@@ -230,11 +230,11 @@ def output_range(lo: float, hi: float, variant: str = "erf") -> Range:
 
 
 def output_ranges(
-    lo: FloatArray, hi: FloatArray, variant: str = "erf"
+    lo: FloatArray, hi: FloatArray, form: str = "exact"
 ) -> tuple[FloatArray, FloatArray]:
     """:func:`output_range` of every ``[lo[i], hi[i]]`` (vectorised for the erf form)."""
-    if variant not in ("erf", "exact"):
-        pairs = [output_range(float(a), float(b), variant) for a, b in zip(lo, hi, strict=True)]
+    if form not in ("erf", "exact"):
+        pairs = [output_range(float(a), float(b), form) for a, b in zip(lo, hi, strict=True)]
         return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     if not np.all(lo <= hi):
         raise ValueError("empty interval among the ranges")
@@ -250,7 +250,7 @@ def _quantized_gelu_mses(
     weights: FloatArray,
     ref: FloatArray,
     ranges: list[Range],
-    variant: str,
+    form: str,
     dtype: QDType,
     bits: int | None = None,
 ) -> FloatArray:
@@ -264,11 +264,11 @@ def _quantized_gelu_mses(
     lo = np.array([ranges[k][0] for k in rows])
     hi = np.array([ranges[k][1] for k in rows])
     s_in, z_in = qparams_from_ranges(lo, hi, dtype, bits)
-    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, variant), dtype, bits)
+    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, form), dtype, bits)
     s_in, z_in, s_out, z_out = s_in[:, None], z_in[:, None], s_out[:, None], z_out[:, None]
     qmin, qmax = qlimits(dtype, bits)
     codes = np.arange(qmin, qmax + 1)[None, :]
-    y = gelu_fn(variant)(dequantize_linear(codes, s_in, z_in))
+    y = gelu_fn(form)(dequantize_linear(codes, s_in, z_in))
     table = dequantize_linear(quantize_linear(y, s_out, z_out, dtype, bits), s_out, z_out)
     idx = quantize_linear(centres[None, :], s_in, z_in, dtype, bits).astype(np.int64) - qmin
     err = np.take_along_axis(table, idx, axis=1) - ref[None, :]
@@ -278,7 +278,7 @@ def _quantized_gelu_mses(
 
 def mse_range(
     stats: TensorStats,
-    variant: str = "erf",
+    form: str = "exact",
     dtype: QDType = "int8",
     candidates: int = 24,
     bits: int | None = None,
@@ -291,7 +291,7 @@ def mse_range(
     centres = (nz.astype(np.float64) + stats.offset + 0.5) * w
     centres = np.clip(centres, stats.min, stats.max)
     weights = stats.counts[nz].astype(np.float64)
-    ref = gelu_fn(variant)(centres)
+    ref = gelu_fn(form)(centres)
     vmin, vmax = float(stats.min), float(stats.max)
     if not vmin < vmax:
         return vmin, vmax
@@ -309,7 +309,7 @@ def mse_range(
         return sorted({v for v in vals if v < 0} or {vmin})
 
     def costs(ranges: list[Range]) -> FloatArray:
-        c = _quantized_gelu_mses(centres, weights, ref, ranges, variant, dtype, bits)
+        c = _quantized_gelu_mses(centres, weights, ref, ranges, form, dtype, bits)
         c[np.isnan(c)] = math.inf
         return c
 
@@ -334,7 +334,7 @@ def select_range(
     method: MethodName,
     *,
     percentile: float = DEFAULT_PERCENTILE,
-    variant: str = "erf",
+    form: str = "exact",
     dtype: QDType = "int8",
     bits: int | None = None,
 ) -> Range:
@@ -347,5 +347,5 @@ def select_range(
     if method == "entropy":
         return entropy_range(stats)
     if method == "mse":
-        return mse_range(stats, variant, dtype, bits=bits)
+        return mse_range(stats, form, dtype, bits=bits)
     raise BadInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

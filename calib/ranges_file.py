@@ -6,7 +6,7 @@ Ranges file, schema ``gelu-quant/ranges`` version 1::
      "model": {"name": "model.onnx", "fingerprint": "sha256:…"},
      "data": {"samples": N, "batches": B, "sources": [{"source", "kind", "samples", "batches"}]},
      "method": "percentile", "params": {"percentile": 99.99, "num_quantized_bins": 255, …},
-     "sites": [{"id", "input", "output", "variant", "spelling", "bias", "dtype",
+     "sites": [{"id", "input", "output", "form", "spelling", "bias", "dtype",
                 "stats": {"count", "nonfinite", "min", "max", "bin_width", "num_bins",
                           "quantiles": {"0.0001": …, …}, "observed_output": [lo, hi],
                           "channels": C},
@@ -54,7 +54,7 @@ from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError, GeluQuantError, ModelError
 from gelu_quant.fileio import write_bytes_atomic
 from gelu_quant.fingerprint import model_fingerprint
-from gelu_quant.graph.sites import GeluSite, QuantInfo
+from gelu_quant.graph.sites import GeluSite
 
 RANGES_SCHEMA = "gelu-quant/ranges"
 STATS_SCHEMA = "gelu-quant/stats"
@@ -89,25 +89,25 @@ class MethodParams:
         }
 
 
-def _compute(method: MethodName, st: TensorStats, variant: str, params: MethodParams) -> Range:
+def _compute(method: MethodName, st: TensorStats, form: str, params: MethodParams) -> Range:
     if method == "minmax":
         return minmax_range(st)
     if method == "percentile":
         return percentile_range(st, params.percentile)
     if method == "entropy":
         return entropy_range(st, params.num_quantized_bins)
-    return mse_range(st, variant, params.dtype)  # type: ignore[arg-type]
+    return mse_range(st, form, params.dtype)  # type: ignore[arg-type]
 
 
 def site_ranges(
-    st: TensorStats, variant: str, params: MethodParams, methods: Sequence[MethodName] = METHODS
+    st: TensorStats, form: str, params: MethodParams, methods: Sequence[MethodName] = METHODS
 ) -> dict[str, Any]:
     """Every method's input range and the derived output range (``None`` when impossible)."""
     out: dict[str, Any] = {}
     for m in methods:
         try:
-            lo, hi = _compute(m, st, variant, params)
-            olo, ohi = output_range(lo, hi, variant)
+            lo, hi = _compute(m, st, form, params)
+            olo, ohi = output_range(lo, hi, form)
             out[m] = {"input": [float(lo), float(hi)], "output": [float(olo), float(ohi)]}
         except (GeluQuantError, ValueError):
             out[m] = None
@@ -403,14 +403,14 @@ class StatsFile:
                     "id": site.id,
                     "input": site.input,
                     "output": site.output,
-                    "variant": site.variant,
+                    "form": site.form,
                     "spelling": site.spelling,
                     "bias": site.bias,
                     "dtype": site.dtype,
                     "stats": stats_summary(
                         st, c.output_min.get(site.id), c.output_max.get(site.id)
                     ),
-                    "ranges": site_ranges(st, site.variant, params),
+                    "ranges": site_ranges(st, site.form, params),
                     "chosen": method,
                     **channel_extremes(st),
                 }
@@ -431,12 +431,4 @@ class StatsFile:
 
 
 def _site_from_json(d: Mapping[str, Any]) -> GeluSite:
-    kw = dict(d)
-    kw["nodes"] = tuple(kw.get("nodes", ()))
-    kw["notes"] = tuple(kw.get("notes", ()))
-    if kw.get("shape") is not None:
-        kw["shape"] = tuple(kw["shape"])
-    for q in ("qdq_in", "qdq_out"):
-        if kw.get(q) is not None:
-            kw[q] = QuantInfo(**kw[q])
-    return GeluSite(**kw)
+    return GeluSite.from_json(dict(d))

@@ -13,14 +13,14 @@ import click
 from gelu_quant.calib.data import model_input_specs, open_data_source
 from gelu_quant.cli.options import text_data_options
 from gelu_quant.errors import BadInputError, GateFailed
-from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
-from gelu_quant.evaluate.gate import GateConfig, load_gate_config
-from gelu_quant.evaluate.report import (
+from gelu_quant.evaluate.accuracy_report import (
     text_summary,
     to_json,
     to_junit_xml,
     to_markdown,
 )
+from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
+from gelu_quant.evaluate.gate import GateConfig, load_gate_config
 from gelu_quant.fileio import write_text_atomic
 from gelu_quant.graph.convert import default_manifest_path
 

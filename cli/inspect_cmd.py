@@ -36,11 +36,11 @@ def _shape_text(site: GeluSite) -> str:
 
 def format_table(model: str, found: Discovery, explain: bool) -> str:
     """The human-readable listing."""
-    header = ("id", "variant", "spelling", "dtype", "shape", "qdq in", "qdq out", "graph")
+    header = ("id", "form", "spelling", "dtype", "shape", "qdq in", "qdq out", "graph")
     rows = [
         (
             s.id,
-            s.variant + (f" a={s.alpha:.4g}" if s.alpha is not None else ""),
+            s.form + (f" a={s.alpha:.4g}" if s.alpha is not None else ""),
             s.spelling + (" +bias" if s.bias else ""),
             s.dtype,
             _shape_text(s),
@@ -83,7 +83,7 @@ def _miss_text(m: NearMiss) -> str:
 )
 @click.option("--no-subgraphs", is_flag=True, help="Do not look inside If/Loop/Scan bodies.")
 def inspect_cmd(model: Path, as_json: bool, explain: bool, no_subgraphs: bool) -> None:
-    """List the GELU sites of MODEL: id, variant, spelling, dtype, shape, QDQ context."""
+    """List the GELU sites of MODEL: id, form, spelling, dtype, shape, QDQ context."""
     found = discover(model, include_subgraphs=not no_subgraphs)
     if as_json:
         click.echo(json.dumps(inspect_document(str(model), found), indent=2))

@@ -126,7 +126,7 @@ def main(debug: bool) -> None:
 
 
 # -- commands: one module each; add yours here -------------------------------------------------
-from gelu_quant.cli.approx import approx  # noqa: E402
+from gelu_quant.cli.approx_cmd import approx  # noqa: E402
 
 main.add_command(approx)
 
@@ -138,12 +138,12 @@ from gelu_quant.cli.inspect_cmd import inspect_cmd  # noqa: E402
 
 main.add_command(inspect_cmd)
 
-from gelu_quant.cli.calibrate import calibrate, merge_stats_cmd  # noqa: E402
+from gelu_quant.cli.calibrate_cmd import calibrate, merge_stats_cmd  # noqa: E402
 
 main.add_command(calibrate)
 main.add_command(merge_stats_cmd)
 
-from gelu_quant.cli.convert import convert  # noqa: E402
+from gelu_quant.cli.convert_cmd import convert  # noqa: E402
 
 main.add_command(convert)
 

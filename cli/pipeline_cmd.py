@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gelu_quant.errors import GateFailed
-from gelu_quant.evaluate.report import text_summary
+from gelu_quant.evaluate.accuracy_report import text_summary
 from gelu_quant.pipeline import PipelineResult, stderr_log
 
 

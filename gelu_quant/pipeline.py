@@ -54,8 +54,8 @@ from typing import Any, cast
 from gelu_quant import __version__
 from gelu_quant.calib.methods import DEFAULT_METHOD
 from gelu_quant.errors import BadInputError
+from gelu_quant.evaluate.accuracy_report import AccuracyReport
 from gelu_quant.evaluate.gate import GateConfig, gate_config_from_table
-from gelu_quant.evaluate.report import AccuracyReport
 
 EXPORT_FORMATS = ("c-header", "json")
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -256,12 +256,12 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run calibrate → convert → eval → export; every file is written atomically into
     ``config.output``. A failed gate is a verdict, not an error: check ``result.passed``."""
+    from gelu_quant.calib.calibration import calibrate_model
     from gelu_quant.calib.data import model_input_specs, open_data_source
     from gelu_quant.calib.methods import MethodName
-    from gelu_quant.calib.pipeline import calibrate_model
     from gelu_quant.calib.ranges_file import MethodParams, load_ranges
+    from gelu_quant.evaluate.accuracy_report import to_json, to_junit_xml, to_markdown
     from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
-    from gelu_quant.evaluate.report import to_json, to_junit_xml, to_markdown
     from gelu_quant.fileio import write_text_atomic
     from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.lut.export import c_header, spec_json_text

@@ -185,7 +185,7 @@ class PolySpec(GeluApprox):
     @property
     def ulp_dtype(self) -> str:
         """The io dtype: float16 specs are scored in float16 ulps on every float16 input, and
-        float32 specs on float32 inputs (see :func:`gelu_quant.lut.report.error_report`)."""
+        float32 specs on float32 inputs (see :func:`gelu_quant.lut.error_report.error_report`)."""
         return self.io_dtype
 
     whole_line = True

@@ -852,7 +852,7 @@ EVALUATION_SEEDS = (200, 2)
 
 
 def _table_row(name: str, exporter: str, count: int, work: Path) -> dict[str, Any]:
-    from gelu_quant.calib.pipeline import calibrate_model
+    from gelu_quant.calib.calibration import calibrate_model
     from gelu_quant.calib.ranges_file import load_ranges
     from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.graph.discover import find_gelu_sites
@@ -865,7 +865,7 @@ def _table_row(name: str, exporter: str, count: int, work: Path) -> dict[str, An
         return row
     sites = find_gelu_sites(path)
     row["sites"] = len(sites)
-    row["spellings"] = sorted({f"{s.variant}/{s.spelling}" for s in sites})
+    row["spellings"] = sorted({f"{s.form}/{s.spelling}" for s in sites})
     if not sites:
         return row
     evals = calibration_batches(name, EVALUATION_SEEDS[1], EVALUATION_SEEDS[0])

@@ -59,10 +59,10 @@ def two_gelu_model(weight_scale: float = 1.0) -> tuple[onnx.ModelProto, list[Gel
     m.ir_version = 10
     sites = [
         GeluSite(
-            id="gelu0", variant="erf", spelling="pattern:erf", input="p0", output="y0", nodes=n0
+            id="gelu0", form="exact", spelling="pattern:erf", input="p0", output="y0", nodes=n0
         ),
         GeluSite(
-            id="gelu1", variant="erf", spelling="pattern:erf", input="p1", output="y", nodes=n1
+            id="gelu1", form="exact", spelling="pattern:erf", input="p1", output="y", nodes=n1
         ),
     ]
     return m, sites
@@ -121,7 +121,7 @@ def bias_gelu_model() -> tuple[onnx.ModelProto, list[GeluSite]]:
     m.ir_version = 10
     site = GeluSite(
         id="gelu0",
-        variant="erf",
+        form="exact",
         spelling="com.microsoft:BiasGelu",
         input="x",
         output="y",

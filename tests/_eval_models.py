@@ -38,7 +38,7 @@ mlp (float[N, 8] x) => (float[N, 4] logits, float[N, 8] hidden) {
 SITES = tuple(
     GeluSite(
         id=f"gelu{i}",
-        variant="erf",
+        form="exact",
         spelling="onnx:Gelu",
         input=f"h{i}",
         output=f"g{i}",

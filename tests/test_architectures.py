@@ -6,7 +6,7 @@ ORT QDQ). The oracles are independent of the code under test:
 
 - how many GELUs: PyTorch itself (GELU module calls and ``F.gelu`` calls in one forward pass);
 - which function each one computes: what ``transformers`` writes for the activation (table
-  :data:`EXPECTED_VARIANT`, read from ``transformers/activations.py`` and the model sources);
+  :data:`EXPECTED_FORM`, read from ``transformers/activations.py`` and the model sources);
 - that each replaced site was that GELU: the ``fp32-poly`` conversion reproduces the original
   model's ORT output within 1e-5 relative (``max |y − y_ref| / max |y_ref|`` over the evaluation
   batches), with the exceptions for float16 and QDQ models stated at :func:`test_fp32_poly_...`;
@@ -33,7 +33,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.errors import ModelError
 from gelu_quant.graph.convert import ConvertConfig, ConvertResult, convert_file
@@ -42,10 +42,10 @@ from gelu_quant.models import architectures as archs
 
 pytestmark = pytest.mark.slow
 
-EXPECTED_VARIANT: dict[str, str] = {
-    "gelu": "erf",  # nn.functional.gelu
-    "gelu_10": "erf",  # clip(gelu(x), -10, 10): the GELU inside is the site, the Clip stays
-    "gelu_python": "erf",  # x * 0.5 * (1 + erf(x / sqrt 2))
+EXPECTED_FORM: dict[str, str] = {
+    "gelu": "exact",  # nn.functional.gelu
+    "gelu_10": "exact",  # clip(gelu(x), -10, 10): the GELU inside is the site, the Clip stays
+    "gelu_python": "exact",  # x * 0.5 * (1 + erf(x / sqrt 2))
     "gelu_fast": "tanh",  # 0.5 x (1 + tanh(x * 0.7978845608 * (1 + 0.044715 x x)))
     "gelu_new": "tanh",  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     "gelu_pytorch_tanh": "tanh",  # nn.functional.gelu(approximate="tanh")
@@ -56,7 +56,6 @@ EXPECTED_VARIANT: dict[str, str] = {
     "quick_gelu": "quick",  # x * sigmoid(1.702 x)
 }
 """The function each activation computes, by the name the config gives it."""
-FORM_OF_VARIANT = {"erf": "exact", "tanh": "tanh", "quick": "quick"}
 
 GELU_ARCHS = [name for name, a in archs.ARCHITECTURES.items() if a.has_gelu]
 NO_GELU_ARCHS = [name for name, a in archs.ARCHITECTURES.items() if not a.has_gelu]
@@ -124,7 +123,7 @@ def _convert(name: str, exporter: str, target: str) -> tuple[Path, ConvertResult
 
 
 def _assert_every_site_converted_as_its_form(name: str, result: ConvertResult) -> None:
-    expected = FORM_OF_VARIANT[EXPECTED_VARIANT[archs.architecture(name).activation]]
+    expected = EXPECTED_FORM[archs.architecture(name).activation]
     records = result.manifest.sites
     assert len(records) == _torch_count(name)
     for record in records:
@@ -176,7 +175,7 @@ def test_sites_found_equal_torch_count_and_compute_that_gelu(name: str, exporter
     assert len(sites) == _torch_count(name)
     arch = archs.architecture(name)
     if arch.has_gelu:
-        assert {s.variant for s in sites} == {EXPECTED_VARIANT[arch.activation]}
+        assert {s.form for s in sites} == {EXPECTED_FORM[arch.activation]}
     expected_dtype = "float16" if exporter == "fp16" else "float32"
     assert {s.dtype for s in sites} <= {expected_dtype}
     if exporter == "qdq":  # each GELU between the quantizer's DequantizeLinear and its reader

@@ -71,7 +71,7 @@ def test_subgraph_sites_are_skipped_with_a_reason() -> None:
     model, sites = two_gelu_model()
     inner = GeluSite(
         id="If_0/then_branch/gelu0",
-        variant="erf",
+        form="exact",
         spelling="pattern:erf",
         input="a",
         output="b",

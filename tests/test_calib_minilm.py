@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gelu_quant.calib.pipeline import calibrate_model, collect_stats
+from gelu_quant.calib.calibration import calibrate_model, collect_stats
 from gelu_quant.calib.ranges_file import StatsFile
 
 pytestmark = pytest.mark.slow

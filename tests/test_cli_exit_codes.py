@@ -93,10 +93,10 @@ def _ok_args(f: dict[str, Path]) -> dict[str, list[str]]:
 # the library call each command makes, replaced by one that raises
 INJECT = {
     "inspect": "gelu_quant.cli.inspect_cmd.discover",
-    "calibrate": "gelu_quant.cli.calibrate.calibrate_model",
-    "merge-stats": "gelu_quant.cli.calibrate.merge_stats",
-    "approx": "gelu_quant.cli.approx.error_report",
-    "convert": "gelu_quant.cli.convert.convert_file",
+    "calibrate": "gelu_quant.cli.calibrate_cmd.calibrate_model",
+    "merge-stats": "gelu_quant.cli.calibrate_cmd.merge_stats",
+    "approx": "gelu_quant.cli.approx_cmd.error_report",
+    "convert": "gelu_quant.cli.convert_cmd.convert_file",
     "eval": "gelu_quant.cli.eval_cmd.evaluate",
     "pipeline": "gelu_quant.pipeline.run_pipeline",
     "demo": "gelu_quant.demo.run_demo",

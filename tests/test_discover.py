@@ -57,7 +57,7 @@ def gelu_quick(x: np.ndarray) -> np.ndarray:
     return np.array([v / (1.0 + math.exp(-1.702 * v)) for v in x.ravel()]).reshape(x.shape)
 
 
-ORACLES = {"erf": gelu_erf, "tanh": gelu_tanh, "quick": gelu_quick}
+ORACLES = {"exact": gelu_erf, "tanh": gelu_tanh, "quick": gelu_quick}
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -127,10 +127,10 @@ def ort_q_out(scale: float) -> QuantInfo:
 
 # fixture -> (variant, spelling, input, output, nodes, extra fields) of its single site
 EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] = {
-    "onnx_gelu": ("erf", "onnx:Gelu", "x", "y", ("gelu",), {}),
+    "onnx_gelu": ("exact", "onnx:Gelu", "x", "y", ("gelu",), {}),
     "onnx_gelu_tanh": ("tanh", "onnx:Gelu", "x", "y", ("gelu",), {}),
     "erf_torchscript": (
-        "erf",
+        "exact",
         "pattern:erf",
         "x",
         "y",
@@ -138,7 +138,7 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         {},
     ),
     "erf_dynamo": (
-        "erf",
+        "exact",
         "pattern:erf",
         "x",
         "y",
@@ -146,14 +146,14 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         {},
     ),
     "erf_rsqrt2_fp16": (
-        "erf",
+        "exact",
         "pattern:erf",
         "x",
         "y",
         ("scale", "erf", "add", "half_x", "mul"),
         {"dtype": "float16"},
     ),
-    "erf_div_two": ("erf", "pattern:erf", "x", "y", ("div", "erf", "add", "mul", "div_2"), {}),
+    "erf_div_two": ("exact", "pattern:erf", "x", "y", ("div", "erf", "add", "mul", "div_2"), {}),
     "tanh_pow": (
         "tanh",
         "pattern:tanh",
@@ -201,7 +201,7 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         ("scale", "sigmoid", "mul"),
         {"alpha": float(np.float32(1.702))},
     ),
-    "ms_gelu": ("erf", "com.microsoft:Gelu", "x", "y", ("gelu",), {}),
+    "ms_gelu": ("exact", "com.microsoft:Gelu", "x", "y", ("gelu",), {}),
     "ms_fastgelu": ("tanh", "com.microsoft:FastGelu", "x", "y", ("fast_gelu",), {}),
     "ms_fastgelu_bias": (
         "tanh",
@@ -211,7 +211,7 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         ("fast_gelu",),
         {"bias": "bias"},
     ),
-    "ms_biasgelu": ("erf", "com.microsoft:BiasGelu", "x", "y", ("bias_gelu",), {"bias": "bias"}),
+    "ms_biasgelu": ("exact", "com.microsoft:BiasGelu", "x", "y", ("bias_gelu",), {"bias": "bias"}),
     "ms_quickgelu": (
         "quick",
         "com.microsoft:QuickGelu",
@@ -220,9 +220,9 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         ("quick_gelu",),
         {"alpha": 1.702},
     ),
-    "qdq_gelu": ("erf", "onnx:Gelu", "x", "g", ("gelu",), {"qdq_in": Q_IN, "qdq_out": Q_OUT}),
+    "qdq_gelu": ("exact", "onnx:Gelu", "x", "g", ("gelu",), {"qdq_in": Q_IN, "qdq_out": Q_OUT}),
     "qdq_erf_ort": (
-        "erf",
+        "exact",
         "pattern:erf",
         "x",
         "g",
@@ -249,7 +249,7 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         {"qdq_in": Q_IN, "qdq_out": Q_OUT},
     ),
     "qdq_erf_dedicated": (
-        "erf",
+        "exact",
         "pattern:erf",
         "x",
         "g",
@@ -314,7 +314,7 @@ EXPECTED: dict[str, tuple[str, str, str, str, tuple[str, ...], dict[str, Any]]] 
         },
     ),
     "unnamed_nodes": (
-        "erf",
+        "exact",
         "pattern:erf",
         "x",
         "y",
@@ -330,7 +330,7 @@ def test_fixture_site_is_found(name: str) -> None:
     sites = find_gelu_sites(load_fixture(name))
     assert len(sites) == 1
     s = sites[0]
-    assert (s.id, s.variant, s.spelling, s.input, s.output) == ("gelu0", variant, spelling, x, y)
+    assert (s.id, s.form, s.spelling, s.input, s.output) == ("gelu0", variant, spelling, x, y)
     assert s.nodes == nodes
     assert s.dtype == extra.get("dtype", "float32")
     assert s.bias == extra.get("bias")
@@ -383,7 +383,7 @@ def test_sites_in_if_branches_have_graph_paths_and_compute_gelu() -> None:
 def test_site_in_loop_body_computes_tanh_gelu() -> None:
     model = load_fixture("loop_subgraph")
     sites = find_gelu_sites(model)
-    assert [(s.id, s.graph, s.variant, s.spelling, s.input, s.output) for s in sites] == [
+    assert [(s.id, s.graph, s.form, s.spelling, s.input, s.output) for s in sites] == [
         ("loop/body/gelu0", "loop/body", "tanh", "pattern:tanh", "v", "w")
     ]
     assert sites[0].nodes == (
@@ -756,7 +756,7 @@ def test_random_arrangements_of_the_tanh_form_are_found(seed: int) -> None:
     graph = oh.make_graph(b.nodes, "tanh_random", [vi_x], [vi_y], b.inits)
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=10)
     sites = find_gelu_sites(model)
-    assert [(s.variant, s.spelling, s.input, s.output) for s in sites] == [
+    assert [(s.form, s.spelling, s.input, s.output) for s in sites] == [
         ("tanh", "pattern:tanh", "x", y)
     ]
     assert sites[0].nodes == tuple(n.name for n in b.nodes)  # every node is part of the GELU

@@ -67,7 +67,7 @@ def test_minilm_has_six_gelus_and_each_site_computes_gelu(variant: str) -> None:
     sites = found.sites
     assert [s.id for s in sites] == [f"gelu{i}" for i in range(6)]
     assert {s.spelling for s in sites} == {SPELLING[variant]}
-    assert {s.variant for s in sites} == {"erf"}
+    assert {s.form for s in sites} == {"exact"}
     assert all(s.dtype == "float32" and s.graph == "" for s in sites)
     assert found.near_misses == []
 

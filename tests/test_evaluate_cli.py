@@ -13,7 +13,7 @@ from _xsd_subset import load_schema, validate
 from click.testing import CliRunner
 
 from gelu_quant.cli.main import main
-from gelu_quant.evaluate.report import from_json
+from gelu_quant.evaluate.accuracy_report import from_json
 
 XSD = Path(__file__).parent / "fixtures" / "junit.xsd"
 

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from gelu_quant.calib.data import model_input_specs, open_data_source
 from gelu_quant.cli.main import main
+from gelu_quant.evaluate.accuracy_report import from_json
 from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
 from gelu_quant.evaluate.gate import GateConfig, judge
-from gelu_quant.evaluate.report import from_json
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ N_EVAL = 48
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from gelu_quant.calib.pipeline import calibrate_model
+    from gelu_quant.calib.calibration import calibrate_model
     from gelu_quant.calib.ranges_file import load_ranges
     from gelu_quant.graph.convert import ConvertConfig, convert_file
     from gelu_quant.models.corpus import stdlib_sentences

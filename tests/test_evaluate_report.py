@@ -11,10 +11,7 @@ import _eval_models as em
 import pytest
 from _xsd_subset import load_schema, validate
 
-from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
-from gelu_quant.evaluate.gate import GateCheck, GateConfig, GateVerdict
-from gelu_quant.evaluate.metrics import ErrorStats, OutputMetrics
-from gelu_quant.evaluate.report import (
+from gelu_quant.evaluate.accuracy_report import (
     MARKDOWN_MAX_SITES,
     SCHEMA,
     AccuracyReport,
@@ -25,7 +22,10 @@ from gelu_quant.evaluate.report import (
     to_junit_xml,
     to_markdown,
 )
-from gelu_quant.evaluate.sites import SiteMetrics
+from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
+from gelu_quant.evaluate.gate import GateCheck, GateConfig, GateVerdict
+from gelu_quant.evaluate.metrics import ErrorStats, OutputMetrics
+from gelu_quant.evaluate.site_comparison import SiteMetrics
 
 XSD = Path(__file__).parent / "fixtures" / "junit.xsd"
 
@@ -43,7 +43,15 @@ def hand_report(n_sites: int = 3, passed: bool = False) -> AccuracyReport:
     )
     sites = [
         SiteMetrics(
-            f"gelu{i}", f"h{i}", f"g{i}", "erf", True, None, err, (-4.0, 8.5), f"plots/gelu{i}.png"
+            f"gelu{i}",
+            f"h{i}",
+            f"g{i}",
+            "exact",
+            True,
+            None,
+            err,
+            (-4.0, 8.5),
+            f"plots/gelu{i}.png",
         )
         for i in range(n_sites)
     ]

@@ -16,8 +16,8 @@ import pytest
 
 from gelu_quant.errors import BadInputError
 from gelu_quant.evaluate import probe
+from gelu_quant.evaluate.accuracy_report import to_markdown
 from gelu_quant.evaluate.evaluator import EvalConfig, evaluate
-from gelu_quant.evaluate.report import to_markdown
 from gelu_quant.graph.sites import GeluSite, QuantInfo
 
 QDQ_TEXT = """
@@ -36,7 +36,7 @@ qdq (float[N, 16] x) => (float[N, 16] y) {
 """
 QDQ_SITE = GeluSite(
     id="gelu0",
-    variant="erf",
+    form="exact",
     spelling="onnx:Gelu",
     input="xd",
     output="g",

@@ -22,8 +22,8 @@ from gelu_quant.cli.main import main
 from gelu_quant.errors import ModelError
 from gelu_quant.graph.convert import ConvertConfig, convert_model
 from gelu_quant.graph.discover import find_gelu_sites
+from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.poly import DEFAULT_SHAPES, build_exact_poly, exact_tail_domain
-from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import spec_from_json
 from gelu_quant.numerics import form_argmin, tail_bounds
 
@@ -296,7 +296,7 @@ def test_quick_alpha_other_than_1702_is_refused() -> None:
         g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     sites = find_gelu_sites(m)
-    assert len(sites) == 1 and sites[0].variant == "quick"
+    assert len(sites) == 1 and sites[0].form == "quick"
     with pytest.raises(ModelError, match="alpha 1"):
         convert_model(m, ConvertConfig("int8-lut", range=(-4.0, 4.0)), sites=sites)
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.cli.main import main
 from gelu_quant.errors import BadInputError

@@ -30,7 +30,7 @@ def test_table_lists_site_with_qdq_context(tmp_path: Path) -> None:
     assert lines[0] == f"{path}: 1 GELU site(s)"
     assert lines[1].split() == [
         "id",
-        "variant",
+        "form",
         "spelling",
         "dtype",
         "shape",
@@ -42,7 +42,7 @@ def test_table_lists_site_with_qdq_context(tmp_path: Path) -> None:
     ]
     assert lines[2].split() == [
         "gelu0",
-        "erf",
+        "exact",
         "pattern:erf",
         "float32",
         "[N,16]",
@@ -107,7 +107,7 @@ def test_onnx_text_files_are_read_directly_and_bad_text_is_a_one_line_error(
     result = CliRunner().invoke(main, ["inspect", str(FIXTURES / "onnx_gelu.onnxtxt")])
     assert result.exit_code == 0
     assert "Warning" not in result.output
-    assert result.output.splitlines()[2].split()[:3] == ["gelu0", "erf", "onnx:Gelu"]
+    assert result.output.splitlines()[2].split()[:3] == ["gelu0", "exact", "onnx:Gelu"]
     bad = tmp_path / "bad.onnxtxt"
     bad.write_text("not < valid\nat all\n")
     result = CliRunner().invoke(main, ["inspect", str(bad)])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gelu_quant.errors import SpecError
+from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.interp import build_interp_lut
-from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import spec_from_json
 from gelu_quant.lut.table import build_lut
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gelu_quant.errors import SpecError
+from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.export import c_header, spec_json_text
 from gelu_quant.lut.poly import PolySpec, build_poly
-from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import spec_from_json
 
 # -- independent oracle -------------------------------------------------------------------------

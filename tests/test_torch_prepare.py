@@ -13,7 +13,7 @@ transformers_activations = pytest.importorskip("transformers.activations")
 
 from torch import nn  # noqa: E402
 
-from gelu_quant.calib.pipeline import calibrate_model  # noqa: E402
+from gelu_quant.calib.calibration import calibrate_model  # noqa: E402
 from gelu_quant.calib.ranges_file import load_ranges  # noqa: E402
 from gelu_quant.errors import BadInputError  # noqa: E402
 from gelu_quant.lut.table import build_lut  # noqa: E402

@@ -18,13 +18,13 @@ import numpy.typing as npt
 
 from gelu_quant import __version__
 from gelu_quant.errors import BadInputError, DataError, ModelError
+from gelu_quant.evaluate.accuracy_report import AccuracyReport, ModelInfo
 from gelu_quant.evaluate.feeds import Feed, describe
 from gelu_quant.evaluate.gate import GateConfig, check_applicable, judge
 from gelu_quant.evaluate.labels import load_labels
 from gelu_quant.evaluate.metrics import OutputAccumulator, OutputKind
 from gelu_quant.evaluate.probe import ProbeSession, TensorSpec, load_model
-from gelu_quant.evaluate.report import AccuracyReport, ModelInfo
-from gelu_quant.evaluate.sites import (
+from gelu_quant.evaluate.site_comparison import (
     QuantizedOutput,
     SiteAccumulator,
     SiteMetrics,
@@ -332,7 +332,7 @@ def evaluate(
             id=s.id,
             input=s.input,
             output=s.output,
-            variant=s.variant,
+            form=s.form,
             comparable=s.id in by_id,
             reason=_reason(plans[s.id]),
             errors=by_id[s.id].errors.result() if s.id in by_id else None,

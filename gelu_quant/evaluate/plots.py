@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gelu_quant.errors import BadInputError
-from gelu_quant.evaluate.sites import SiteAccumulator
+from gelu_quant.evaluate.site_comparison import SiteAccumulator
 
 PlotWriter = Callable[
     [Path, Sequence[SiteAccumulator], Mapping[str, tuple[float, float]]], dict[str, str]
@@ -79,7 +79,7 @@ def write_site_plots(
             ax1.bar(centers[sl], h.counts[sl], width=width, color="#4472c4", log=True)
             ax1.set_ylabel("count (log)")
             ax1.set_title(
-                f"{site.id} ({site.variant}): pre-activations, min {h.min_seen:.3g}, "
+                f"{site.id} ({site.form}): pre-activations, min {h.min_seen:.3g}, "
                 f"max {h.max_seen:.3g}"
             )
             ec = sa.error_curve

@@ -45,8 +45,9 @@ from gelu_quant.graph.irview import (
 )
 from gelu_quant.graph.names import name_nodes_in_place, needs_names
 from gelu_quant.graph.patterns import FORMULAS, QUICK_ALPHA, PatternMatch, match_anchor
-from gelu_quant.graph.sites import GeluSite, GeluVariant, QuantInfo
+from gelu_quant.graph.sites import GeluSite, QuantInfo
 from gelu_quant.modelfile import model_dir, read_model
+from gelu_quant.numerics import GeluForm
 
 ModelLike = Union[onnx.ModelProto, str, "os.PathLike[str]"]
 
@@ -177,7 +178,7 @@ def _graphs(graph: ir.Graph, path: str, recurse: bool) -> Iterator[tuple[ir.Grap
 @dataclass
 class _Found:
     position: int
-    variant: GeluVariant
+    form: GeluForm
     spelling: str
     x: ir.Value
     output: ir.Value
@@ -248,7 +249,7 @@ def _discover_graph(
                     found.append(
                         _Found(
                             position=order[result.output.producer()],  # type: ignore[index]
-                            variant=result.formula.variant,  # type: ignore[arg-type]
+                            form=result.formula.form,  # type: ignore[arg-type]
                             spelling=result.formula.spelling,
                             x=result.x,
                             output=result.output,
@@ -287,14 +288,14 @@ def _fused(
     x = ins[0]
     second = ins[1] if len(ins) > 1 else None
 
-    def found(variant: GeluVariant, spelling: str, **kw: Any) -> _Found:
-        return _Found(order[node], variant, spelling, x, node.outputs[0], [node], **kw)
+    def found(form: GeluForm, spelling: str, **kw: Any) -> _Found:
+        return _Found(order[node], form, spelling, x, node.outputs[0], [node], **kw)
 
     if is_op(node, "Gelu"):
         attr = node.attributes.get("approximate")
         approx = "none" if attr is None or attr.is_ref() else attr.as_string()
         if approx == "none":
-            return found("erf", "onnx:Gelu")
+            return found("exact", "onnx:Gelu")
         if approx == "tanh":
             return found("tanh", "onnx:Gelu")
         misses.append(
@@ -304,14 +305,14 @@ def _fused(
     if node.domain != MS_DOMAIN:
         return None
     if node.op_type == "Gelu":
-        return found("erf", "com.microsoft:Gelu")
+        return found("exact", "com.microsoft:Gelu")
     if node.op_type == "FastGelu":
         return found("tanh", "com.microsoft:FastGelu", bias=second)
     if node.op_type == "BiasGelu":
         if second is None:
             misses.append(NearMiss(path, str(node.name), "com.microsoft:BiasGelu", "no bias input"))
             return None
-        return found("erf", "com.microsoft:BiasGelu", bias=second)
+        return found("exact", "com.microsoft:BiasGelu", bias=second)
     if node.op_type == "QuickGelu":
         attr = node.attributes.get("alpha")
         alpha = QUICK_ALPHA if attr is None or attr.is_ref() else attr.as_float()
@@ -343,7 +344,7 @@ def _to_site(site_id: str, f: _Found, path: str, inferred: _Inferred) -> GeluSit
     qdq_out = _qdq_out(f.output, notes, inferred)
     return GeluSite(
         id=site_id,
-        variant=f.variant,
+        form=f.form,
         spelling=f.spelling,
         input=str(f.x.name),
         output=str(f.output.name),

@@ -11,7 +11,7 @@ Schema ``gelu-quant/manifest`` version 1, written beside the converted model
      "converted": 6, "skipped": 0,
      "notes": […],                       # e.g. a QDQ model's scales used instead of --ranges
      "sites": [{"id": "gelu0", "status": "converted" | "skipped", "reason": null,
-                "variant", "spelling", "graph", "input", "output", "bias",
+                "site_form", "spelling", "graph", "input", "output", "bias",
                 "form": "exact" | "tanh" | "quick", "cost": segments x degree | null,
                 "mode": "float" | "qdq",
                 "range": [lo, hi] | null, "range_source": "--range" | "ranges:<method>" | "qdq",
@@ -49,7 +49,7 @@ class SiteRecord:
 
     id: str
     status: Literal["converted", "skipped"]
-    variant: str
+    site_form: str
     spelling: str
     graph: str
     input: str
@@ -81,7 +81,7 @@ class SiteRecord:
         return cls(
             id=site.id,
             status=status,
-            variant=site.variant,
+            site_form=site.form,
             spelling=site.spelling,
             graph=site.graph,
             input=site.input,
@@ -95,7 +95,7 @@ class SiteRecord:
             "id": self.id,
             "status": self.status,
             "reason": self.reason,
-            "variant": self.variant,
+            "site_form": self.site_form,
             "spelling": self.spelling,
             "graph": self.graph,
             "input": self.input,

@@ -57,7 +57,7 @@ class Formula:
     """One decomposed spelling: the anchor op, its argument in ``x``, the body in ``x, T``."""
 
     anchor: str
-    variant: str
+    form: str
     spelling: str
     argument: dict[Monomial, float]
     body: dict[Monomial, float]
@@ -67,7 +67,7 @@ class Formula:
 
 ERF = Formula(
     anchor="Erf",
-    variant="erf",
+    form="exact",
     spelling="pattern:erf",
     argument={(1,): 1.0 / math.sqrt(2.0)},
     body={(1, 0): 0.5, (1, 1): 0.5},
@@ -76,7 +76,7 @@ ERF = Formula(
 )
 TANH = Formula(
     anchor="Tanh",
-    variant="tanh",
+    form="tanh",
     spelling="pattern:tanh",
     argument={(1,): SQRT_2_OVER_PI, (3,): SQRT_2_OVER_PI * TANH_CUBIC},
     body={(1, 0): 0.5, (1, 1): 0.5},
@@ -85,7 +85,7 @@ TANH = Formula(
 )
 QUICK = Formula(
     anchor="Sigmoid",
-    variant="quick",
+    form="quick",
     spelling="pattern:quick",
     argument={(1,): QUICK_ALPHA},
     body={(1, 1): 1.0},
@@ -94,7 +94,7 @@ QUICK = Formula(
 )
 TANH_SIGMOID = Formula(
     anchor="Sigmoid",
-    variant="tanh",
+    form="tanh",
     spelling="pattern:tanh-sigmoid",
     argument={(1,): 2 * SQRT_2_OVER_PI, (3,): 2 * SQRT_2_OVER_PI * TANH_CUBIC},
     body={(1, 1): 1.0},

@@ -8,11 +8,11 @@ keeps the site's output tensor name, so the same id names the same GELU in both 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-GeluVariant = Literal["erf", "tanh", "quick"]
-"""Which function the site computes: exact (erf) GELU, the tanh form, or QuickGELU."""
+from gelu_quant.numerics import GeluForm
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class GeluSite:
     """One GELU in a model."""
 
     id: str
-    variant: GeluVariant
+    form: GeluForm
+    """Which function the site computes (the same word the specs use): ``exact`` (erf) GELU,
+    the ``tanh`` form, or ``quick`` (QuickGELU); how it is written is its ``spelling``."""
     spelling: str
     """How it was written: ``onnx:Gelu``, ``pattern:erf``, ``pattern:tanh``,
     ``com.microsoft:Gelu``, ``com.microsoft:FastGelu``, ``com.microsoft:BiasGelu``,
@@ -61,12 +63,36 @@ class GeluSite:
     graph: str = ""
     """"" for the main graph, else the path of the subgraph (``node/attr``)."""
     alpha: float | None = None
-    """QuickGELU's alpha when variant == "quick"."""
+    """QuickGELU's alpha when form == "quick"."""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def in_subgraph(self) -> bool:
         return self.graph != ""
+
+    @staticmethod
+    def form_in_json(d: Mapping[str, Any]) -> str:
+        """The form in a site's JSON record; files written before the ``form`` field say
+        ``variant`` (``erf`` for exact)."""
+        if "form" in d:
+            return str(d["form"])
+        v = str(d["variant"])
+        return "exact" if v == "erf" else v
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> GeluSite:
+        """Inverse of :meth:`to_json` (also reads records with the older ``variant``)."""
+        d = dict(d)
+        d["form"] = GeluSite.form_in_json(d)
+        d.pop("variant", None)
+        for key in ("qdq_in", "qdq_out"):
+            if d.get(key) is not None:
+                d[key] = QuantInfo(**d[key])
+        d["nodes"] = tuple(d.get("nodes", ()))
+        d["notes"] = tuple(d.get("notes", ()))
+        if d.get("shape") is not None:
+            d["shape"] = tuple(d["shape"])
+        return cls(**d)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -153,9 +153,6 @@ def build_spec(
     )
 
 
-_SITE_FORMS: dict[str, GeluForm] = {"erf": "exact", "tanh": "tanh", "quick": "quick"}
-
-
 def _is_quick_alpha(alpha: float, dtype: str | None) -> bool:
     """1.702 as the site's float type stores it (a float16 export holds 1.70215)."""
     if abs(alpha - QUICK_ALPHA) <= 1e-4:
@@ -168,7 +165,7 @@ def site_form(site: GeluSite, override: GeluForm | None = None) -> GeluForm:
     ``override`` between the two GELU forms. Raises SpecError (the site is skipped) when the
     override would replace the site by another function, or for a QuickGELU alpha other than
     1.702."""
-    own = _SITE_FORMS[site.variant]
+    own = site.form
     if own == "quick" and site.alpha is not None and not _is_quick_alpha(site.alpha, site.dtype):
         raise SpecError(
             f"QuickGELU with alpha {site.alpha:.6g}: only alpha {QUICK_ALPHA} is supported "

@@ -40,11 +40,11 @@ from gelu_quant.calib.methods import MethodName, select_range
 from gelu_quant.calib.ranges_file import RangesFile, load_ranges
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError, SpecError
+from gelu_quant.graph.sites import GeluSite
 from gelu_quant.lut.table import gelu_output_qparams
 from gelu_quant.qparams import QDType, QParams
 from gelu_quant.torch.fakequant import GeluFakeQuant
 
-_VARIANT_OF_FORM = {"exact": "erf", "tanh": "tanh", "quick": "quick"}
 _TRANSFORMERS_FORMS = {
     "GELUActivation": "exact",
     "NewGELUActivation": "tanh",
@@ -122,11 +122,11 @@ def _range_of(ranges: RangesLike, site: str, method: str | None) -> tuple[float,
     raise TypeError(type(ranges))
 
 
-def _site_variant(ranges: RangesLike, site: str) -> str | None:
+def _site_form(ranges: RangesLike, site: str) -> str | None:
     if isinstance(ranges, RangesFile):
         for s in ranges.sites:
             if s["id"] == site:
-                return str(s.get("variant"))
+                return GeluSite.form_in_json(s)
     return None
 
 
@@ -169,17 +169,17 @@ def prepare_qat(
     ``ranges``: a ranges file (path or :class:`RangesFile`, ``method`` picks a method, default
     the file's chosen one) or a mapping ``site id -> (lo, hi)`` (e.g. :func:`calibrate_ranges`).
     ``bits`` / ``out_bits``: code widths of the input and output (2..8; ``out_bits`` defaults to
-    ``bits``). A site whose form differs from the ranges file's variant is refused.
+    ``bits``). A site whose form differs from the ranges file's is refused.
     """
     if isinstance(ranges, (str, os.PathLike)):
         ranges = load_ranges(ranges)
     sites = find_gelus(model, example_inputs)
     for s in sites:
-        variant = _site_variant(ranges, s.site_id)
-        if variant is not None and variant != _VARIANT_OF_FORM[s.form]:
+        form = _site_form(ranges, s.site_id)
+        if form is not None and form != s.form:
             raise BadInputError(
                 f"GELU {s.name} ({s.form}) is site {s.site_id}, which the ranges file lists as "
-                f"{variant!r}: the ranges were made for another model or the site order differs"
+                f"{form!r}: the ranges were made for another model or the site order differs"
             )
         clip = None
         if type(s.module).__name__ == "ClippedGELUActivation":
@@ -319,7 +319,7 @@ def calibrate_ranges(
     for sid, st in stats.items():
         if st.count == 0:
             raise SpecError(f"GELU site {sid} ({sites[sid].name}) saw no data")
-        kw: dict[str, Any] = {"variant": _VARIANT_OF_FORM[sites[sid].form], "bits": bits}
+        kw: dict[str, Any] = {"form": sites[sid].form, "bits": bits}
         if percentile is not None:
             kw["percentile"] = percentile
         out[sid] = select_range(st, method, **kw)

@@ -21,8 +21,8 @@ from gelu_quant.graph.manifest import SiteRecord
 from gelu_quant.graph.ops import CustomOp
 from gelu_quant.graph.passes.site_rewrites import Rewrite, SiteContext, rewrite_site
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.grouped import GroupedLutSpec
-from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.numerics import GeluForm
 

@@ -36,7 +36,7 @@ class SiteMetrics:
     id: str
     input: str
     output: str
-    variant: str
+    form: str
     comparable: bool
     reason: str | None = None
     """Why the site is not comparable (None when it is)."""
@@ -127,9 +127,9 @@ def quantized_input_ranges(
 
 
 def _reference_gelu(site: GeluSite, x: np.ndarray) -> np.ndarray:
-    if site.variant == "tanh":
+    if site.form == "tanh":
         return gelu_tanh(x)
-    if site.variant == "quick":
+    if site.form == "quick":
         return quick_gelu(x, site.alpha if site.alpha is not None else 1.702)
     return gelu_exact(x)
 

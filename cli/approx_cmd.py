@@ -10,8 +10,8 @@ import click
 
 from gelu_quant.errors import BadInputError
 from gelu_quant.fileio import write_text_atomic
+from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.export import c_header, spec_json_text
-from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.lut.table import OutDType
 from gelu_quant.numerics import GeluForm

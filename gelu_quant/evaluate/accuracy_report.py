@@ -22,7 +22,7 @@ change of meaning bumps ``schema_version``)::
         "labels": ... | null
       }],
       "sites": [{                           # GELU sites, worst (lowest SQNR) first
-        "id": "gelu0", "input": "...", "output": "...", "variant": "erf",
+        "id": "gelu0", "input": "...", "output": "...", "form": "exact",
         "comparable": true, "reason": null,
         "elements": ..., "nonfinite": 0,
         "max_abs_error": ..., "mean_abs_error": ..., "rmse": ..., "sqnr_db": ...,
@@ -55,7 +55,8 @@ from typing import Any
 
 from gelu_quant.evaluate.gate import GateCheck, GateConfig, GateVerdict
 from gelu_quant.evaluate.metrics import ErrorStats, OutputMetrics
-from gelu_quant.evaluate.sites import SiteMetrics
+from gelu_quant.evaluate.site_comparison import SiteMetrics
+from gelu_quant.graph.sites import GeluSite
 
 SCHEMA = "gelu-quant.accuracy-report"
 SCHEMA_VERSION = 1
@@ -200,7 +201,7 @@ def _site_json(s: SiteMetrics) -> dict[str, Any]:
         "id": s.id,
         "input": s.input,
         "output": s.output,
-        "variant": s.variant,
+        "form": s.form,
         "comparable": s.comparable,
         "reason": s.reason,
         **_errors_json(s.errors),
@@ -216,7 +217,7 @@ def _site_from(d: Mapping[str, Any]) -> SiteMetrics:
         id=str(d["id"]),
         input=str(d["input"]),
         output=str(d["output"]),
-        variant=str(d["variant"]),
+        form=GeluSite.form_in_json(d),
         comparable=bool(d["comparable"]),
         reason=d.get("reason"),
         errors=_errors_from(d),

@@ -8,8 +8,8 @@ from typing import Any, cast
 
 import click
 
+from gelu_quant.calib.calibration import DEFAULT_METHOD, calibrate_model, merge_stats
 from gelu_quant.calib.methods import DEFAULT_PERCENTILE, METHODS, MethodName
-from gelu_quant.calib.pipeline import DEFAULT_METHOD, calibrate_model, merge_stats
 from gelu_quant.calib.ranges_file import MethodParams, RangesFile
 from gelu_quant.cli.options import text_data_options
 
