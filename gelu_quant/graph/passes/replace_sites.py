@@ -146,6 +146,10 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     values.update({k: v for k, v in graph.initializers.items()})
     for n in graph:
         values.update({v.name: v for v in n.outputs if v.name})
+    for n in graph:  # and what nodes read without anything defining it (invalid, but kept)
+        for v in n.inputs:
+            if v is not None and v.name and v.name not in values:
+                values[v.name] = v
     return values
 
 
