@@ -155,6 +155,14 @@ def approx() -> None:
     default=None,
     help="Build an N-segment table with linear interpolation instead of a full table.",
 )
+@click.option(
+    "--pwl",
+    "pwl_segments",
+    type=click.Choice(["8", "16", "32", "64"]),
+    default=None,
+    help="Build an N-segment piecewise-linear table with optimised (non-uniform) breakpoints "
+    "and integer interpolation instead of a full table.",
+)
 @click.option("--table/--no-table", "show_table", default=False, help="Print the entries.")
 @common_output_options
 def lut_cmd(
@@ -163,6 +171,7 @@ def lut_cmd(
     out_dtype: str,
     form: str,
     segments: str | None,
+    pwl_segments: str | None,
     show_table: bool,
     as_json: bool,
     exports: tuple[tuple[str, str], ...],
@@ -176,7 +185,21 @@ def lut_cmd(
     out = cast(OutDType, DTYPE_ALIASES[out_dtype.lower()])
     qin = cast(QDType, in_dtype)
     spec: GeluApprox
-    if segments is not None:
+    if segments is not None and pwl_segments is not None:
+        raise BadInputError("--interp and --pwl are two kinds of small table: give one")
+    if pwl_segments is not None:
+        from gelu_quant.lut.pwl import build_pwl_lut
+
+        if out not in ("int8", "uint8", "int16"):
+            raise BadInputError("--pwl tables have integer outputs: use --out int8|uint8|int16")
+        spec = build_pwl_lut(
+            segments=int(pwl_segments),
+            in_range=(lo, hi),
+            in_dtype=qin,
+            out_dtype=cast(QDType, out),
+            form=cast(GeluForm, form),
+        )
+    elif segments is not None:
         if out not in ("int8", "uint8", "int16"):
             raise BadInputError("--interp tables have integer outputs: use --out int8|uint8|int16")
         if in_dtype == "int16":

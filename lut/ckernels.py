@@ -7,6 +7,8 @@ header and one source per kind, generic over the arrays, which they take as argu
 ``gelu_lut.h/.c``         full tables (:class:`~gelu_quant.lut.table.LutSpec`), with a
                           compile-time SIMD path for 8-bit -> 8-bit tables
 ``gelu_interp.h/.c``      interpolated tables (:class:`~gelu_quant.lut.interp.InterpLutSpec`)
+``gelu_pwl.h/.c``         non-uniform piecewise-linear tables
+                          (:class:`~gelu_quant.lut.pwl.PwlLutSpec`)
 ``gelu_poly_f16.h/.c``    float16 polynomials (:class:`~gelu_quant.lut.poly.PolySpec`,
                           float16 io, float16 or float32 arithmetic)
 ``gelu_poly_f32.h/.c``    float32 polynomials (float32 io and arithmetic)
@@ -32,6 +34,7 @@ from gelu_quant.errors import BadInputError
 from gelu_quant.lut.export import _c_ident, c_header
 from gelu_quant.lut.interp import InterpLutSpec
 from gelu_quant.lut.poly import PolySpec
+from gelu_quant.lut.pwl import PwlLutSpec
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.lut.table import LutSpec
 
@@ -42,6 +45,7 @@ BASE_CFLAGS: tuple[str, ...] = ("-std=c99", "-O2", "-Wall", "-Wextra", "-ffp-con
 KERNELS: dict[str, tuple[str, str]] = {
     "lut": ("gelu_lut.h", "gelu_lut.c"),
     "interp": ("gelu_interp.h", "gelu_interp.c"),
+    "pwl": ("gelu_pwl.h", "gelu_pwl.c"),
     "poly_f16": ("gelu_poly_f16.h", "gelu_poly_f16.c"),
     "poly_f32": ("gelu_poly_f32.h", "gelu_poly_f32.c"),
 }
@@ -92,6 +96,21 @@ def kernel_call(spec: GeluApprox, name: str = "gelu") -> KernelCall:
             _CTYPE[o],
             (f"{ident}_knots", f"{spec.shift}u"),
         )
+    if isinstance(spec, PwlLutSpec):
+        i, o = spec.in_qparams.dtype, spec.out_qparams.dtype
+        return KernelCall(
+            "pwl",
+            f"gelu_pwl_{_SUFFIX[i]}_{_SUFFIX[o]}",
+            _CTYPE[i],
+            _CTYPE[o],
+            (
+                f"{ident}_starts",
+                f"{ident}_bases",
+                f"{ident}_slopes",
+                f"{spec.segments}u",
+                f"{spec.shift}u",
+            ),
+        )
     if isinstance(spec, PolySpec):
         arrays = (
             f"{spec.segments}u",
@@ -105,7 +124,8 @@ def kernel_call(spec: GeluApprox, name: str = "gelu") -> KernelCall:
         fn = "gelu_poly_f16" if spec.compute_dtype == "float16" else "gelu_poly_f16_c32"
         return KernelCall("poly_f16", fn, "uint16_t", "uint16_t", arrays)
     raise BadInputError(
-        f"no C kernel for a {spec.kind!r} spec; C kernels exist for lut, interp_lut and poly"
+        f"no C kernel for a {spec.kind!r} spec; C kernels exist for lut, interp_lut, pwl_lut "
+        "and poly"
     )
 
 

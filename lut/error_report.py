@@ -150,6 +150,12 @@ class ErrorReport:
     fp32: Fp32Report | None = None
     whole_line: bool = False
     """The inputs covered the whole real line (``domain`` is then the dtype's finite range)."""
+    max_steps_vs_table: int | None = None
+    """Small tables (interpolated, PWL): the largest difference, in output steps, from the full
+    table of the same qparams over every input code."""
+    max_steps_vs_gelu: float | None = None
+    """Integer-output tables: the largest error at the input codes in output steps (the output
+    scale) against float64 GELU; a full table's is at most 0.5."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -166,6 +172,16 @@ class ErrorReport:
         ]
         if self.max_abs_at_codes is not None:
             out.append(f"max error at the input codes: {self.max_abs_at_codes:.3e}")
+        if self.max_steps_vs_gelu is not None:
+            vs_table = (
+                ""
+                if self.max_steps_vs_table is None
+                else f"{self.max_steps_vs_table} vs the full table, "
+            )
+            out.append(
+                f"max error at the input codes in output steps: {vs_table}"
+                f"{self.max_steps_vs_gelu:.3f} vs float64 GELU"
+            )
         if self.fp32 is not None:
             r = self.fp32
             out.append(
@@ -243,11 +259,15 @@ def error_report(
         x = x.astype(np.float32).astype(np.float64)
     err = np.abs(np.asarray(spec.evaluate(x), dtype=np.float64) - gelu(x, spec.form))
     i = int(np.argmax(err))
-    at_codes = None
+    at_codes = steps_table = steps_gelu = None
     qp = getattr(spec, "in_qparams", None)
     if qp is not None and hasattr(spec, "output_values"):
         xc = qp.dequantize(qp.codes(), np.float64)
-        at_codes = float(np.max(np.abs(spec.output_values() - gelu(xc, spec.form))))
+        g = gelu(xc, spec.form)
+        at_codes = float(np.max(np.abs(spec.output_values() - g)))
+        oq = getattr(spec, "out_qparams", None)
+        if oq is not None:
+            steps_gelu, steps_table = _steps(spec, qp, oq, g)
     fp16 = fp32 = None
     if ulp_dtype == "float16":
         x16 = fp16_inputs(lo, hi)
@@ -267,4 +287,22 @@ def error_report(
         fp16=fp16,
         fp32=fp32,
         whole_line=whole,
+        max_steps_vs_table=steps_table,
+        max_steps_vs_gelu=steps_gelu,
     )
+
+
+def _steps(
+    spec: GeluApprox, qp: Any, oq: Any, g: npt.NDArray[np.float64]
+) -> tuple[float, int | None]:
+    """Output-step errors of an integer-output table spec at every input code: against float64
+    GELU and (specs with a ``full_table``, i.e. small tables) against the full table."""
+    from gelu_quant.lut.table import build_lut
+
+    values = np.asarray(spec.output_values(), dtype=np.float64)  # type: ignore[attr-defined]
+    vs_gelu = float(np.max(np.abs(values - g)) / np.float64(oq.scale))
+    if not hasattr(spec, "full_table"):
+        return vs_gelu, None
+    full = build_lut(in_qparams=qp, out_qparams=oq, out_dtype=oq.dtype, form=spec.form).table
+    codes = np.asarray(spec.full_table()).astype(np.int64)
+    return vs_gelu, int(np.max(np.abs(codes - full.astype(np.int64))))

@@ -33,6 +33,9 @@ class Target:
     bits: int = 8
     """LUT targets: width of the input and output codes (2..8; below 8 they live in an 8-bit
     container, ``Clip`` after the ``QuantizeLinear``, a ``2**bits``-entry table)."""
+    breakpoints: Literal["uniform", "optimized"] = "uniform"
+    """Interpolated tables: uniform knots (``InterpLutSpec``) or optimised non-uniform
+    breakpoints (``PwlLutSpec``, :mod:`gelu_quant.lut.pwl`)."""
 
 
 TARGETS: dict[str, Target] = {
@@ -45,6 +48,15 @@ TARGETS: dict[str, Target] = {
     "int8-interp32": Target("interp", segments=32, help="32-segment interpolated table"),
     "int8-interp64": Target("interp", segments=64, help="64-segment interpolated table"),
     "int8-interp128": Target("interp", segments=128, help="128-segment interpolated table"),
+    **{
+        f"int8-pwl{n}": Target(
+            "interp",
+            segments=n,
+            breakpoints="optimized",
+            help=f"{n}-segment piecewise-linear table, optimised breakpoints, int32 arithmetic",
+        )
+        for n in (8, 16, 32, 64)
+    },
     "fp16-poly": Target("poly", "float16", "float16", help="float16 piecewise polynomial"),
     "fp16-poly-fp32acc": Target("poly", "float16", "float32", help="float16 io, float32 Horner"),
     "fp32-poly": Target("poly", "float32", "float32", help="float32 piecewise polynomial"),
@@ -110,6 +122,21 @@ def build_spec(
             form=form,
             in_bits=low if in_qparams is None else None,
             out_bits=low if out_qparams is None else None,
+        )
+    if target.kind == "interp" and target.breakpoints == "optimized":
+        from gelu_quant.lut.pwl import build_pwl_lut
+
+        assert target.segments is not None
+        pwl_in: Any = target.in_dtype
+        pwl_out: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
+        return build_pwl_lut(
+            segments=target.segments,
+            in_range=in_range if in_qparams is None else None,
+            in_qparams=in_qparams,
+            in_dtype=pwl_in,
+            out_dtype=pwl_out,
+            out_qparams=out_qparams,
+            form=form,
         )
     if target.kind == "interp":
         from gelu_quant.lut.interp import build_interp_lut

@@ -12,6 +12,10 @@ whose meaning is a model-local ``FunctionProto`` of standard ONNX ops (so ONNX R
                   outputs), ``out_dtype``, ``form``.
 ``GeluInterpLut`` int8/uint8 codes in and out, an ``N``-segment table with integer linear
                   interpolation. Attributes: ``knots``, ``segments``, the qparams, ``form``.
+``GeluPwlLut``    int8/uint8/int16 codes in and out, ``S`` segments with their own breakpoints
+                  and int32 linear interpolation (:mod:`~gelu_quant.graph.ops.pwl_lut_op`).
+                  Attributes: ``starts``, ``bases``, ``slopes``, ``shift``, ``segments``, the
+                  qparams, ``form``.
 ``GeluPoly``      float16/float32 in and out, piecewise polynomial. Attributes: ``breakpoints``,
                   ``origins``, ``coefficients`` (tensors), ``lo``, ``hi``, ``compute_dtype``,
                   ``form``.
@@ -78,6 +82,7 @@ from gelu_quant.graph.ops import (  # noqa: F401
     interp_lut_op,
     lut_op,
     poly_op,
+    pwl_lut_op,
 )
 from gelu_quant.graph.ops.custom_op import (
     DOMAIN,
