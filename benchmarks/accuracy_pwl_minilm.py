@@ -32,7 +32,7 @@ from typing import Any
 
 from accuracy_minilm import embeddings, metrics
 
-from gelu_quant.calib.pipeline import calibrate_model
+from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.models.corpus import stdlib_sentences

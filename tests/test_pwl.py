@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gelu_quant.errors import SpecError
+from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.interp import build_interp_lut
 from gelu_quant.lut.pwl import (
     PWL_SIZES,
@@ -21,7 +22,6 @@ from gelu_quant.lut.pwl import (
     chebyshev_line,
     optimal_breakpoints,
 )
-from gelu_quant.lut.report import error_report
 from gelu_quant.lut.spec import spec_from_json
 from gelu_quant.qparams import QParams
 
