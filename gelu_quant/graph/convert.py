@@ -44,7 +44,7 @@ from gelu_quant.fingerprint import model_fingerprint
 from gelu_quant.graph.discover import find_gelu_sites
 from gelu_quant.graph.manifest import Manifest
 from gelu_quant.graph.names import main_graph_node_names, node_names
-from gelu_quant.graph.ops import LUT_BODIES, CustomOp, LutBody
+from gelu_quant.graph.ops import DOMAIN, LUT_BODIES, CustomOp, LutBody
 from gelu_quant.graph.passes.add_functions import AddGeluFunctions
 from gelu_quant.graph.passes.ir_version import LoadableIrVersion
 from gelu_quant.graph.passes.replace_sites import ReplaceGeluSites, all_names, restore_value_info
@@ -217,7 +217,7 @@ def convert_model(
         why = "; ".join(f"{r.id}: {r.reason}" for r in replace.records) or "the model has no GELU"
         raise ModelError(f"nothing to convert ({why})")
     ir.passes.Sequential(*conversion_passes(replace, config.expand))(irm)
-    out = _serialize(irm, model)
+    out = _serialize(irm, model, replace.functions)
     notes: list[str] = []
     weights = sum(len(t.raw_data) for t in out.graph.initializer)
     # in-memory check for models far from protobuf's 2 GB limit; convert_file checks the
@@ -243,15 +243,26 @@ def convert_model(
     return ConvertResult(out, manifest, dict(replace.functions))
 
 
-def _serialize(irm: ir.Model, original: onnx.ModelProto) -> onnx.ModelProto:
+def _serialize(
+    irm: ir.Model, original: onnx.ModelProto, ops: dict[str, CustomOp]
+) -> onnx.ModelProto:
     """The IR model as a ModelProto, with everything it kept from ``original`` in the original's
-    own bytes: untouched nodes, initializers, graph inputs and outputs, local functions,
+    own bytes: untouched nodes, initializers, graph inputs and outputs, local functions (and the
+    ``gelu_quant`` functions as :class:`CustomOp` built them),
     ``value_info`` entries (onnx-ir would write one for every typed value) and the order of the
     opset imports. (onnx-ir re-serialises what it read equivalently, not always byte for byte:
     an explicit empty ``domain`` is dropped, for example.)"""
     out = restore_value_info(ir.serde.serialize_model(irm), original.graph.value_info)
     g, og = out.graph, original.graph
     _restore_nodes(g, og)
+    for name in ("name", "doc_string"):
+        if og.HasField(name):
+            setattr(g, name, getattr(og, name))
+    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if original.HasField(name):
+            setattr(out, name, getattr(original, name))
+    del out.metadata_props[:]
+    out.metadata_props.extend(original.metadata_props)
     for field_name in ("input", "output"):
         by_name = {v.name: v for v in getattr(og, field_name)}
         for v in getattr(g, field_name):
@@ -262,14 +273,18 @@ def _serialize(irm: ir.Model, original: onnx.ModelProto) -> onnx.ModelProto:
         if t.name in inits:
             t.CopyFrom(inits[t.name])
     funcs = {(f.domain, f.name, f.overload): f for f in original.functions}
+    # ours as built: onnx-ir drops a function's value_info, which onnx.reference needs
+    funcs.update({(DOMAIN, name, ""): op.function() for name, op in ops.items()})
     for f in out.functions:
         if (f.domain, f.name, f.overload) in funcs:
             f.CopyFrom(funcs[(f.domain, f.name, f.overload)])
     versions = {o.domain: o.version for o in out.opset_import}
-    ordered = [o.domain for o in original.opset_import if o.domain in versions]
-    ordered += [o.domain for o in out.opset_import if o.domain not in ordered]
+    imports = [o for o in original.opset_import if versions.get(o.domain) == o.version]
+    kept = {o.domain for o in imports}
+    imports += [o for o in out.opset_import if o.domain not in kept]
+    imports = [onnx.OperatorSetIdProto.FromString(o.SerializeToString()) for o in imports]
     del out.opset_import[:]
-    out.opset_import.extend(onnx.helper.make_opsetid(d, versions[d]) for d in ordered)
+    out.opset_import.extend(imports)
     return out
 
 
