@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from gelu_quant.errors import ModelError, SpecError
-from gelu_quant.graph.expand import expand_functions
+from gelu_quant.graph.convert import expand_functions
 from gelu_quant.graph.ops import DOMAIN, custom_op, op_kind
 from gelu_quant.graph.ops.formula_proof import GELU_ERROR_MARGIN
 from gelu_quant.graph.ops.op_runners import position_probe, run_ort, run_reference, single_op_model

@@ -1,1 +1,2 @@
-"""Graph work: finding GELU sites, the custom-op functions, and injecting them."""
+"""Graph work on onnx-ir: finding GELU sites (``discover``), the custom ops (``ops``),
+conversion as passes (``passes``, ``convert``) and its manifest."""

@@ -162,6 +162,14 @@ def conversion_passes(replace: ReplaceGeluSites, expand: bool) -> list[ir.passes
     return passes
 
 
+def expand_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline every local function of ``model`` (for runtimes without them), with the passes
+    ``--expand`` runs; opset imports no node uses any more are dropped."""
+    irm = ir.serde.deserialize_model(model)
+    ir.passes.Sequential(InlinePass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass())(irm)
+    return ir.serde.serialize_model(irm)
+
+
 def convert_model(
     model: onnx.ModelProto,
     config: ConvertConfig,
