@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -253,66 +254,15 @@ def evaluate(
         if not ref_sess.outputs:
             raise ModelError(f"{reference} has no outputs to compare")
         kinds = output_kinds(ref_sess.outputs, config.classification_outputs)
-        cls_outputs = [n for n, k in kinds.items() if k == "classification"]
-        label_output = config.label_output
-        if label_output is not None and kinds.get(label_output) != "classification":
-            raise BadInputError(
-                f"label output {label_output!r} is not a classification output; those are: "
-                f"{', '.join(cls_outputs) or 'none'}"
-            )
-        if labels is not None and label_output is None:
-            if len(cls_outputs) != 1:
-                raise BadInputError(
-                    "labels need exactly one classification output to score, found "
-                    f"{len(cls_outputs)} ({', '.join(cls_outputs) or 'none'}); name one with "
-                    "label_output / --label-output"
-                )
-            label_output = cls_outputs[0]
+        label_output = _label_output(kinds, config.label_output, labels is not None)
         check_applicable(config.gate, kinds, labels is not None, label_output)
 
         accs = {o.name: OutputAccumulator(o.name, kinds[o.name]) for o in ref_sess.outputs}
         site_accs = [SiteAccumulator(s, p, with_plot_data=plot_data) for s, p in live]
-        input_names = [i.name for i in ref_sess.inputs]
-        first_output = ref_sess.outputs[0].name
 
-        batches = 0
-        offset = 0
-        iterator: Iterable[Feed] = data
-        if config.progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(data, desc="eval", unit="batch", file=sys.stderr)
-        for feed in iterator:
-            if config.max_batches is not None and batches >= config.max_batches:
-                break
-            missing = [n for n in input_names if n not in feed]
-            if missing:
-                raise DataError(
-                    f"a batch from the data source lacks model inputs {', '.join(missing)}"
-                )
-            f = {n: np.asarray(feed[n]) for n in input_names}
-            ref_out = ref_sess.run(f)
-            cand_out = cand_sess.run(f)
-            n = _batch_size(ref_out, first_output)
-            batch_labels = None
-            if labels is not None:
-                if offset + n > labels.shape[0]:
-                    raise DataError(
-                        f"{labels.shape[0]} labels in {config.labels}, but the data has more "
-                        "samples; labels must align one per sample with the data"
-                    )
-                batch_labels = labels[offset : offset + n]
-            for name, acc in accs.items():
-                acc.update(
-                    ref_out[name],
-                    cand_out[name],
-                    batch_labels if name == label_output else None,
-                )
-            for sa in site_accs:
-                sa.update(ref_out, cand_out)
-            offset += n
-            batches += 1
-            del ref_out, cand_out, f
+        batches, offset = _stream(
+            data, config, ref_sess, cand_sess, accs, site_accs, labels, label_output
+        )
 
     if batches == 0:
         raise DataError("the data source yielded no batches; nothing was evaluated")
@@ -326,22 +276,7 @@ def evaluate(
     if plot_writer is not None and config.plots_dir is not None:
         plots = plot_writer(config.plots_dir, site_accs, ranges)
 
-    by_id = {sa.site.id: sa for sa in site_accs}
-    site_metrics = [
-        SiteMetrics(
-            id=s.id,
-            input=s.input,
-            output=s.output,
-            form=s.form,
-            comparable=s.id in by_id,
-            reason=_reason(plans[s.id]),
-            errors=by_id[s.id].errors.result() if s.id in by_id else None,
-            input_range=ranges.get(s.id),
-            plot=plots.get(s.id),
-            compared=by_id[s.id].plan.label if s.id in by_id else None,
-        )
-        for s in sites
-    ]
+    site_metrics = _site_metrics(sites, plans, site_accs, ranges, plots)
     outputs = tuple(a.result() for a in accs.values())
     return AccuracyReport(
         tool_version=__version__,
@@ -356,3 +291,101 @@ def evaluate(
         verdict=judge(config.gate, outputs),
         notes=tuple(notes),
     )
+
+
+def _label_output(kinds: Mapping[str, str], named: str | None, have_labels: bool) -> str | None:
+    """The classification output the labels score: the named one, or the only one."""
+    cls_outputs = [n for n, k in kinds.items() if k == "classification"]
+    if named is not None and kinds.get(named) != "classification":
+        raise BadInputError(
+            f"label output {named!r} is not a classification output; those are: "
+            f"{', '.join(cls_outputs) or 'none'}"
+        )
+    if have_labels and named is None:
+        if len(cls_outputs) != 1:
+            raise BadInputError(
+                "labels need exactly one classification output to score, found "
+                f"{len(cls_outputs)} ({', '.join(cls_outputs) or 'none'}); name one with "
+                "label_output / --label-output"
+            )
+        return cls_outputs[0]
+    return named
+
+
+def _stream(
+    data: Iterable[Feed],
+    config: EvalConfig,
+    ref_sess: ProbeSession,
+    cand_sess: ProbeSession,
+    accs: dict[str, OutputAccumulator],
+    site_accs: list[SiteAccumulator],
+    labels: npt.NDArray[np.int64] | None,
+    label_output: str | None,
+) -> tuple[int, int]:
+    """Run both models batch by batch, updating the accumulators: ``(batches, samples)``."""
+    input_names = [i.name for i in ref_sess.inputs]
+    first_output = ref_sess.outputs[0].name
+    batches = 0
+    offset = 0
+    iterator: Iterable[Feed] = data
+    if config.progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(data, desc="eval", unit="batch", file=sys.stderr)
+    for feed in iterator:
+        if config.max_batches is not None and batches >= config.max_batches:
+            break
+        missing = [n for n in input_names if n not in feed]
+        if missing:
+            raise DataError(f"a batch from the data source lacks model inputs {', '.join(missing)}")
+        f = {n: np.asarray(feed[n]) for n in input_names}
+        ref_out = ref_sess.run(f)
+        cand_out = cand_sess.run(f)
+        n = _batch_size(ref_out, first_output)
+        batch_labels = None
+        if labels is not None:
+            if offset + n > labels.shape[0]:
+                raise DataError(
+                    f"{labels.shape[0]} labels in {config.labels}, but the data has more "
+                    "samples; labels must align one per sample with the data"
+                )
+            batch_labels = labels[offset : offset + n]
+        for name, acc in accs.items():
+            acc.update(
+                ref_out[name],
+                cand_out[name],
+                batch_labels if name == label_output else None,
+            )
+        for sa in site_accs:
+            sa.update(ref_out, cand_out)
+        offset += n
+        batches += 1
+        del ref_out, cand_out, f
+
+    return batches, offset
+
+
+def _site_metrics(
+    sites: list[GeluSite],
+    plans: dict[str, Any],
+    site_accs: list[SiteAccumulator],
+    ranges: dict[str, tuple[float, float]],
+    plots: dict[str, str],
+) -> list[SiteMetrics]:
+    """Each site's comparison (or why it could not be compared)."""
+    by_id = {sa.site.id: sa for sa in site_accs}
+    return [
+        SiteMetrics(
+            id=s.id,
+            input=s.input,
+            output=s.output,
+            form=s.form,
+            comparable=s.id in by_id,
+            reason=_reason(plans[s.id]),
+            errors=by_id[s.id].errors.result() if s.id in by_id else None,
+            input_range=ranges.get(s.id),
+            plot=plots.get(s.id),
+            compared=by_id[s.id].plan.label if s.id in by_id else None,
+        )
+        for s in sites
+    ]
