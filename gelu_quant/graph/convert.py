@@ -400,7 +400,7 @@ def convert_file(
     )
     result.manifest = Manifest(
         target=result.manifest.target,
-        config=result.manifest.config,
+        config=_config_json(config, ranges),
         sites=result.manifest.sites,
         source_name=src_p.name,
         source_fingerprint=fingerprint,
