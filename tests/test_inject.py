@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -582,3 +583,17 @@ def test_minilm_variant_converted(variant: str, tmp_path: Path, minilm_batch) ->
 
 def minilm_batch_for(m: onnx.ModelProto, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {i.name: batch[i.name] for i in m.graph.input if i.name in batch}
+
+
+def test_manifest_records_the_config_as_given(tmp_path: Path) -> None:
+    """The manifest's config is the one passed (convert_file checks the written file, not an
+    in-memory copy with the checker off), with the ranges file's name."""
+    src = tmp_path / "m.onnx"
+    onnx.save_model(load_fixture("erf_torchscript"), str(src))
+    rf = tmp_path / "ranges.json"
+    _ranges_file(rf, src, -7.0, 3.0)
+    cfg = ConvertConfig("int8-lut", method=None, tail_cut=False)
+    convert_file(src, tmp_path / "o.onnx", cfg, ranges=load_ranges(rf))
+    written = json.loads((tmp_path / "o.manifest.json").read_text())["config"]
+    assert written == {**cfg.to_json(), "ranges_file": "ranges.json"}
+    assert written["check"] is True
