@@ -135,11 +135,14 @@ def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> Custom
         # runs at 0.42-0.53x the speed of DQ -> Gelu -> Q, GatherElements at 0.96-1.15x
         lut_body = "gather-elements"
         notes.append("QuickGELU table: GatherElements (faster than its formula body)")
-    elif lut_body == "auto" and opset < 20:
-        # no Gelu op before opset 20: the spelled-out formula runs at 0.33x (tanh) and 0.66x
-        # (erf) the speed of DQ -> Gelu -> Q, GatherElements at 1.1x (bench_gelulut.py)
+    elif lut_body == "auto" and opset < 20 and spec.form == "tanh":
+        # no Gelu op before opset 20, and ORT fuses the spelled-out tanh formula into nothing:
+        # it runs at 0.33x the speed of DQ -> Gelu -> Q, GatherElements at 1.1x
+        # (bench_gelulut.py; in MiniLM with gelu_new, bench_minilm_latency.py: 1.12-1.22x the
+        # fp32 model's latency with the formula, 0.96-1.12x with GatherElements). The erf
+        # formula is fused (and in QDQ models GatherElements measured 1.4-1.6x slower).
         lut_body = "gather-elements"
-        notes.append(f"opset {opset} has no Gelu op: GatherElements (faster than the formula)")
+        notes.append(f"tanh table at opset {opset} (no Gelu op): GatherElements")
     low_bit = qp.code_bits is not None or getattr(spec.out_qparams, "code_bits", None) is not None
     if lut_body in ("auto", "formula"):
         fit = None
