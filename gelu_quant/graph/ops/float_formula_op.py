@@ -5,7 +5,6 @@ to the compute dtype after every op.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -16,7 +15,7 @@ from gelu_quant.graph.ops.custom_op import CustomOp, LutBody, onnx_type, registe
 from gelu_quant.lut.baselines import QuickGeluSpec, TanhGeluSpec
 
 
-def _float_formula_body(spec: Any) -> list[onnx.NodeProto]:
+def _float_formula_body(spec: TanhGeluSpec | QuickGeluSpec) -> list[onnx.NodeProto]:
     """TanhGeluSpec / QuickGeluSpec: the spec's op sequence, each op rounded to compute dtype."""
     cp = spec.compute_dtype
     seq = FloatSeq(round16=cp == "float16")
@@ -49,7 +48,9 @@ def _float_formula_body(spec: Any) -> list[onnx.NodeProto]:
 
 @register_body(TanhGeluSpec)
 @register_body(QuickGeluSpec)
-def _float_formula_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+def _float_formula_op(
+    spec: TanhGeluSpec | QuickGeluSpec, *, opset: int, lut_body: LutBody, verify: bool
+) -> CustomOp:
     kind = "GeluTanhFormula" if spec.kind == "tanh-formula" else "GeluQuick"
     attrs = (
         helper.make_attribute("lo", float(spec.lo)),

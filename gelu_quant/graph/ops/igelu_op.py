@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -16,7 +14,7 @@ from gelu_quant.graph.ops.custom_op import CustomOp, LutBody, onnx_type, registe
 from gelu_quant.lut.baselines import IGeluSpec
 
 
-def igelu_body(spec: Any, opset: int) -> list[onnx.NodeProto]:
+def igelu_body(spec: IGeluSpec, opset: int) -> list[onnx.NodeProto]:
     """I-BERT's i-GELU (:func:`gelu_quant.lut.baselines.igelu_int`) in int32 ONNX ops."""
     k = spec.constants
     qp = spec.qparams
@@ -66,7 +64,7 @@ def igelu_body(spec: Any, opset: int) -> list[onnx.NodeProto]:
 
 
 @register_body(IGeluSpec)
-def _igelu_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+def _igelu_op(spec: IGeluSpec, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
     k = spec.constants
     attrs = (
         helper.make_attribute("in_scale", float(k.scale)),

@@ -4,8 +4,6 @@ equivalent full table (the attributes keep the knots).
 
 from __future__ import annotations
 
-from typing import Any
-
 from onnx import helper
 
 from gelu_quant.graph.ops.body_emit import tensor_attr
@@ -15,7 +13,7 @@ from gelu_quant.lut.interp import InterpLutSpec
 
 
 @register_body(InterpLutSpec)
-def _interp_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+def _interp_op(spec: InterpLutSpec, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
     qp, oq = spec.in_qparams, spec.out_qparams
     attrs = (
         tensor_attr("knots", spec.knots),

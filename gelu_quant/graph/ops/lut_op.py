@@ -55,7 +55,7 @@ def table_body(
     return "gather-elements", tuple(gather_elements_body(table, qmin))
 
 
-def _lut_attributes(spec: Any) -> tuple[onnx.AttributeProto, ...]:
+def _lut_attributes(spec: LutSpec) -> tuple[onnx.AttributeProto, ...]:
     attrs = [
         tensor_attr("table", spec.table),
         helper.make_attribute("in_scale", float(spec.in_qparams.scale)),
@@ -69,14 +69,16 @@ def _lut_attributes(spec: Any) -> tuple[onnx.AttributeProto, ...]:
             helper.make_attribute("out_zero_point", int(spec.out_qparams.zero_point)),
         ]
     # low-bit codes in an 8-bit container: their widths (absent for full-width codes)
-    if getattr(spec.in_qparams, "code_bits", None) is not None:
-        attrs.append(helper.make_attribute("in_bits", int(spec.in_qparams.code_bits)))
-    if getattr(spec.out_qparams, "code_bits", None) is not None:
-        attrs.append(helper.make_attribute("out_bits", int(spec.out_qparams.code_bits)))
+    in_bits = spec.in_qparams.code_bits
+    out_bits = None if spec.out_qparams is None else spec.out_qparams.code_bits
+    if in_bits is not None:
+        attrs.append(helper.make_attribute("in_bits", int(in_bits)))
+    if out_bits is not None:
+        attrs.append(helper.make_attribute("out_bits", int(out_bits)))
     return tuple(attrs)
 
 
-def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto]:
+def _formula_body(spec: LutSpec, fit: FormulaFit, opset: int) -> list[onnx.NodeProto]:
     qp = spec.in_qparams
     if spec.form == "quick":
         # QuickGELU at any opset: DequantizeLinear -> x * Sigmoid(1.702 x) -> QuantizeLinear
@@ -124,7 +126,7 @@ def _formula_body(spec: Any, fit: FormulaFit, opset: int) -> list[onnx.NodeProto
 
 
 @register_body(LutSpec)
-def _lut_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+def _lut_op(spec: LutSpec, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
     qp = spec.in_qparams
     in_t, out_t = onnx_type(qp.np_dtype), onnx_type(spec.table.dtype)
     attrs = _lut_attributes(spec)

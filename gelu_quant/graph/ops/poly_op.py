@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +23,7 @@ LINEAR_SEARCH_SEGMENTS = 16
 by a binary search over the breakpoint table (log2 rounds)."""
 
 
-def poly_body(spec: Any) -> list[onnx.NodeProto]:
+def poly_body(spec: PolySpec) -> list[onnx.NodeProto]:
     """The operation sequence of :meth:`PolySpec.evaluate` in standard ONNX ops.
 
     Float16 arithmetic is written as float32 ops each followed by ``Cast`` to float16 and back:
@@ -151,7 +150,7 @@ def poly_body(spec: Any) -> list[onnx.NodeProto]:
 
 
 @register_body(PolySpec)
-def _poly_op(spec: Any, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
+def _poly_op(spec: PolySpec, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
     attrs = (
         tensor_attr("breakpoints", np.asarray(spec.breakpoints, dtype=spec.io_dtype)),
         tensor_attr("origins", np.asarray(spec.origins, dtype=spec.compute_dtype)),
