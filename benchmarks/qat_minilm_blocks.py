@@ -67,25 +67,34 @@ def layers(model: nn.Module) -> Any:
     return model.encoder.encoder.layer  # type: ignore[union-attr]
 
 
-def capture(model: nn.Module, data: list[Batch], idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer ``idx``'s feed-forward input and output on every real token, ``[N, 384]`` each."""
-    layer = layers(model)[idx]
-    got_in: list[torch.Tensor] = []
-    got_out: list[torch.Tensor] = []
+def capture(
+    model: nn.Module, data: list[Batch], idxs: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Layers ``idxs``' feed-forward input and output on every real token, ``[N, 384]`` each,
+    from one pass over ``data``."""
+    got: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {i: ([], []) for i in idxs}
     mask: list[torch.Tensor] = []
-    h1 = layer.intermediate.register_forward_hook(lambda _m, a, _o: got_in.append(a[0]))
-    h2 = layer.output.register_forward_hook(lambda _m, _a, o: got_out.append(o))
+    hooks = []
+    for i in idxs:
+        layer = layers(model)[i]
+        gi, go = got[i]
+        hooks.append(
+            layer.intermediate.register_forward_hook(
+                lambda _m, a, _o, gi=gi: gi.append(a[0][mask[-1]])
+            )
+        )
+        hooks.append(
+            layer.output.register_forward_hook(lambda _m, _a, o, go=go: go.append(o[mask[-1]]))
+        )
     try:
         with torch.no_grad():
             for b in data:
                 mask.append(b[1].bool())
                 model(*b)
     finally:
-        h1.remove()
-        h2.remove()
-    a = torch.cat([x[m] for x, m in zip(got_in, mask, strict=True)])
-    y = torch.cat([x[m] for x, m in zip(got_out, mask, strict=True)])
-    return a, y
+        for h in hooks:
+            h.remove()
+    return [(torch.cat(got[i][0]), torch.cat(got[i][1])) for i in idxs]
 
 
 def ffn(layer: Any, a: torch.Tensor) -> torch.Tensor:
@@ -119,11 +128,12 @@ def reconstruct(
 ) -> None:
     t_out: list[torch.Tensor] = []
     if args.target == "teacher":
-        t_out = [capture(teacher, cal, i)[1] for i in range(len(layers(teacher)))]
+        t_out = [y for _, y in capture(teacher, cal, list(range(len(layers(teacher)))))]
     gen = torch.Generator().manual_seed(0)
     for i, layer in enumerate(layers(student)):
         t0 = time.perf_counter()
-        a, _ = capture(student, cal, i)
+        ((a, _),) = capture(student, cal, [i])
+        print(f"  block {i}: captured ({time.perf_counter() - t0:.0f} s)", flush=True)
         with torch.no_grad():
             y = t_out[i] if args.target == "teacher" else ffn(layers(teacher)[i], a)
         groups = block_params(layer, args.train)
@@ -142,7 +152,11 @@ def reconstruct(
         base = [g["lr"] for g in opt.param_groups]
         with torch.no_grad():
             before = float(nn.functional.mse_loss(ffn(layer, a), y))
+        ts = time.perf_counter()
         for step in range(args.block_steps):
+            if step == 20:
+                dt = (time.perf_counter() - ts) / 20
+                print(f"  block {i}: {dt:.2f} s/step", flush=True)
             c = 0.5 * (1 + math.cos(math.pi * step / args.block_steps))
             for g, b0 in zip(opt.param_groups, base, strict=True):
                 g["lr"] = b0 * c
