@@ -97,6 +97,33 @@ def capture(
     return [(torch.cat(got[i][0]), torch.cat(got[i][1])) for i in idxs]
 
 
+def _tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def layer_inputs(model: nn.Module, data: list[Batch]) -> tuple[list[torch.Tensor], list[Any]]:
+    """The hidden states and keyword arguments (the prepared attention mask) layer 0 receives,
+    per batch: later layers are then run one at a time on the previous one's outputs."""
+    hs: list[torch.Tensor] = []
+    kws: list[dict[str, Any]] = []
+
+    def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hs.append(args[0] if args else kwargs["hidden_states"])
+        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        if len(args) > 1:
+            kw["attention_mask"] = args[1]
+        kws.append(kw)
+
+    h = layers(model)[0].register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for b in data:
+                model(*b)
+    finally:
+        h.remove()
+    return hs, kws
+
+
 def ffn(layer: Any, a: torch.Tensor) -> torch.Tensor:
     return layer.output(layer.intermediate(a), a)
 
@@ -130,10 +157,21 @@ def reconstruct(
     if args.target == "teacher":
         t_out = [y for _, y in capture(teacher, cal, list(range(len(layers(teacher)))))]
     gen = torch.Generator().manual_seed(0)
+    hidden, kwargs = layer_inputs(student, cal)  # the student's input of layer 0, per batch
+    masks = [b[1].bool() for b in cal]
     for i, layer in enumerate(layers(student)):
         t0 = time.perf_counter()
-        ((a, _),) = capture(student, cal, [i])
-        print(f"  block {i}: captured ({time.perf_counter() - t0:.0f} s)", flush=True)
+        got: list[torch.Tensor] = []
+        hook = layer.intermediate.register_forward_hook(
+            lambda _m, a, _o, got=got: got.append(a[0][masks[len(got)]])
+        )
+        try:
+            with torch.no_grad():
+                for h, kw in zip(hidden, kwargs, strict=True):
+                    layer(h, **kw)
+        finally:
+            hook.remove()
+        a = torch.cat(got)
         with torch.no_grad():
             y = t_out[i] if args.target == "teacher" else ffn(layers(teacher)[i], a)
         groups = block_params(layer, args.train)
@@ -169,6 +207,7 @@ def reconstruct(
             p.requires_grad_(False)
         with torch.no_grad():
             after = float(nn.functional.mse_loss(ffn(layer, a), y))
+            hidden = [_tensor(layer(h, **kw)) for h, kw in zip(hidden, kwargs, strict=True)]
         fq = layer.intermediate.intermediate_act_fn
         print(
             f"  block {i}: {a.shape[0]} tokens, mse {before:.3e} -> {after:.3e} "

@@ -178,6 +178,23 @@ def test_quick_gelu_calibrates_with_the_quick_variant() -> None:
     assert fq.in_scale.grad is not None and torch.isfinite(fq.in_scale.grad)
 
 
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_tail_cut_gives_converts_range(bits: int) -> None:
+    """tail_cut=True builds the table over cut_range (what convert does with a calibrated range),
+    at the table's code widths; without it the range is used as given."""
+    from gelu_quant.lut.tails import cut_range
+
+    lo, hi = -17.0, 10.0
+    cut = prepare_qat(_Chain([nn.GELU()]), {"gelu0": (lo, hi)}, bits=bits, tail_cut=True)
+    plain = prepare_qat(_Chain([nn.GELU()]), {"gelu0": (lo, hi)}, bits=bits)
+    (fc,), (fp,) = fake_quant_modules(cut), fake_quant_modules(plain)
+    want = cut_range(lo, hi, in_bits=bits, out_bits=bits)
+    assert lo < want[0] < -0.7
+    assert fc.spec() == build_lut(in_range=want, in_bits=bits, out_bits=bits)
+    assert fp.spec() == build_lut(in_range=(lo, hi), in_bits=bits, out_bits=bits)
+    assert fc.in_qparams.scale < fp.in_qparams.scale
+
+
 def test_functional_gelu_calls_are_swapped_by_fx() -> None:
     class Functional(nn.Module):
         def __init__(self) -> None:
