@@ -3,8 +3,9 @@
 Distillation from the fp32 model on the calibration text only, done per feed-forward block
 (block reconstruction, as in AdaRound / BRECQ) instead of through the whole network:
 
-1. ranges: ``--method`` (default ``entropy``, the int8 default; ``mse`` is scored at ``--bits``)
-   calibrated in PyTorch on the calibration text;
+1. ranges: ``--method`` (default ``mse``, scored at ``--bits``) calibrated in PyTorch on the
+   calibration text, GELU's negative tail cut as ``convert`` does (``tail_cut=True``); the int8
+   default row is ``entropy`` with the tail cut, i.e. ``convert --target int8-lut``'s tables;
 2. for each layer ``l`` in order: run the *student* (layers ``< l`` already quantized and
    trained) over the calibration text and keep the input ``a`` of layer ``l``'s feed-forward
    block on every real token (no padding); the target is the fp32 block on that same input,
@@ -34,9 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from gelu_quant.lut.grouped import GroupedLutSpec, partition_channels
+from gelu_quant.lut.table import build_lut
+from gelu_quant.lut.tails import cut_range, negative_tail_cut
 from gelu_quant.models.corpus import stdlib_sentences
 from gelu_quant.models.minilm import INPUT_NAMES, load_torch_model, tokenize
-from gelu_quant.torch import GeluFakeQuant, calibrate_ranges, collect_stats, prepare_qat
+from gelu_quant.torch import (
+    GeluFakeQuant,
+    GroupedGeluFakeQuant,
+    calibrate_ranges,
+    collect_stats,
+    prepare_qat,
+)
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -124,13 +134,64 @@ def layer_inputs(model: nn.Module, data: list[Batch]) -> tuple[list[torch.Tensor
     return hs, kws
 
 
+def channel_ranges(model: nn.Module, data: list[Batch]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every GELU's per-channel min and max over ``data`` (what ``convert --groups`` reads)."""
+    lo: dict[int, torch.Tensor] = {}
+    hi: dict[int, torch.Tensor] = {}
+
+    def hook(i: int) -> Any:
+        def f(_m: nn.Module, a: tuple[torch.Tensor, ...], _o: Any) -> None:
+            x = a[0].reshape(-1, a[0].shape[-1])
+            lo[i] = torch.minimum(lo[i], x.amin(0)) if i in lo else x.amin(0)
+            hi[i] = torch.maximum(hi[i], x.amax(0)) if i in hi else x.amax(0)
+
+        return f
+
+    hs = [
+        layer.intermediate.intermediate_act_fn.register_forward_hook(hook(i))
+        for i, layer in enumerate(layers(model))
+    ]
+    try:
+        with torch.no_grad():
+            for b in data:
+                model(*b)
+    finally:
+        for h in hs:
+            h.remove()
+    return [(lo[i].numpy().astype(np.float64), hi[i].numpy().astype(np.float64)) for i in lo]
+
+
+def grouped_student(
+    teacher: nn.Module, ch: list[tuple[np.ndarray, np.ndarray]], k: int, bits: int
+) -> nn.Module:
+    """The teacher with every GELU a K-group table of ``bits``-bit codes: channels partitioned by
+    ``partition_channels`` on their tail-cut ranges, each group its min/max with the tail cut (as
+    ``convert --groups`` builds them, at ``bits``)."""
+    student = copy.deepcopy(teacher)
+    for layer, (lo, hi) in zip(layers(student), ch, strict=True):
+        kw: dict[str, Any] = {"in_bits": bits, "out_bits": bits}
+        hi = np.maximum(hi, 1e-3)
+        cut = np.array([negative_tail_cut(float(h), **kw) for h in hi])
+        part = partition_channels(np.maximum(lo, cut), hi, k)
+        specs = []
+        for g in range(int(part.max()) + 1):
+            m = part == g
+            rng = cut_range(min(float(lo[m].min()), -1e-3), float(hi[m].max()), **kw)
+            specs.append(build_lut(in_range=rng, **kw))
+        spec = GroupedLutSpec(groups=tuple(specs), channel_group=part)
+        layer.intermediate.intermediate_act_fn = GroupedGeluFakeQuant.from_spec(
+            spec, learn_ranges=True
+        )
+    return student
+
+
 def ffn(layer: Any, a: torch.Tensor) -> torch.Tensor:
     return layer.output(layer.intermediate(a), a)
 
 
 def block_params(layer: Any, what: str) -> list[dict[str, Any]]:
     fq = layer.intermediate.intermediate_act_fn
-    assert isinstance(fq, GeluFakeQuant)
+    assert isinstance(fq, (GeluFakeQuant, GroupedGeluFakeQuant))
     groups: list[dict[str, Any]] = [
         {"params": [fq.in_scale], "rel": True},
         {"params": [fq.out_scale], "rel": True},
@@ -182,7 +243,7 @@ def reconstruct(
             for p in g["params"]:
                 p.requires_grad_(True)
             if g["rel"]:
-                p0 = float(g["params"][0].detach())
+                p0 = float(g["params"][0].detach().mean())
                 opt_groups.append({"params": g["params"], "lr": args.lr_scales * p0})
             else:
                 opt_groups.append({"params": g["params"], "lr": args.lr})
@@ -224,7 +285,7 @@ def e2e(student: nn.Module, teacher: nn.Module, cal: list[Batch], args: argparse
         for g in block_params(layer, args.train):
             for p in g["params"]:
                 p.requires_grad_(True)
-            lr = args.lr_scales * float(g["params"][0].detach()) if g["rel"] else args.lr
+            lr = args.lr_scales * float(g["params"][0].detach().mean()) if g["rel"] else args.lr
             params.append({"params": g["params"], "lr": 0.3 * lr})
     opt = torch.optim.Adam(params)
     with torch.no_grad():
@@ -254,6 +315,9 @@ def main() -> None:
     ap.add_argument("--e2e-steps", type=int, default=0)
     ap.add_argument("--batch", type=int, default=16, help="sentences per e2e step")
     ap.add_argument("--calibration", type=int, default=512)
+    ap.add_argument(
+        "--groups", type=int, default=0, help="K-group tables per GELU (0: one table per site)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -270,12 +334,21 @@ def main() -> None:
         (f"{args.bits}-bit {args.method}", args.method, args.bits),
     ):
         r = calibrate_ranges(teacher, [], method, stats=stats, bits=bits)  # type: ignore[arg-type]
-        s = prepare_qat(copy.deepcopy(teacher), r, bits=bits, learn_ranges=False)
+        s = prepare_qat(copy.deepcopy(teacher), r, bits=bits, learn_ranges=False, tail_cut=True)
         ptq[name] = one_minus_cos(embed(s, ev), ref)
         print(f"  post-training {name:28s} {ptq[name]:.3e}", flush=True)
     ranges = calibrate_ranges(teacher, [], args.method, stats=stats, bits=args.bits)  # type: ignore[arg-type]
+    if args.groups:
+        ch = channel_ranges(teacher, batches(cal_texts, 32, 128, trim=False))
+        student = grouped_student(teacher, ch, args.groups, args.bits)
+        name = f"{args.bits}-bit, {args.groups} groups"
+        ptq[name] = one_minus_cos(embed(student, ev), ref)
+        print(f"  post-training {name:28s} {ptq[name]:.3e}", flush=True)
+    else:
+        student = prepare_qat(
+            copy.deepcopy(teacher), ranges, bits=args.bits, learn_ranges=True, tail_cut=True
+        )
     print(f"  setup {time.perf_counter() - t0:.0f} s", flush=True)
-    student = prepare_qat(copy.deepcopy(teacher), ranges, bits=args.bits, learn_ranges=True)
     student.eval()  # no dropout: the student must see the deployed function
     t1 = time.perf_counter()
     cal = batches(cal_texts, 32, 128)
