@@ -308,13 +308,21 @@ def main() -> None:
     ap.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"), default="mse")
     ap.add_argument("--train", choices=("ranges", "norms", "w2", "all"), default="w2")
     ap.add_argument("--target", choices=("local", "teacher"), default="teacher")
-    ap.add_argument("--block-steps", type=int, default=300)
-    ap.add_argument("--tokens", type=int, default=1024, help="tokens per block step")
+    ap.add_argument("--block-steps", type=int, default=150)
+    ap.add_argument("--tokens", type=int, default=512, help="tokens per block step")
     ap.add_argument("--lr", type=float, default=1e-4, help="weights, biases, LayerNorms (Adam)")
     ap.add_argument("--lr-scales", type=float, default=1e-2, help="relative to each scale")
     ap.add_argument("--e2e-steps", type=int, default=0)
     ap.add_argument("--batch", type=int, default=16, help="sentences per e2e step")
-    ap.add_argument("--calibration", type=int, default=512)
+    ap.add_argument(
+        "--calibration", type=int, default=512, help="sentences the ranges are calibrated on"
+    )
+    ap.add_argument(
+        "--train-sentences",
+        type=int,
+        default=512,
+        help="calibration sentences the blocks are trained on (the first N of the same half)",
+    )
     ap.add_argument(
         "--groups", type=int, default=0, help="K-group tables per GELU (0: one table per site)"
     )
@@ -351,8 +359,10 @@ def main() -> None:
     print(f"  setup {time.perf_counter() - t0:.0f} s", flush=True)
     student.eval()  # no dropout: the student must see the deployed function
     t1 = time.perf_counter()
-    cal = batches(cal_texts, 32, 128)
-    reconstruct(student, teacher, cal, args)
+    train_texts = stdlib_sentences("calibration", max(args.train_sentences, args.calibration))
+    cal = batches(train_texts, 32, 128)
+    if args.block_steps:
+        reconstruct(student, teacher, cal, args)
     t_blocks = time.perf_counter() - t1
     after_blocks = one_minus_cos(embed(student, ev), ref)
     print(f"  after block reconstruction {after_blocks:.3e} ({t_blocks:.0f} s)", flush=True)
@@ -360,12 +370,13 @@ def main() -> None:
     after = after_blocks
     if args.e2e_steps:
         t2 = time.perf_counter()
-        e2e(student, teacher, batches(cal_texts, args.batch, 128), args)
+        e2e(student, teacher, batches(train_texts, args.batch, 128), args)
         t_e2e = time.perf_counter() - t2
         after = one_minus_cos(embed(student, ev), ref)
     print(
         f"all-MiniLM-L6-v2, GELU tables {args.bits}-bit in and out, 1 - cos on 256 held-out "
         f"sentences; start {args.method}, train={args.train}, target={args.target}, "
+        f"{len(train_texts)} training sentences, "
         f"{args.block_steps} steps x {args.tokens} tokens per block ({t_blocks:.0f} s), "
         f"{args.e2e_steps} e2e steps ({t_e2e:.0f} s), lr={args.lr}, lr-scales={args.lr_scales}"
     )
