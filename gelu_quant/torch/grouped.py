@@ -42,6 +42,17 @@ class GroupedGeluFakeQuant(nn.Module):
     ``learn_ranges``: the per-group scales become two parameters of shape ``[K]``.
     """
 
+    channel_group: torch.Tensor
+    in_zero_point: torch.Tensor
+    out_zero_point: torch.Tensor
+    in_qmin: torch.Tensor
+    in_qmax: torch.Tensor
+    out_qmin: torch.Tensor
+    out_qmax: torch.Tensor
+    in_scale: torch.Tensor
+    out_scale: torch.Tensor
+    _counts: torch.Tensor
+
     def __init__(
         self,
         groups: Sequence[tuple[QParams, QParams]],
