@@ -182,13 +182,14 @@ def prepare_qat(
     """Swap every GELU of ``model`` (in place) for a :class:`GeluFakeQuant`; returns the model
     (a ``torch.fx.GraphModule`` when ``functional=True``).
 
+    ``tail_cut``: cut GELU's negative tail off each range first, as ``convert`` does when it
+    builds tables from a ranges file (so ``bits=8, tail_cut=True`` gives ``convert``'s int8 table
+    of each site; the cut is computed at ``bits`` / ``out_bits``).
+
     ``ranges``: a ranges file (path or :class:`RangesFile`, ``method`` picks a method, default
     the file's chosen one) or a mapping ``site id -> (lo, hi)`` (e.g. :func:`calibrate_ranges`).
     ``bits`` / ``out_bits``: code widths of the input and output (2..8; ``out_bits`` defaults to
     ``bits``). A site whose form differs from the ranges file's variant is refused.
-    ``tail_cut``: cut GELU's negative tail off each range first, as ``convert`` does when it
-    builds tables from a ranges file (so ``bits=8, tail_cut=True`` gives ``convert``'s int8 table
-    of each site; the cut is computed at ``bits`` / ``out_bits``).
     """
     if isinstance(ranges, (str, os.PathLike)):
         ranges = load_ranges(ranges)
