@@ -54,25 +54,37 @@ def negative_tail_cut(
     in_dtype: QDType = "int8",
     out_dtype: OutDType = "int8",
     form: GeluForm = "exact",
+    in_bits: int | None = None,
+    out_bits: int | None = None,
 ) -> float:
     """The lowest input a table over ``[cut, hi]`` needs (see the module docstring); ``hi > 0``.
 
     For integer outputs the returned cut is checked: the table built over ``[cut, hi]`` maps
-    its lowest input code to the output code of 0.
+    its lowest input code to the output code of 0. ``in_bits`` / ``out_bits``: low-bit codes
+    (2..8) in the 8-bit container; coarser output codes allow a higher cut.
     """
     if not (math.isfinite(hi) and hi > 0.0):
         raise SpecError(f"the upper end of the range must be positive and finite, got {hi}")
-    n_in = QParams(1.0, 0, in_dtype).qmax - QParams(1.0, 0, in_dtype).qmin
+    iq1 = QParams(1.0, 0, in_dtype, in_bits)
+    n_in = iq1.qmax - iq1.qmin
     if out_dtype in _FLOAT_OUT:
         cut = -hi
         for _ in range(8):  # the input step depends on the cut: iterate to a fixed point
             cut = _tail_point((hi - cut) / n_in / 8.0, form)
         return cut
     out_lo, out_hi = gelu_output_range(-60.0, hi, form)
-    n_out = QParams(1.0, 0, out_dtype).qmax - QParams(1.0, 0, out_dtype).qmin  # type: ignore[arg-type]
+    oq1 = QParams(1.0, 0, out_dtype, out_bits)  # type: ignore[arg-type]
+    n_out = oq1.qmax - oq1.qmin
     cut = _tail_point((out_hi - out_lo) / n_out / 4.0, form)
     for _ in range(60):
-        spec = build_lut(in_range=(cut, hi), in_dtype=in_dtype, out_dtype=out_dtype, form=form)
+        spec = build_lut(
+            in_range=(cut, hi),
+            in_dtype=in_dtype,
+            out_dtype=out_dtype,
+            form=form,
+            in_bits=in_bits,
+            out_bits=out_bits,
+        )
         oq = spec.out_qparams
         assert oq is not None
         if int(spec.table[0]) == oq.zero_point:
@@ -88,8 +100,14 @@ def cut_range(
     in_dtype: QDType = "int8",
     out_dtype: OutDType = "int8",
     form: GeluForm = "exact",
+    in_bits: int | None = None,
+    out_bits: int | None = None,
 ) -> tuple[float, float]:
-    """``[max(lo, cut), hi]``: the calibrated range with GELU's irrelevant negative tail cut."""
+    """``[max(lo, cut), hi]``: the calibrated range with GELU's irrelevant negative tail cut
+    (``in_bits`` / ``out_bits``: the table's code widths, see :func:`negative_tail_cut`)."""
     if hi <= 0.0:
         return lo, hi
-    return max(lo, negative_tail_cut(hi, in_dtype=in_dtype, out_dtype=out_dtype, form=form)), hi
+    cut = negative_tail_cut(
+        hi, in_dtype=in_dtype, out_dtype=out_dtype, form=form, in_bits=in_bits, out_bits=out_bits
+    )
+    return max(lo, cut), hi

@@ -53,3 +53,29 @@ def test_cut_range_keeps_ranges_that_do_not_reach_the_tail() -> None:
     assert cut_range(-3.0, -1.0) == (-3.0, -1.0)
     with pytest.raises(SpecError, match="positive"):
         negative_tail_cut(0.0)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
+@given(
+    st.floats(0.3, 40.0),
+    st.floats(-60.0, -1.0),
+    st.sampled_from(["exact", "tanh", "quick"]),
+    st.sampled_from([6, 5, 4, 3]),
+)
+def test_low_bit_cut_is_where_the_tail_rounds_to_zero(
+    hi: float, lo: float, form: str, bits: int
+) -> None:
+    """With low-bit codes the cut is computed at those widths: the table over the cut range gives
+    0 below the cut, where float64 GELU is within half an output step of 0 (so 0 is GELU's own
+    output code there), and the cut is no lower than the 8-bit one."""
+    kw = {"form": form, "in_bits": bits, "out_bits": bits}
+    cut = negative_tail_cut(hi, **kw)  # type: ignore[arg-type]
+    assert cut >= negative_tail_cut(hi, form=form) - 1e-9  # type: ignore[arg-type]
+    want = (lo, hi) if lo >= cut else (cut, hi)
+    assert cut_range(lo, hi, **kw) == want  # type: ignore[arg-type]
+    short = build_lut(in_range=(cut, hi), **kw)  # type: ignore[arg-type]
+    assert short.table.size == 2**bits and short.out_qparams is not None
+    below = np.linspace(min(lo, cut), cut, 4001, dtype=np.float32)
+    assert np.all(short.evaluate(below) == 0.0)
+    g = gelu(below.astype(np.float64), form)  # type: ignore[arg-type]
+    assert np.all(np.abs(g) <= 0.5 * short.out_qparams.scale)

@@ -86,11 +86,112 @@ def test_every_gelu_class_is_found_with_its_form() -> None:
         assert fq.spec() == spec
 
 
-def test_quick_gelu_needs_a_quick_table() -> None:
-    if "quick" in GELU_FORMS:
-        pytest.skip("gelu_quant.numerics has the quick form here")
-    with pytest.raises(Exception, match="quick"):
-        prepare_qat(_Chain([A.QuickGELUActivation()]), {"gelu0": (-4.0, 4.0)})
+def _quick_table_oracle(lo: float, hi: float, bits: int) -> tuple[np.ndarray, float, int]:
+    """QuickGELU's table written out independently in float64: the input codes of the range
+    (ONNX's asymmetric qparams, scale rounded to float32), ``x sigmoid(1.702 x)`` of each, the
+    output qparams over QuickGELU's range on the codes' real range (holding 0), entries rounded
+    half to even and saturated."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    s_in = float(np.float32((hi - lo) / (qmax - qmin)))
+    z_in = int(np.clip(np.rint(qmin - lo / s_in), qmin, qmax))
+    x = (np.arange(qmin, qmax + 1, dtype=np.float64) - z_in) * s_in
+    g = x / (1.0 + np.exp(-1.702 * x))
+    # the output range is QuickGELU's over the continuous input range: its minimum is where
+    # d/dx [x sigmoid(a x)] = sigmoid(a x) (1 + a x (1 - sigmoid(a x))) = 0, by bisection
+    a, b = -3.0, 0.0
+    for _ in range(200):
+        m = 0.5 * (a + b)
+        if 1.0 + 1.702 * m * (1.0 - 1.0 / (1.0 + np.exp(-1.702 * m))) < 0.0:
+            a = m
+        else:
+            b = m
+    x_min = 0.5 * (a + b)
+    x_lo, x_hi = float(x[0]), float(x[-1])  # the codes' real range
+    g_min = x_min if x_lo < x_min else x_lo
+    g_min = g_min / (1.0 + np.exp(-1.702 * g_min))
+    glo, ghi = min(g_min, 0.0), max(x_hi / (1.0 + np.exp(-1.702 * x_hi)), 0.0)
+    s_out = float(np.float32((ghi - glo) / (qmax - qmin)))
+    z_out = int(np.clip(np.rint(qmin - glo / s_out), qmin, qmax))
+    codes = np.clip(np.rint(g / s_out) + z_out, qmin, qmax).astype(np.int64)
+    return codes, s_out, z_out
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_quick_gelu_is_its_table_on_every_code(bits: int) -> None:
+    """transformers' QuickGELUActivation becomes the quick-form table: on every input code's
+    value and the float32 neighbours of every rounding midpoint, bit for bit the numpy spec, whose
+    entries are the float64 oracle's."""
+    lo, hi = -5.0, 7.5
+    model = _Chain([A.QuickGELUActivation()])
+    found = find_gelus(model)
+    assert [g.form for g in found] == ["quick"]
+    prepare_qat(model, {"gelu0": (lo, hi)}, bits=bits, learn_ranges=False)
+    (fq,) = fake_quant_modules(model)
+    spec = build_lut(in_range=(lo, hi), form="quick", in_bits=bits, out_bits=bits)
+    assert fq.form == "quick" and fq.spec() == spec
+    want_codes, s_out, z_out = _quick_table_oracle(lo, hi, bits)
+    assert spec.out_qparams is not None
+    assert (spec.out_qparams.scale, spec.out_qparams.zero_point) == (s_out, z_out)
+    assert np.array_equal(spec.table.astype(np.int64), want_codes)
+    iq = spec.in_qparams
+    s = np.float64(np.float32(iq.scale))
+    k = np.arange(iq.qmin - 2, iq.qmax + 3, dtype=np.float64) - iq.zero_point
+    mids = ((k + 0.5) * s).astype(np.float32)
+    x = np.concatenate(
+        [
+            (k * s).astype(np.float32),
+            mids,
+            np.nextafter(mids, np.float32(np.inf)),
+            np.nextafter(mids, np.float32(-np.inf)),
+            np.array([np.nan, np.inf, -np.inf], np.float32),
+        ]
+    )
+    with torch.no_grad():
+        got = fq(torch.from_numpy(x)).numpy()
+    want = spec.evaluate(x)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # every code is reached, and each code's value is its table entry dequantized
+    codes = fq.input_codes(torch.from_numpy(x)).numpy()
+    assert set(codes.tolist()) == set(range(iq.qmin, iq.qmax + 1))
+    on_codes = got[: k.size][2:-2]
+    deq = ((want_codes - z_out) * np.float32(s_out)).astype(np.float32)
+    assert np.array_equal(on_codes, deq)
+
+
+def test_quick_gelu_calibrates_and_trains() -> None:
+    """calibrate_ranges on a QuickGELU site gives the min/max of its inputs; the prepared quick
+    table has finite LSQ gradients."""
+    torch.manual_seed(3)
+    model = _Chain([A.QuickGELUActivation()])
+    x = torch.randn(256, 8) * 6
+    ranges = calibrate_ranges(model, [(x,)], "minmax")
+    with torch.no_grad():
+        pre = model.lin(x)
+    assert ranges["gelu0"] == pytest.approx((float(pre.min()), float(pre.max())), abs=1e-6)
+    prepare_qat(model, ranges, bits=6, learn_ranges=True)
+    (fq,) = fake_quant_modules(model)
+    assert fq.form == "quick"
+    y = fq(x.reshape(-1))
+    y.sum().backward()  # the quick estimator's gradients exist and are finite
+    assert fq.in_scale.grad is not None and torch.isfinite(fq.in_scale.grad)
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_tail_cut_gives_converts_range(bits: int) -> None:
+    """tail_cut=True builds the table over cut_range (what convert does with a calibrated range),
+    at the table's code widths; without it the range is used as given."""
+    from gelu_quant.lut.tails import cut_range
+
+    lo, hi = -17.0, 10.0
+    cut = prepare_qat(_Chain([nn.GELU()]), {"gelu0": (lo, hi)}, bits=bits, tail_cut=True)
+    plain = prepare_qat(_Chain([nn.GELU()]), {"gelu0": (lo, hi)}, bits=bits)
+    (fc,), (fp,) = fake_quant_modules(cut), fake_quant_modules(plain)
+    want = cut_range(lo, hi, in_bits=bits, out_bits=bits)
+    assert lo < want[0] < -0.7
+    assert fc.spec() == build_lut(in_range=want, in_bits=bits, out_bits=bits)
+    assert fp.spec() == build_lut(in_range=(lo, hi), in_bits=bits, out_bits=bits)
+    assert fc.in_qparams.scale < fp.in_qparams.scale
 
 
 def test_functional_gelu_calls_are_swapped_by_fx() -> None:

@@ -38,11 +38,8 @@ from torch import nn
 
 from gelu_quant.errors import SpecError
 from gelu_quant.lut.table import LutSpec, build_lut
-from gelu_quant.numerics import GELU_FORMS
+from gelu_quant.numerics import GELU_FORMS, QUICK_ALPHA
 from gelu_quant.qparams import QDType, QParams
-
-QUICK_ALPHA = 1.702
-"""QuickGELU's alpha (``x · sigmoid(1.702 x)``)."""
 
 
 def torch_gelu(x: torch.Tensor, form: str) -> torch.Tensor:
@@ -78,8 +75,9 @@ class GeluFakeQuant(nn.Module):
 
     ``in_qparams``: the input codes' qparams (int8/uint8, 2–8 bits); ``out_qparams``: the output
     codes' (default: GELU's output range over the input codes, as ``build_lut`` chooses);
-    ``form``: the table's GELU (``exact``, ``tanh``; ``quick`` once :mod:`gelu_quant.numerics`
-    has it). ``learn_ranges``: the two scales become parameters (LSQ gradients).
+    ``form``: the table's GELU (``exact``, ``tanh``, ``quick`` — QuickGELU
+    ``x · sigmoid(1.702 x)``, transformers' ``QuickGELUActivation``). ``learn_ranges``: the
+    two scales become parameters (LSQ gradients).
     """
 
     def __init__(

@@ -11,8 +11,8 @@ What counts as a GELU:
 * ``torch.nn.GELU`` (``approximate="none"`` → exact table, ``"tanh"`` → tanh table);
 * the ``transformers.activations`` classes, when transformers is installed: ``GELUActivation``
   (exact), ``NewGELUActivation``, ``FastGELUActivation``, ``PytorchGELUTanh`` / ``GELUTanh``,
-  ``AccurateGELUActivation`` (tanh form), ``QuickGELUActivation`` (quick form, when
-  :mod:`gelu_quant.numerics` has it), ``ClippedGELUActivation`` (exact table whose output range is
+  ``AccurateGELUActivation`` (tanh form), ``QuickGELUActivation`` (quick form,
+  ``x · sigmoid(1.702 x)``), ``ClippedGELUActivation`` (exact table whose output range is
   intersected with the clip bounds: the output quantizer's saturation does the clipping, to within
   one output step);
 * with ``functional=True``, calls of ``torch.nn.functional.gelu`` in
@@ -42,6 +42,7 @@ from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError, SpecError
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.lut.table import gelu_output_qparams
+from gelu_quant.lut.tails import cut_range
 from gelu_quant.qparams import QDType, QParams
 from gelu_quant.torch.fakequant import GeluFakeQuant
 
@@ -139,10 +140,24 @@ def make_fake_quant(
     dtype: QDType = "int8",
     out_clip: tuple[float, float] | None = None,
     learn_ranges: bool = True,
+    tail_cut: bool = False,
 ) -> GeluFakeQuant:
-    """The fake-quant GELU ``convert`` would build for this range (plus an optional output clip)."""
-    iq = QParams.from_range(in_range[0], in_range[1], dtype, bits)
+    """The fake-quant GELU ``convert`` would build for this range (plus an optional output clip).
+
+    ``tail_cut``: cut GELU's negative tail off the range first, as ``convert`` does with a
+    calibrated range (:func:`gelu_quant.lut.tails.cut_range`, at the table's code widths)."""
     ob = out_bits or bits
+    if tail_cut:
+        in_range = cut_range(
+            in_range[0],
+            in_range[1],
+            in_dtype=dtype,
+            out_dtype=dtype,
+            form=form,  # type: ignore[arg-type]
+            in_bits=bits,
+            out_bits=ob,
+        )
+    iq = QParams.from_range(in_range[0], in_range[1], dtype, bits)
     oq = gelu_output_qparams(iq, dtype, form, ob)  # type: ignore[arg-type]
     if out_clip is not None:
         lo, hi = oq.real_range
@@ -162,9 +177,14 @@ def prepare_qat(
     learn_ranges: bool = True,
     example_inputs: Sequence[Any] | None = None,
     functional: bool = False,
+    tail_cut: bool = False,
 ) -> nn.Module:
     """Swap every GELU of ``model`` (in place) for a :class:`GeluFakeQuant`; returns the model
     (a ``torch.fx.GraphModule`` when ``functional=True``).
+
+    ``tail_cut``: cut GELU's negative tail off each range first, as ``convert`` does when it
+    builds tables from a ranges file (so ``bits=8, tail_cut=True`` gives ``convert``'s int8 table
+    of each site; the cut is computed at ``bits`` / ``out_bits``).
 
     ``ranges``: a ranges file (path or :class:`RangesFile`, ``method`` picks a method, default
     the file's chosen one) or a mapping ``site id -> (lo, hi)`` (e.g. :func:`calibrate_ranges`).
@@ -192,12 +212,13 @@ def prepare_qat(
             dtype=dtype,
             out_clip=clip,
             learn_ranges=learn_ranges,
+            tail_cut=tail_cut,
         )
         fq.site_id = s.site_id
         _set_submodule(model, s.name, fq)
     if functional:
         return _swap_functional(
-            model, ranges, len(sites), bits, out_bits, dtype, method, learn_ranges
+            model, ranges, len(sites), bits, out_bits, dtype, method, learn_ranges, tail_cut
         )
     return model
 
@@ -214,6 +235,7 @@ def _swap_functional(
     dtype: QDType,
     method: str | None,
     learn_ranges: bool,
+    tail_cut: bool,
 ) -> nn.Module:
     import torch.fx
 
@@ -242,6 +264,7 @@ def _swap_functional(
                 out_bits=out_bits,
                 dtype=dtype,
                 learn_ranges=learn_ranges,
+                tail_cut=tail_cut,
             )
             fq.site_id = site
             name = f"gelu_fq_{k}"
