@@ -189,6 +189,12 @@ def convert_model(
         raise BadInputError(
             "--groups needs per-channel ranges: pass --ranges RANGES.json from calibrate"
         )
+    notes: list[str] = []
+    if TARGETS[config.target].kind == "standard":
+        model, upgraded = _with_gelu_op(model)
+        if upgraded:
+            sites = None  # the upgraded graph is discovered again
+            notes.append(f"upgraded to opset {GELU_OPSET} with onnx.version_converter ({upgraded})")
     sites = list(find_gelu_sites(model) if sites is None else sites)
     irm = ir.serde.deserialize_model(model)
     context = SiteContext(
@@ -221,12 +227,11 @@ def convert_model(
         unknown = set(config.sites) - {s.id for s in sites}
         if unknown:
             raise BadInputError(f"no site named {', '.join(sorted(unknown))} in the model")
-    if not replace.functions:
+    if not any(r.status == "converted" for r in replace.records):
         why = "; ".join(f"{r.id}: {r.reason}" for r in replace.records) or "the model has no GELU"
         raise ModelError(f"nothing to convert ({why})")
     ir.passes.Sequential(*conversion_passes(replace, config.expand))(irm)
     out = _serialize(irm, model, replace.functions)
-    notes: list[str] = []
     weights = sum(len(t.raw_data) for t in out.graph.initializer)
     # in-memory check for models far from protobuf's 2 GB limit; convert_file checks the
     # written file instead, whatever its size
@@ -249,6 +254,30 @@ def convert_model(
         notes=tuple(notes),
     )
     return ConvertResult(out, manifest, dict(replace.functions))
+
+
+GELU_OPSET = 20
+"""The first default-domain opset with the ``Gelu`` op (the standard-op targets need it)."""
+
+
+def _with_gelu_op(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """``model`` at opset >= 20, upgraded by onnx's version converter when it is older (and
+    what was done), or a ModelError saying why it cannot be."""
+    opset = _default_opset(model)
+    if opset >= GELU_OPSET:
+        return model, ""
+    try:
+        import onnx.version_converter
+
+        up = onnx.version_converter.convert_version(model, GELU_OPSET)
+        onnx.checker.check_model(up)
+    except Exception as e:  # the converter raises assorted errors
+        raise ModelError(
+            f"the standard-op output needs opset {GELU_OPSET} (the ONNX Gelu op) and onnx's "
+            f"version converter cannot upgrade this model from opset {opset}: {_one_line(e)[:300]}"
+            "; use a gelu_quant target (int8-lut) instead"
+        ) from None
+    return up, f"from opset {opset}"
 
 
 def _serialize(

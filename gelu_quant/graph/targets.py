@@ -23,7 +23,7 @@ from gelu_quant.qparams import QParams
 class Target:
     """What a ``--target`` name builds."""
 
-    kind: Literal["lut", "interp", "poly", "baseline"]
+    kind: Literal["lut", "interp", "poly", "baseline", "standard"]
     in_dtype: str = "int8"
     out_dtype: str = "int8"
     segments: int | None = None
@@ -44,6 +44,15 @@ TARGETS: dict[str, Target] = {
     "int8-lut-fp16out": Target("lut", "int8", "float16", help="int8 in, float16 out"),
     "int8-lut-fp32out": Target("lut", "int8", "float32", help="int8 in, float32 out"),
     "int16-lut": Target("lut", "int16", "int16", help="65536-entry table (opset 21)"),
+    "int8-qdq-gelu": Target(
+        "standard",
+        "int8",
+        "int8",
+        help="standard ops for vendor compilers: Q -> DQ -> Gelu -> Q -> DQ (opset 20)",
+    ),
+    "uint8-qdq-gelu": Target(
+        "standard", "uint8", "uint8", help="as int8-qdq-gelu with uint8 codes (opset 20)"
+    ),
     "int8-interp16": Target("interp", segments=16, help="16-segment interpolated table"),
     "int8-interp32": Target("interp", segments=32, help="32-segment interpolated table"),
     "int8-interp64": Target("interp", segments=64, help="64-segment interpolated table"),
@@ -107,7 +116,7 @@ def build_spec(
     shape. Baselines that compute GELU refuse the
     quick form, and the QuickGELU baseline is scored against QuickGELU on quick sites.
     """
-    if target.kind == "lut":
+    if target.kind in ("lut", "standard"):  # standard ops: the table they must reproduce
         from gelu_quant.lut.table import build_lut
 
         out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype

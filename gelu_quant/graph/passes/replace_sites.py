@@ -135,7 +135,8 @@ class ReplaceGeluSites(ir.passes.InPlacePass):
             claimed |= rw.remove
             rewrites.append(rw)
             self.records.append(_converted(rw, by_name, order))
-            self.functions.setdefault(rw.op.op_type, rw.op)
+            if rw.op is not None:
+                self.functions.setdefault(rw.op.op_type, rw.op)
         for rw in rewrites:
             _apply(graph, rw, by_name, order, values)
         return ir.passes.PassResult(model, modified=bool(rewrites))
@@ -166,9 +167,9 @@ def _converted(rw: Rewrite, by_name: dict[str, ir.Node], order: dict[int, int]) 
         mode=rw.mode,
         range=rw.range,
         range_source=rw.range_source,
-        op_type=rw.op.op_type,
-        body=rw.op.body_kind,
-        body_notes=rw.op.notes,
+        op_type=None if rw.op is None else rw.op.op_type,
+        body="standard-ops" if rw.op is None else rw.op.body_kind,
+        body_notes=() if rw.op is None else rw.op.notes,
         replaced_nodes=tuple(replaced),
         added_nodes=tuple(n.name for n in rw.nodes),
         output_tensor=rw.output_tensor,

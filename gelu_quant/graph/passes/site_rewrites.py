@@ -39,7 +39,7 @@ from gelu_quant.graph.targets import Target, build_spec, grouped_spec
 from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.lut.tails import cut_range
-from gelu_quant.numerics import GeluForm
+from gelu_quant.numerics import QUICK_ALPHA, GeluForm
 from gelu_quant.qparams import QParams
 
 
@@ -82,7 +82,8 @@ class Rewrite:
     site: GeluSite
     remove: set[str]
     """Names of the nodes it replaces."""
-    op: CustomOp
+    op: CustomOp | None
+    """The ``gelu_quant`` op it calls (None: standard ops only)."""
     spec: GeluApprox
     mode: Literal["float", "qdq"]
     range: tuple[float, float] | None
@@ -125,6 +126,7 @@ class _Emit:
     def custom(self, x: str, out: str | None = None, base: str = "y") -> str:
         y = out if out is not None else self.name(base)
         op = self.rw.op
+        assert op is not None
         self.rw.nodes.append(op.node(x, y, self.name(op.kind)))
         if out is not None:
             self.rw.takes_over.add(out)
@@ -155,7 +157,11 @@ def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float],
         except BadInputError as e:  # e.g. a site the calibrator skipped: skip it too
             raise ModelError(str(e)) from None
         source = f"ranges:{ctx.method or 'chosen'}"
-        if ctx.tail_cut and t.kind in ("lut", "interp") and t.in_dtype in ("int8", "uint8"):
+        if (
+            ctx.tail_cut
+            and t.kind in ("lut", "interp", "standard")
+            and t.in_dtype in ("int8", "uint8")
+        ):
             in_dt: Any = t.in_dtype
             out_dt: Any = t.out_dtype or "int8"
             cut = cut_range(*rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form)
@@ -346,7 +352,71 @@ class FloatOp:
         return rw
 
 
-RULES = (QdqCollapse, FloatTable, GroupedFloatTable, FloatOp)
+class StandardOps:
+    """A site -> standard ops vendor compilers fuse: ``QuantizeLinear -> DequantizeLinear ->
+    Gelu -> QuantizeLinear -> DequantizeLinear`` with the calibrated qparams as they are (no
+    nudged scales; ``approximate="tanh"`` for tanh sites; QuickGELU as ``x·Sigmoid(1.702x)``).
+    QDQ sites keep their own Q/DQ: only the GELU between them becomes the ``Gelu`` op. Needs
+    opset 20 (:func:`gelu_quant.graph.convert.convert_model` upgrades the model first)."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return ctx.target.kind == "standard"
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        if ctx.opset < 20:
+            raise ModelError(f"the Gelu op needs opset 20; the model imports {ctx.opset}")
+        qdq = site.qdq_in is not None and site.qdq_out is not None and site.bias is None
+        if qdq:
+            assert site.qdq_in is not None and site.qdq_out is not None
+            qin, qout = site.qdq_in, site.qdq_out
+            in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
+            out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
+            spec: Any = build_spec(ctx.target, ctx.form, in_qparams=in_qp, out_qparams=out_qp)
+            rw = Rewrite(site, set(site.nodes), None, spec, "qdq", None, "qdq", site.output)
+            e = _Emit(rw, ctx)
+            if site.dtype != "float32":
+                raise ModelError("standard-op output of a float16 QDQ site is not supported")
+            _gelu_ops(e, site.input, site.output, ctx.form)
+            return rw
+        _check_float_site(site, ctx)
+        rng, source = _float_range(site, ctx)
+        spec = build_spec(ctx.target, ctx.form, in_range=rng)
+        rw = Rewrite(site, set(site.nodes), None, spec, "float", rng, source, site.output)
+        e = _Emit(rw, ctx)
+        x = _biased_input(e)
+        if site.dtype != "float32":
+            x = e.node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
+        qp, oq = spec.in_qparams, spec.out_qparams
+        s = e.init("in_scale", qp.scale, np.float32)
+        z = e.init("in_zero_point", qp.zero_point, qp.np_dtype)
+        codes = e.node("QuantizeLinear", [x, s, z], "codes")
+        xq = e.node("DequantizeLinear", [codes, s, z], "x_q")
+        g = _gelu_ops(e, xq, None, ctx.form)
+        so = e.init("out_scale", oq.scale, np.float32)
+        zo = e.init("out_zero_point", oq.zero_point, oq.np_dtype)
+        y = e.node("QuantizeLinear", [g, so, zo], "out_codes")
+        if site.dtype == "float32":
+            e.node("DequantizeLinear", [y, so, zo], "", out=site.output)
+        else:
+            f = e.node("DequantizeLinear", [y, so, zo], "y_f32")
+            e.node("Cast", [f], "", out=site.output, to=onnx_type(site.dtype))
+        return rw
+
+
+def _gelu_ops(e: _Emit, x: str, out: str | None, form: GeluForm) -> str:
+    """GELU of ``x`` in standard ops: the ``Gelu`` op, or ``x·Sigmoid(1.702x)`` for QuickGELU."""
+    if form == "quick":
+        a = e.init("alpha", QUICK_ALPHA, np.float32)
+        z = e.node("Mul", [x, a], "z")
+        sig = e.node("Sigmoid", [z], "sig")
+        return e.node("Mul", [x, sig], "gelu", out=out)
+    approximate = "tanh" if form == "tanh" else "none"
+    return e.node("Gelu", [x], "gelu", out=out, approximate=approximate)
+
+
+RULES = (StandardOps, QdqCollapse, FloatTable, GroupedFloatTable, FloatOp)
 """In order: the first rule that applies to a site rewrites it."""
 
 
