@@ -8,7 +8,8 @@ ranges come from a ranges file passed as ``ranges``.
 
 What replaces a site is decided by the rules of :mod:`gelu_quant.graph.passes.site_rewrites`
 (QDQ sites collapse into one op on their codes; float sites get Q -> op -> DQ, per-channel Q/DQ
-for grouped tables, or the op itself for polynomials), the spec by
+for grouped tables, or the op itself for polynomials; the standard-op targets write Q -> DQ ->
+Gelu -> Q -> DQ, after upgrading the model to opset 20), the spec by
 :mod:`gelu_quant.graph.targets`. QuickGELU sites (``x·σ(1.702x)``) become approximations of
 QuickGELU; targets that compute GELU itself skip them with a reason, as ``--form quick`` skips
 GELU sites; polynomials are fitted where their tails are exact in their dtype, whatever range
