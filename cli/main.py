@@ -147,6 +147,10 @@ from gelu_quant.cli.convert_cmd import convert  # noqa: E402
 
 main.add_command(convert)
 
+from gelu_quant.cli.export_cmd import export_cmd  # noqa: E402
+
+main.add_command(export_cmd)
+
 from gelu_quant.cli.pipeline_cmd import demo_cmd, pipeline_cmd  # noqa: E402
 
 main.add_command(pipeline_cmd)
