@@ -187,6 +187,15 @@ def _check_float_site(site: GeluSite, ctx: SiteContext) -> None:
         )
 
 
+def _qdq_qparams(site: GeluSite) -> tuple[QParams, QParams]:
+    """The qparams of a QDQ site's DequantizeLinear (input) and QuantizeLinear (output)."""
+    qin, qout = site.qdq_in, site.qdq_out
+    assert qin is not None and qout is not None
+    in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
+    out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
+    return in_qp, out_qp
+
+
 def _biased_input(e: _Emit) -> str:
     site = e.rw.site
     return site.input if site.bias is None else e.node("Add", [site.input, site.bias], "biased")
@@ -208,8 +217,7 @@ class QdqCollapse:
     def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
         qin, qout = site.qdq_in, site.qdq_out
         assert qin is not None and qout is not None
-        in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
-        out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
+        in_qp, out_qp = _qdq_qparams(site)
         spec = build_spec(ctx.target, ctx.form, in_qparams=in_qp, out_qparams=out_qp)
         op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
         ctx.output_of(qout.node)  # both Q/DQ nodes must be in the main graph
@@ -369,10 +377,7 @@ class StandardOps:
             raise ModelError(f"the Gelu op needs opset 20; the model imports {ctx.opset}")
         qdq = site.qdq_in is not None and site.qdq_out is not None and site.bias is None
         if qdq:
-            assert site.qdq_in is not None and site.qdq_out is not None
-            qin, qout = site.qdq_in, site.qdq_out
-            in_qp = QParams(qin.scale, qin.zero_point, qin.dtype, qin.bits)  # type: ignore[arg-type]
-            out_qp = QParams(qout.scale, qout.zero_point, qout.dtype, qout.bits)  # type: ignore[arg-type]
+            in_qp, out_qp = _qdq_qparams(site)
             spec: Any = build_spec(ctx.target, ctx.form, in_qparams=in_qp, out_qparams=out_qp)
             rw = Rewrite(site, set(site.nodes), None, spec, "qdq", None, "qdq", site.output)
             e = _Emit(rw, ctx)
