@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -79,6 +78,7 @@ import numpy as np
 
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.models.cache import cached_build, read_meta
+from gelu_quant.models.ort_quantize import quantize_qdq
 
 MODEL_FILE = "model.onnx"
 FAILURE_FILE = "export-failure.txt"
@@ -776,42 +776,11 @@ def calibration_batches(name: str, count: int, seed: int) -> list[dict[str, np.n
 
 
 def _quantize_qdq(name: str, folder: Path, cache_dir: Path | None) -> dict[str, Any]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     opts = EXPORT_SETTINGS["qdq"]
     base = export_onnx(name, opts["base"], cache_dir)
     batches = calibration_batches(name, opts["calibration_batches"], opts["calibration_seed"])
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._iter: Iterator[dict[str, np.ndarray]] = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._iter, None)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(
-            str(base),
-            str(folder / MODEL_FILE),
-            Reader(),
-            quant_format=getattr(QuantFormat, opts["quant_format"]),
-            activation_type=getattr(QuantType, opts["activation_type"]),
-            weight_type=getattr(QuantType, opts["weight_type"]),
-            calibrate_method=getattr(CalibrationMethod, opts["calibrate_method"]),
-        )
-    for leftover in folder.iterdir():  # the quantizer may leave its augmented model behind
-        if leftover.name != MODEL_FILE:
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
+    quantize_qdq(base, folder, MODEL_FILE, batches, opts)
     return _cap_ir_version(folder / MODEL_FILE)
 
 

@@ -54,6 +54,7 @@ import numpy as np
 
 from gelu_quant.errors import ModelError
 from gelu_quant.models.cache import cached_build
+from gelu_quant.models.ort_quantize import quantize_qdq
 
 MINILM_VARIANTS: tuple[str, ...] = ("opset17", "opset20", "dynamo", "ort-optimized", "qdq")
 # Variants of a *different* model: the same weights with another GELU spelling, so their outputs
@@ -429,14 +430,6 @@ def _qdq_calibration_texts() -> list[str]:
 
 
 def _quantize_qdq(folder: Path, cache_dir: Path | None) -> dict[str, Any]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     opts = EXPORT_SETTINGS["qdq"]
     base = minilm_onnx(opts["base"], cache_dir)
     texts = _qdq_calibration_texts()
@@ -446,35 +439,16 @@ def _quantize_qdq(folder: Path, cache_dir: Path | None) -> dict[str, Any]:
         for i in range(0, len(texts), step)
     ]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._iter = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._iter, None)
-
     nodes = _feed_forward_nodes(base)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(
-            str(base),
-            str(folder / MODEL_FILE),
-            Reader(),
-            quant_format=getattr(QuantFormat, opts["quant_format"]),
-            activation_type=getattr(QuantType, opts["activation_type"]),
-            weight_type=getattr(QuantType, opts["weight_type"]),
-            calibrate_method=getattr(CalibrationMethod, opts["calibrate_method"]),
-            per_channel=opts["per_channel"],
-            nodes_to_quantize=nodes,
-        )
-    for leftover in folder.iterdir():  # the quantizer may leave its augmented model behind
-        if leftover.name != MODEL_FILE:
-            if leftover.is_dir():
-                import shutil
-
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
+    quantize_qdq(
+        base,
+        folder,
+        MODEL_FILE,
+        batches,
+        opts,
+        per_channel=opts["per_channel"],
+        nodes_to_quantize=nodes,
+    )
     return {
         "calibration_sentences": len(texts),
         "quantized_nodes": len(nodes),
