@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from gelu_quant.calib.ranges_file import load_ranges
+from gelu_quant.cli.options import text_data_options
 from gelu_quant.errors import BadInputError
 from gelu_quant.graph.convert import ConvertConfig, convert_file, default_manifest_path
 from gelu_quant.graph.ops import LUT_BODIES
@@ -36,8 +37,30 @@ from gelu_quant.graph.targets import TARGETS
 @click.option(
     "--target",
     required=True,
-    type=click.Choice(list(TARGETS)),
-    help="What replaces each GELU.",
+    type=click.Choice([*TARGETS, "auto"]),
+    help="What replaces each GELU (auto: per site, the cheapest candidate that keeps the "
+    "measured output error within --budget on --data).",
+)
+@click.option(
+    "--budget",
+    type=float,
+    default=None,
+    help="--target auto: largest allowed 1 - mean cosine of every output against fp32.",
+)
+@click.option(
+    "--data",
+    default=None,
+    metavar="SOURCE",
+    help="--target auto: data to measure on, a held-out part of the CALIBRATION data (never "
+    "the evaluation data); the same sources as `calibrate`.",
+)
+@text_data_options
+@click.option(
+    "--auto-candidates",
+    default=None,
+    metavar="T[:K],…",
+    help="--target auto: candidate targets (K: tables per site), default "
+    "int8-lut,int8-lut:2,int8-lut-fp16out,int8-lut:4,int8-lut:8,int8-lut-fp16out:8.",
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.onnx")
 @click.option("--expand", is_flag=True, help="Inline the function bodies.")
@@ -102,6 +125,11 @@ def convert(
     segments: int | None,
     degree: int | None,
     lut_body: Any,
+    budget: float | None,
+    data: str | None,
+    tokenizer: str | None,
+    max_length: int | None,
+    auto_candidates: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -115,6 +143,27 @@ def convert(
     out = Path(output)
     if out.exists() and not overwrite:
         raise BadInputError(f"{output} exists; pass --overwrite to replace it")
+    ranges = None if ranges_file is None else load_ranges(ranges_file)
+    auto = target == "auto"
+    if not auto and (budget is not None or data is not None or auto_candidates is not None):
+        raise BadInputError("--budget, --data and --auto-candidates go with --target auto")
+    choices: tuple[Any, ...] = ()
+    decision = None
+    if auto:
+        choices, decision, target = _auto(
+            model,
+            ranges,
+            budget,
+            data,
+            tokenizer,
+            max_length,
+            auto_candidates,
+            method,
+            force,
+            groups,
+            sites,
+            quiet,
+        )
     config = ConvertConfig(
         target=target,
         range=range_,
@@ -127,8 +176,9 @@ def convert(
         poly_degree=degree,
         sites=sites or None,
         groups=groups,
+        site_choices=choices,
+        decision=decision,
     )
-    ranges = None if ranges_file is None else load_ranges(ranges_file)
     result = convert_file(model, out, config, manifest_path=manifest_path, ranges=ranges)
     man = result.manifest
     for note in man.notes:
@@ -149,10 +199,64 @@ def convert(
             if "segments" in spec and "degree" in spec:
                 k, d = spec["segments"], spec["degree"]
                 cost = f", {k} seg x deg {d} = cost {k * d}"
+            own = f"{s.target}: " if s.target else ""
             click.echo(
-                f"  {s.id}: {s.spelling} -> {s.op_type} ({s.form}, {s.mode}, body {s.body}"
+                f"  {s.id}: {s.spelling} -> {own}{s.op_type} ({s.form}, {s.mode}, body {s.body}"
                 f"{cost}){rng} max error {err:.3e}"
             )
         else:
             click.echo(f"  {s.id}: skipped: {s.reason}")
+    if man.auto is not None:
+        a = man.auto
+        click.echo(
+            f"auto: measured 1 - cos {a['error']:.3g} (budget {a['budget']:g}, worst cos "
+            f"{a['worst_cos']:.5f}) on {a['samples']} samples, {a['bytes']} B of tables"
+        )
     click.echo(f"manifest: {mpath}")
+
+
+def _auto(
+    model: str,
+    ranges: Any,
+    budget: float | None,
+    data: str | None,
+    tokenizer: str | None,
+    max_length: int | None,
+    candidates: str | None,
+    method: str | None,
+    force: bool,
+    groups: int,
+    sites: tuple[str, ...],
+    quiet: bool,
+) -> tuple[tuple[Any, ...], dict[str, Any], str]:
+    """``--target auto``: the per-site choices, the decision, and the config's base target."""
+    from gelu_quant.auto_choice import DEFAULT_CANDIDATES, choose, parse_candidates
+    from gelu_quant.calib.data import model_input_specs, open_data_source
+    from gelu_quant.evaluate.feeds import describe
+
+    if ranges is None or budget is None or data is None:
+        raise BadInputError("--target auto needs --ranges, --budget and --data")
+    if groups != 1 or sites:
+        raise BadInputError("--target auto chooses the groups per site; drop --groups / --site")
+    if not Path(model).is_file():
+        raise BadInputError(f"model file {model!r} not found")
+    ranges.check_model(model, force=force)
+    cands = parse_candidates(
+        candidates.split(",") if candidates is not None else DEFAULT_CANDIDATES
+    )
+    source = open_data_source(
+        data, model_input_specs(model), tokenizer=tokenizer, max_length=max_length
+    )
+    log = None if quiet else (lambda m: click.echo(m, err=True))
+    choices, decision = choose(
+        Path(model),
+        ranges,
+        source,
+        budget,
+        candidates=cands,
+        method=method,
+        force=force,
+        data_description=describe(source),
+        log=log,
+    )
+    return tuple(choices), decision, cands[0].target

@@ -151,6 +151,10 @@ from gelu_quant.cli.export_cmd import export_cmd  # noqa: E402
 
 main.add_command(export_cmd)
 
+from gelu_quant.cli.sweep_cmd import sweep_cmd  # noqa: E402
+
+main.add_command(sweep_cmd)
+
 from gelu_quant.cli.pipeline_cmd import demo_cmd, pipeline_cmd  # noqa: E402
 
 main.add_command(pipeline_cmd)

@@ -17,6 +17,7 @@ input finer codes:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,11 +30,13 @@ from gelu_quant.qparams import QDType, QParams
 _FLOAT_OUT = ("float16", "float32")
 
 
+@functools.cache
 def _argmin(form: GeluForm) -> float:
     xs = np.linspace(-3.0, 0.0, 30001)
     return float(xs[int(np.argmin(gelu(xs, form)))])
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _tail_point(tol: float, form: GeluForm) -> float:
     """The x < argmin where |GELU(x)| = tol (GELU is monotone there), by bisection."""
     lo, hi = -60.0, _argmin(form)
@@ -41,6 +44,8 @@ def _tail_point(tol: float, form: GeluForm) -> float:
         return hi
     for _ in range(200):
         mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:  # converged to adjacent floats: later steps change nothing
+            break
         if abs(float(gelu(np.array([mid]), form)[0])) <= tol:
             lo = mid
         else:
@@ -48,6 +53,7 @@ def _tail_point(tol: float, form: GeluForm) -> float:
     return lo
 
 
+@functools.lru_cache(maxsize=1 << 16)  # grouped tables ask once per channel
 def negative_tail_cut(
     hi: float,
     *,
@@ -70,7 +76,10 @@ def negative_tail_cut(
     if out_dtype in _FLOAT_OUT:
         cut = -hi
         for _ in range(8):  # the input step depends on the cut: iterate to a fixed point
-            cut = _tail_point((hi - cut) / n_in / 8.0, form)
+            new = _tail_point((hi - cut) / n_in / 8.0, form)
+            if new == cut:  # reached: the remaining iterations would return it again
+                break
+            cut = new
         return cut
     out_lo, out_hi = gelu_output_range(-60.0, hi, form)
     oq1 = QParams(1.0, 0, out_dtype, out_bits)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,7 +51,7 @@ from gelu_quant.graph.passes.ir_version import LoadableIrVersion
 from gelu_quant.graph.passes.replace_sites import ReplaceGeluSites, all_names, restore_value_info
 from gelu_quant.graph.passes.site_rewrites import RangeSource, SiteContext
 from gelu_quant.graph.sites import GeluSite
-from gelu_quant.graph.targets import TARGETS, site_form
+from gelu_quant.graph.targets import TARGETS, SiteChoice, site_form
 from gelu_quant.lut.grouped import MAX_GROUPS
 from gelu_quant.modelfile import check_external_data, model_dir, read_model, uses_external_data
 from gelu_quant.numerics import GELU_FORMS, GeluForm
@@ -63,6 +63,17 @@ class RangeFile(RangeSource, Protocol):
     source_name: str | None
 
     def check_model(self, model: str, force: bool = False) -> None: ...
+
+
+def _check_groups(g: object, target: str) -> None:
+    if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
+        raise BadInputError(f"--groups must be an integer from 1 to {MAX_GROUPS}, got {g!r}")
+    t = TARGETS.get(target)
+    if g > 1 and t is not None and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8")):
+        raise BadInputError(
+            f"--groups applies to 8-bit table targets (int8-lut, uint8-lut, int8-lut-fp16out, "
+            f"…), not {target}"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,16 +112,21 @@ class ConvertConfig:
     by their calibrated ranges, each group its own qparams and table; needs a ranges file with
     per-channel extremes). 8-bit table targets only."""
 
+    site_choices: tuple[SiteChoice, ...] = ()
+    """Per-site target / method / groups over the ones above (not standard-op targets)."""
+    decision: Mapping[str, Any] | None = None
+    """How ``site_choices`` were chosen and what was measured; the manifest's ``auto``."""
+
     def __post_init__(self) -> None:
-        g = self.groups
-        if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
-            raise BadInputError(f"--groups must be an integer from 1 to {MAX_GROUPS}, got {g!r}")
-        t = TARGETS.get(self.target)
-        if g > 1 and t is not None and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8")):
-            raise BadInputError(
-                f"--groups applies to 8-bit table targets (int8-lut, uint8-lut, int8-lut-fp16out, "
-                f"…), not {self.target}"
-            )
+        _check_groups(self.groups, self.target)
+        object.__setattr__(self, "site_choices", tuple(self.site_choices))
+        for c in self.site_choices:
+            t = TARGETS.get(c.target)
+            if t is None or t.kind == "standard":
+                raise BadInputError(f"site {c.site}: {c.target!r} is not a gelu_quant target")
+            _check_groups(c.groups, c.target)
+        if len({c.site for c in self.site_choices}) != len(self.site_choices):
+            raise BadInputError("a site has more than one choice")
         if self.target not in TARGETS:
             raise BadInputError(
                 f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}"
@@ -133,6 +149,9 @@ class ConvertConfig:
         d = asdict(self)
         d["range"] = None if self.range is None else list(self.range)
         d["sites"] = None if self.sites is None else list(self.sites)
+        d.pop("decision")
+        if not self.site_choices:
+            d.pop("site_choices")
         return d
 
 
@@ -222,6 +241,7 @@ def convert_model(
         taken_names=all_names(irm.graph) | set(node_names(model)),
         form_of=lambda site: site_form(site, config.form),
         selected=config.sites,
+        choices={c.site: c for c in config.site_choices},
     )
     replace(irm)
     if config.sites is not None:
@@ -253,6 +273,7 @@ def convert_model(
         source_name=source_name,
         expanded=config.expand,
         notes=tuple(notes),
+        auto=None if config.decision is None else dict(config.decision),
     )
     return ConvertResult(out, manifest, dict(replace.functions))
 
@@ -438,6 +459,7 @@ def convert_file(
         expanded=config.expand,
         external_data=data_name if wrote_data else None,
         notes=result.manifest.notes + ((check_note,) if check_note else ()),
+        auto=result.manifest.auto,
     )
     result.manifest.save(man_p)
     return result

@@ -72,6 +72,8 @@ class SiteRecord:
     quantized_output: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    target: str | None = None
+    """The site's own target when it differs by site (``convert --target auto``)."""
 
     @classmethod
     def for_site(
@@ -115,6 +117,7 @@ class SiteRecord:
             "quantized_output": self.quantized_output,
             "spec": self.spec,
             "error": self.error,
+            **({} if self.target is None else {"target": self.target}),
         }
 
 
@@ -132,6 +135,8 @@ class Manifest:
     external_data: str | None = None
     tool_version: str = __version__
     notes: tuple[str, ...] = field(default_factory=tuple)
+    auto: dict[str, Any] | None = None
+    """``convert --target auto``: the budget, the data and each site's measurements."""
 
     @property
     def converted(self) -> list[SiteRecord]:
@@ -164,6 +169,7 @@ class Manifest:
             "skipped": len(self.skipped),
             "notes": list(self.notes),
             "sites": [s.to_json() for s in self.sites],
+            **({} if self.auto is None else {"auto": self.auto}),
         }
 
     def dumps(self) -> str:

@@ -38,6 +38,17 @@ class Target:
     breakpoints (``PwlLutSpec``, :mod:`gelu_quant.lut.pwl`)."""
 
 
+@dataclass(frozen=True)
+class SiteChoice:
+    """One site's own target, range method and table count, over the config's
+    (``convert --target auto`` writes them: :mod:`gelu_quant.auto_choice`)."""
+
+    site: str
+    target: str
+    method: str | None = None
+    groups: int = 1
+
+
 TARGETS: dict[str, Target] = {
     "int8-lut": Target("lut", "int8", "int8", help="256-entry table, int8 in and out"),
     "uint8-lut": Target("lut", "uint8", "uint8", help="256-entry table, uint8 in and out"),

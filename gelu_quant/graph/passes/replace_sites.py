@@ -10,7 +10,7 @@ node is left as it was. What happened to each site is in :attr:`ReplaceGeluSites
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -21,6 +21,7 @@ from gelu_quant.graph.manifest import SiteRecord
 from gelu_quant.graph.ops import CustomOp
 from gelu_quant.graph.passes.site_rewrites import Rewrite, SiteContext, rewrite_site
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.graph.targets import TARGETS, SiteChoice
 from gelu_quant.lut.error_report import error_report
 from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.spec import GeluApprox
@@ -82,11 +83,20 @@ class ReplaceGeluSites(ir.passes.InPlacePass):
     form_of: Callable[[GeluSite], GeluForm]
     """The form a site's approximation must have (SpecError: the site is skipped)."""
     selected: tuple[str, ...] | None = None
+    choices: Mapping[str, SiteChoice] = field(default_factory=dict)
+    """Per-site target, method and groups over ``context``'s (site id -> choice)."""
     records: list[SiteRecord] = field(default_factory=list)
     functions: dict[str, CustomOp] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__()
+
+    def _site_context(self, ctx: SiteContext, site: GeluSite) -> SiteContext:
+        c = self.choices.get(site.id)
+        if c is None:
+            return replace(ctx, form=self.form_of(site))
+        own = TARGETS[c.target]
+        return replace(ctx, form=self.form_of(site), target=own, method=c.method, groups=c.groups)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -124,7 +134,7 @@ class ReplaceGeluSites(ir.passes.InPlacePass):
                 missing = [n for n in site.nodes if n not in by_name]
                 if missing:
                     raise ModelError(f"nodes {missing} of the site are not in the main graph")
-                rw = rewrite_site(site, replace(ctx, form=self.form_of(site)))
+                rw = rewrite_site(site, self._site_context(ctx, site))
                 _check_internal_tensors(rw, by_name, still_read)
             except (ModelError, SpecError) as e:
                 self.records.append(_skip(site, str(e)))
@@ -134,7 +144,10 @@ class ReplaceGeluSites(ir.passes.InPlacePass):
                 continue
             claimed |= rw.remove
             rewrites.append(rw)
-            self.records.append(_converted(rw, by_name, order))
+            rec = _converted(rw, by_name, order)
+            if site.id in self.choices:
+                rec = replace(rec, target=self.choices[site.id].target)
+            self.records.append(rec)
             if rw.op is not None:
                 self.functions.setdefault(rw.op.op_type, rw.op)
         for rw in rewrites:
