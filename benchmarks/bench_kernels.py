@@ -5,6 +5,9 @@ range [-9, 4.5]; their dequantized float32 values for the float kernels (float16
 polynomial). Candidates, round by round in a shuffled order (min and median of the rounds):
 
 * ``int8 table, scalar`` / ``int8 table, SIMD`` (AVX-512 VBMI, AVX2) - ``gelu_lut_s8_s8``;
+* ``int8 grouped table, K=8`` - ``gelu_lut_grouped_s8_s8``: 8 tables over the last axis
+  (1536 channels in a scattered channel -> group map, as ``partition_channels`` leaves them;
+  and with the groups as contiguous runs, as after the FFN permutation), scalar;
 * ``int8 interp 32`` - ``gelu_interp_s8_s8``;
 * ``fp16 poly`` (16 x 3, float16 Horner): the AVX512-FP16 SIMD path, and the scalar loop with
   _Float16 conversions (``-mavx512fp16``, or F16C) and with the portable integer conversions;
@@ -37,6 +40,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from gelu_quant.lut.ckernels import build_library
+from gelu_quant.lut.grouped import build_grouped_lut
 from gelu_quant.lut.interp import build_interp_lut
 from gelu_quant.lut.poly import PolySpec, build_poly
 from gelu_quant.lut.table import build_lut
@@ -125,6 +129,21 @@ def main() -> None:
     interp = build_interp_lut(segments=32, in_range=(-9.0, 4.5))
     p16 = build_poly(-9.0, 4.5, 16, 3)
     p32 = build_poly(-9.0, 4.5, 16, 4, io_dtype="float32", compute_dtype="float32")
+    channels = args.shape[-1]
+    kg = min(8, channels)
+    scattered = np.random.default_rng(5).permutation(np.arange(channels) % kg)
+    grouped = {
+        "scattered": build_grouped_lut(
+            scattered, [(-9.0 + g * 0.5, 4.5 + g * 2.0) for g in range(kg)]
+        ),
+        "runs": build_grouped_lut(
+            np.sort(scattered), [(-9.0 + g * 0.5, 4.5 + g * 2.0) for g in range(kg)]
+        ),
+    }
+    garr = {  # kept alive: the kernels get pointers into them
+        how: {a: np.ascontiguousarray(v) for a, v in g.arrays().items()}
+        for how, g in grouped.items()
+    }
     xf = lut.in_qparams.dequantize(q, np.float32).astype(np.float32)
     xh = xf.astype(np.float16).view(np.uint16)
 
@@ -180,6 +199,19 @@ def main() -> None:
             "avx512", "gelu_lut_s8_s8", ptr(q), ptr(o8), N, ptr(lut.table)
         ),
         "int8 table, SIMD avx2": c("avx2", "gelu_lut_s8_s8", ptr(q), ptr(o8), N, ptr(lut.table)),
+        **{
+            f"int8 grouped K={kg}, {how}, scalar": c(
+                "scalar",
+                "gelu_lut_grouped_s8_s8",
+                ptr(q),
+                ptr(o8),
+                N,
+                sz(channels),
+                ptr(garr[how]["channel_group"]),
+                ptr(garr[how]["tables"]),
+            )
+            for how in grouped
+        },
         "int8 interp 32, scalar": c(
             "scalar", "gelu_interp_s8_s8", ptr(q), ptr(o8), N, ptr(interp.knots), sh(interp.shift)
         ),
@@ -202,6 +234,9 @@ def main() -> None:
     assert np.array_equal(o8, lut.lookup(q))
     cands["int8 table, SIMD avx2"]()
     assert np.array_equal(o8, lut.lookup(q))
+    for how, g in grouped.items():
+        cands[f"int8 grouped K={kg}, {how}, scalar"]()
+        assert np.array_equal(o8, g.lookup(q.reshape(-1, channels)).ravel())
     cands["int8 interp 32, scalar"]()
     assert np.array_equal(o8, interp.lookup(q))
     for k in ("avx512fp16 SIMD", "avx512fp16 cvt", "F16C cvt", "portable"):
@@ -239,6 +274,11 @@ def main() -> None:
             f"{k:<34}{lo:>9.3f}{med:>11.3f}{ref_ort / lo:>8.2f}{lo / ref_mem:>10.2f}"
             f"{ref_erf / lo:>8.2f}"
         )
+
+    per_tensor = ns["int8 table, scalar"][0]
+    for how in grouped:
+        lo = ns[f"int8 grouped K={kg}, {how}, scalar"][0]
+        print(f"grouped ({how}) / per-tensor table, scalar: {lo / per_tensor:.2f}x the ns/element")
 
     # fp32 polynomial error on a dense sample of its domain
     xs = np.concatenate(
