@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from gelu_quant import __version__
 from gelu_quant.errors import BadInputError
-from gelu_quant.lut.export import _c_ident, c_header
+from gelu_quant.lut.export import _c_ident, _c_values, c_header
 from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.interp import InterpLutSpec
 from gelu_quant.lut.poly import PolySpec
@@ -90,8 +92,9 @@ def kernel_call(spec: GeluApprox, name: str = "gelu") -> KernelCall:
     ident = _c_ident(name)
     if isinstance(spec, LutSpec):
         i, o = spec.in_qparams.dtype, spec.out_dtype
+        table = f"{ident}_table" if spec.in_qparams.code_bits is None else f"{ident}_table_8bit"
         return KernelCall(
-            "lut", f"gelu_lut_{_SUFFIX[i]}_{_SUFFIX[o]}", _CTYPE[i], _CTYPE[o], (f"{ident}_table",)
+            "lut", f"gelu_lut_{_SUFFIX[i]}_{_SUFFIX[o]}", _CTYPE[i], _CTYPE[o], (table,)
         )
     if isinstance(spec, GroupedLutSpec):
         g0 = spec.groups[0]
@@ -159,6 +162,8 @@ def binding_header(spec: GeluApprox, name: str = "gelu") -> str:
     args = ", ".join(("in", "out", "n", *call.args))
     f16 = " (IEEE binary16 bit patterns)" if call.in_ctype == "uint16_t" else ""
     layout: list[str] = []
+    if isinstance(spec, LutSpec) and spec.in_qparams.code_bits is not None:
+        layout = _container_table(spec, ident)
     if isinstance(spec, GroupedLutSpec):
         layout = [
             f"/* Channels of the last axis; value i of `in` is in channel i % "
@@ -191,6 +196,29 @@ def binding_header(spec: GeluApprox, name: str = "gelu") -> str:
             "",
         ]
     )
+
+
+def _container_table(spec: LutSpec, ident: str) -> list[str]:
+    """Low-bit codes in an 8-bit container: the kernel indexes 256 entries (code - container
+    qmin), the spec's table has 2**bits. The 256-entry table holds entry ``clip(q, qmin, qmax)``
+    for every container code ``q``: the spec's on its codes, the model's ``Clip`` before the
+    lookup on the others."""
+    qp = spec.in_qparams
+    cmin = -128 if qp.dtype == "int8" else 0
+    q = np.clip(np.arange(cmin, cmin + 256), qp.qmin, qp.qmax)
+    full = np.ascontiguousarray(spec.table[q - qp.qmin])
+    vals = _c_values(full)
+    ctype = _CTYPE[spec.out_dtype]
+    body = ",\n".join("    " + ", ".join(vals[i : i + 12]) for i in range(0, len(vals), 12))
+    return [
+        f"/* {qp.bits}-bit codes in {qp.dtype}: {ident}_table ({spec.table.size} entries) spread",
+        " * over every code of the 8-bit container, codes outside the low-bit range clipped",
+        " * to it (as the model's Clip after its QuantizeLinear). */",
+        f"static const {ctype} {ident}_table_8bit[256] = {{",
+        body,
+        "};",
+        "",
+    ]
 
 
 def kernel_files(spec: GeluApprox, name: str = "gelu") -> dict[str, str]:

@@ -671,3 +671,25 @@ def test_kernels_run_clean_under_address_and_ub_sanitizers(tmp_path: Path, confi
     assert built.returncode == 0, built.stderr
     done = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "asan ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_generated_files_of_low_bit_tables(tmp_path: Path) -> None:
+    """Low-bit codes (2**bits entries in an 8-bit container): the generated kernel gives the
+    spec's codes on every low-bit code, and on the container's other codes the entry of the
+    code clipped into range (the model's Clip), never a read past the spec's table."""
+    cases = [
+        build_lut(in_range=(-3.0, 3.0), in_bits=4, out_bits=4),
+        build_lut(in_range=(-6.0, 9.0), in_dtype="uint8", out_dtype="uint8", in_bits=3),
+        build_lut(in_range=(-4.0, 4.0), in_bits=2, out_dtype="float16"),
+        build_lut(in_range=(-4.0, 4.0), in_dtype="uint8", in_bits=7, out_dtype="float32"),
+    ]
+    for i, spec in enumerate(cases):
+        qp = spec.in_qparams
+        assert qp.code_bits is not None and spec.table.size == 2**qp.code_bits
+        container = np.arange(256).astype(np.uint8).view(qp.np_dtype)
+        out = {"float16": np.uint16, "float32": np.float32}.get(spec.out_dtype, spec.table.dtype)
+        got = _run_generated(tmp_path / f"low{i}", spec, f"low{i}", container, out)
+        inside = (container >= qp.qmin) & (container <= qp.qmax)
+        want = spec.lookup(np.clip(container, qp.qmin, qp.qmax).astype(qp.np_dtype))
+        assert np.array_equal(bits(got[inside]), bits(spec.lookup(container[inside])))
+        assert np.array_equal(bits(got), bits(want)), spec.summary()

@@ -39,7 +39,7 @@ def _converted(tmp_path: Path, target: str, fixture: str = "erf_torchscript") ->
 
 @pytest.mark.skipif(find_c_compiler() is None, reason="needs a C compiler")
 @pytest.mark.parametrize(
-    "target", ["int8-lut", "uint8-lut", "int8-pwl16", "int8-interp32", "int16-pwl16"]
+    "target", ["int8-lut", "uint8-lut", "int4-lut", "int8-pwl16", "int8-interp32", "int16-pwl16"]
 )
 def test_folder_kernels_reproduce_the_tables(tmp_path: Path, target: str) -> None:
     model = _converted(tmp_path, target)
