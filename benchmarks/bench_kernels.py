@@ -5,15 +5,20 @@ range [-9, 4.5]; their dequantized float32 values for the float kernels (float16
 polynomial). Candidates, round by round in a shuffled order (min and median of the rounds):
 
 * ``int8 table, scalar`` / ``int8 table, SIMD`` (AVX-512 VBMI, AVX2) - ``gelu_lut_s8_s8``;
+* ``int8 grouped table, K=8`` - ``gelu_lut_grouped_s8_s8``: 8 tables over the last axis
+  (1536 channels in a scattered channel -> group map, as ``partition_channels`` leaves them;
+  and with the groups as contiguous runs, as after the FFN permutation), scalar;
 * ``int8 interp 32`` - ``gelu_interp_s8_s8``;
 * ``fp16 poly`` (16 x 3, float16 Horner): the AVX512-FP16 SIMD path, and the scalar loop with
   _Float16 conversions (``-mavx512fp16``, or F16C) and with the portable integer conversions;
-* ``fp32 poly`` (16 x 4, float32 Horner) - ``gelu_poly_f32``, scalar, AVX2 and AVX-512F;
+* ``fp32 poly`` - ``gelu_poly_f32``: the portable C loop (no intrinsics; SSE2 from the
+  compiler's vectoriser), AVX2 and AVX-512F; a 16 x 4 fit of [-9, 4.5] (float32 Horner) and the
+  ``fp32-poly`` target's default (``build_exact_poly``: 36 x 8, stated bound 8 ulps);
 * ``fp32 GELU via erff`` - ``0.5f * x * (1 + erff(x / sqrt 2))`` with glibc's ``erff``;
 * ``ORT DQ->Gelu->Q`` - DequantizeLinear -> Gelu -> QuantizeLinear (opset 21), 1 thread;
 * ``memcpy`` of the int8 buffer - the floor (and a plain AVX-512 load/store copy loop).
 
-Also the fp32 polynomial's error on a dense float32 sample against float64 GELU (ulps where
+Also the fp32 polynomials' error on a dense float32 sample against float64 GELU (ulps where
 ``|GELU| >= 2**-14``, absolute error below).
 
 Usage: ``python benchmarks/bench_kernels.py [--shape 32 128 1536] [--rounds 15]``
@@ -37,8 +42,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from gelu_quant.lut.ckernels import build_library
+from gelu_quant.lut.grouped import build_grouped_lut
 from gelu_quant.lut.interp import build_interp_lut
-from gelu_quant.lut.poly import PolySpec, build_poly
+from gelu_quant.lut.poly import PolySpec, build_exact_poly, build_poly
 from gelu_quant.lut.table import build_lut
 from gelu_quant.numerics import gelu
 
@@ -97,17 +103,23 @@ def f32_ulp_key(a: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
     return np.where(i < 0, -(i & 0x7FFFFFFF), i)
 
 
-def poly_error(spec: PolySpec, x: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> str:
+def poly_error(
+    spec: PolySpec,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.float32],
+    floor: float = 2.0**-14,
+) -> str:
     g = gelu(x.astype(np.float64), spec.form)
     cr = g.astype(np.float32)
-    scored = np.abs(g) >= 2.0**-14
+    scored = np.abs(g) >= floor
     ulps = np.abs(f32_ulp_key(y[scored]) - f32_ulp_key(cr[scored]))
     rel = np.abs(y[scored] - g[scored]) / np.abs(g[scored])
     small = np.abs(y[~scored].astype(np.float64) - g[~scored])
     return (
         f"fp32 poly error on {x.size} float32 inputs in [{spec.lo:g}, {spec.hi:g}]: max "
         f"{int(ulps.max())} ulp (mean {ulps.mean():.2f}; {100 * np.mean(ulps == 0):.1f} % "
-        f"correctly rounded), max rel {rel.max():.3g} where |GELU| >= 2^-14; max abs "
+        f"correctly rounded), max rel {rel.max():.3g} where |GELU| >= 2^{np.log2(floor):.0f}; "
+        "max abs "
         f"{(small.max() if small.size else 0.0):.3g} below"
     )
 
@@ -125,6 +137,22 @@ def main() -> None:
     interp = build_interp_lut(segments=32, in_range=(-9.0, 4.5))
     p16 = build_poly(-9.0, 4.5, 16, 3)
     p32 = build_poly(-9.0, 4.5, 16, 4, io_dtype="float32", compute_dtype="float32")
+    p32d = build_exact_poly(form="exact", io_dtype="float32", compute_dtype="float32")
+    channels = args.shape[-1]
+    kg = min(8, channels)
+    scattered = np.random.default_rng(5).permutation(np.arange(channels) % kg)
+    grouped = {
+        "scattered": build_grouped_lut(
+            scattered, [(-9.0 + g * 0.5, 4.5 + g * 2.0) for g in range(kg)]
+        ),
+        "runs": build_grouped_lut(
+            np.sort(scattered), [(-9.0 + g * 0.5, 4.5 + g * 2.0) for g in range(kg)]
+        ),
+    }
+    garr = {  # kept alive: the kernels get pointers into them
+        how: {a: np.ascontiguousarray(v) for a, v in g.arrays().items()}
+        for how, g in grouped.items()
+    }
     xf = lut.in_qparams.dequantize(q, np.float32).astype(np.float32)
     xh = xf.astype(np.float16).view(np.uint16)
 
@@ -162,6 +190,21 @@ def main() -> None:
         ptr(a32["origins"]),
         ptr(a32["coefficients"]),
     )
+
+    def f32_args(spec: PolySpec) -> tuple[Any, ...]:
+        a = {k: np.ascontiguousarray(v) for k, v in spec.arrays().items()}
+        keep.append(a)  # the kernels get pointers into them
+        return (
+            sz(spec.segments),
+            sz(spec.degree),
+            ptr(a["breakpoints"]),
+            ptr(a["origins"]),
+            ptr(a["coefficients"]),
+        )
+
+    keep: list[dict[str, npt.NDArray[Any]]] = []
+    p32d_args = f32_args(p32d)
+    dshape = f"{p32d.segments}x{p32d.degree}"
     a16 = p16_args(p16)
     ort_sess = session(dq_gelu_q(lut, "none"), 1)
     feed = {"x": q.reshape(args.shape)}
@@ -180,6 +223,19 @@ def main() -> None:
             "avx512", "gelu_lut_s8_s8", ptr(q), ptr(o8), N, ptr(lut.table)
         ),
         "int8 table, SIMD avx2": c("avx2", "gelu_lut_s8_s8", ptr(q), ptr(o8), N, ptr(lut.table)),
+        **{
+            f"int8 grouped K={kg}, {how}, scalar": c(
+                "scalar",
+                "gelu_lut_grouped_s8_s8",
+                ptr(q),
+                ptr(o8),
+                N,
+                sz(channels),
+                ptr(garr[how]["channel_group"]),
+                ptr(garr[how]["tables"]),
+            )
+            for how in grouped
+        },
         "int8 interp 32, scalar": c(
             "scalar", "gelu_interp_s8_s8", ptr(q), ptr(o8), N, ptr(interp.knots), sh(interp.shift)
         ),
@@ -189,9 +245,15 @@ def main() -> None:
         ),
         "fp16 poly 16x3, F16C cvt": c("f16c", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16),
         "fp16 poly 16x3, portable": c("portable", "gelu_poly_f16", ptr(xh), ptr(o16), N, *a16),
-        "fp32 poly 16x4, scalar": c("scalar", "gelu_poly_f32", ptr(xf), ptr(o32), N, *p32_args),
+        "fp32 poly 16x4, portable": c("scalar", "gelu_poly_f32", ptr(xf), ptr(o32), N, *p32_args),
         "fp32 poly 16x4, avx2": c("avx2", "gelu_poly_f32", ptr(xf), ptr(o32), N, *p32_args),
         "fp32 poly 16x4, avx512f": c("avx512", "gelu_poly_f32", ptr(xf), ptr(o32), N, *p32_args),
+        **{
+            f"fp32 poly {dshape} default, {k}": c(
+                lib, "gelu_poly_f32", ptr(xf), ptr(o32), N, *p32d_args
+            )
+            for k, lib in (("portable", "scalar"), ("avx2", "avx2"), ("avx512f", "avx512"))
+        },
         "fp32 GELU via erff": c("scalar", "bench_gelu_erff", ptr(xf), ptr(o32), N),
         "ORT DQ->Gelu->Q (1 thread)": lambda: ort_sess.run(None, feed),
     }
@@ -202,14 +264,19 @@ def main() -> None:
     assert np.array_equal(o8, lut.lookup(q))
     cands["int8 table, SIMD avx2"]()
     assert np.array_equal(o8, lut.lookup(q))
+    for how, g in grouped.items():
+        cands[f"int8 grouped K={kg}, {how}, scalar"]()
+        assert np.array_equal(o8, g.lookup(q.reshape(-1, channels)).ravel())
     cands["int8 interp 32, scalar"]()
     assert np.array_equal(o8, interp.lookup(q))
     for k in ("avx512fp16 SIMD", "avx512fp16 cvt", "F16C cvt", "portable"):
         cands[f"fp16 poly 16x3, {k}"]()
         assert np.array_equal(o16, p16.evaluate(xh.view(np.float16)).view(np.uint16))
-    for k in ("scalar", "avx2", "avx512f"):
+    for k in ("portable", "avx2", "avx512f"):
         cands[f"fp32 poly 16x4, {k}"]()
         assert np.array_equal(o32.view(np.uint32), p32.evaluate(xf).view(np.uint32))
+        cands[f"fp32 poly {dshape} default, {k}"]()
+        assert np.array_equal(o32.view(np.uint32), p32d.evaluate(xf).view(np.uint32))
 
     times: dict[str, list[float]] = {k: [] for k in cands}
     for r in cands.values():
@@ -233,24 +300,33 @@ def main() -> None:
         f"shuffled order; onnxruntime {ort.__version__}; load average {load:.1f}"
     )
     print("ratios from the min: ORT/x (>1: faster than ORT), x/memcpy, erff/x")
-    print(f"{'kernel':<34}{'min ns':>9}{'median ns':>11}{'ORT/x':>8}{'x/memcpy':>10}{'erff/x':>8}")
+    print(f"{'kernel':<37}{'min ns':>9}{'median ns':>11}{'ORT/x':>8}{'x/memcpy':>10}{'erff/x':>8}")
     for k, (lo, med) in ns.items():
         print(
-            f"{k:<34}{lo:>9.3f}{med:>11.3f}{ref_ort / lo:>8.2f}{lo / ref_mem:>10.2f}"
+            f"{k:<37}{lo:>9.3f}{med:>11.3f}{ref_ort / lo:>8.2f}{lo / ref_mem:>10.2f}"
             f"{ref_erf / lo:>8.2f}"
         )
 
-    # fp32 polynomial error on a dense sample of its domain
-    xs = np.concatenate(
-        [
-            np.random.default_rng(1).uniform(p32.lo, p32.hi, 1_000_000).astype(np.float32),
-            np.asarray(p32.breakpoints, np.float32),
-        ]
-    )
-    ys = np.empty_like(xs)
-    libs["scalar"].gelu_poly_f32(ptr(xs), ptr(ys), ctypes.c_size_t(xs.size), *p32_args)
-    assert np.array_equal(ys.view(np.uint32), p32.evaluate(xs).view(np.uint32))
-    print(poly_error(p32, xs, ys))
+    per_tensor = ns["int8 table, scalar"][0]
+    for how in grouped:
+        lo = ns[f"int8 grouped K={kg}, {how}, scalar"][0]
+        print(f"grouped ({how}) / per-tensor table, scalar: {lo / per_tensor:.2f}x the ns/element")
+
+    # fp32 polynomial error on a dense sample of each one's domain (the portable kernel's output)
+    for spec, spec_args, floor, note in (
+        (p32, p32_args, 2.0**-14, "no stated bound: a 16 x 4 fit"),
+        (p32d, p32d_args, 2.0**-126, "stated bound 8 ulps, 2^-20 rel"),
+    ):
+        xs = np.concatenate(
+            [
+                np.random.default_rng(1).uniform(spec.lo, spec.hi, 1_000_000).astype(np.float32),
+                np.asarray(spec.breakpoints, np.float32),
+            ]
+        )
+        ys = np.empty_like(xs)
+        libs["scalar"].gelu_poly_f32(ptr(xs), ptr(ys), ctypes.c_size_t(xs.size), *spec_args)
+        assert np.array_equal(ys.view(np.uint32), spec.evaluate(xs).view(np.uint32))
+        print(f"{spec.segments}x{spec.degree} ({note}): {poly_error(spec, xs, ys, floor)}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ Layout of ``DIR``::
     DIR/kernels/gelu_*.c|.h              the reference C kernels the sites need (once each)
     DIR/sites/<site>.h                   the site's spec: arrays and parameters
     DIR/sites/<site>_kernel.h            <site>_gelu(in, out, n): the kernel with those arrays
+                                         (grouped tables: n values laid out [rows, channels],
+                                         channel = last axis; <SITE>_CHANNELS is defined there)
     DIR/export.json                      ties each header to its site, the op in the model and
                                          the fingerprints of the converted and source models
     DIR/README.md                        how to build and call them
 
 The folder is built beside ``DIR`` and moved into place at the end: a failure leaves nothing
-half-written. Sites whose spec has no C kernel (grouped tables, baselines) get their header only
-(grouped, tables, polynomials: ``c_header``) or nothing, and ``export.json`` says so.
+half-written. Sites whose spec has no C kernel (baselines, low-bit grouped tables) get their
+header only (where ``c_header`` can write one) or nothing, and ``export.json`` says so.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gelu_quant.fingerprint import model_fingerprint
 from gelu_quant.graph.manifest import load_manifest_json
 from gelu_quant.lut.ckernels import KERNELS, kernel_call, kernel_files
 from gelu_quant.lut.export import c_header
+from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.spec import spec_from_json
 
 EXPORT_SCHEMA = "gelu-quant/export"
@@ -120,6 +123,8 @@ def _write(model_p: Path, man_p: Path, man: dict[str, Any], folder: Path) -> dic
             in_ctype=call.in_ctype,
             out_ctype=call.out_ctype,
         )
+        if isinstance(spec, GroupedLutSpec):
+            entry.update(channels=spec.channels, groups=len(spec.groups), layout="rows, channels")
         sites.append(entry)
     doc = {
         "schema": EXPORT_SCHEMA,
@@ -157,15 +162,26 @@ def _readme(doc: dict[str, Any]) -> str:
         "",
         "Call (one function per site, `n` values from `in` to `out`):",
         "",
-        "| site | tensor in → out | include | function | in → out C types |",
-        "|---|---|---|---|---|",
+        *(
+            [
+                "Grouped-table sites (a channels count in the table) take the tensor row-major "
+                "with the channel on the last axis: value `i` is in channel `i % channels`, "
+                "`n` = rows × channels (`<SITE>_CHANNELS` in the site's kernel header).",
+                "",
+            ]
+            if any(s.get("channels") for s in doc["sites"])
+            else []
+        ),
+        "| site | tensor in → out | include | function | in → out C types | channels |",
+        "|---|---|---|---|---|---|",
     ]
     for s in doc["sites"]:
         if s.get("function"):
             lines.append(
                 f"| {s['id']} | `{s['input']}` → `{s['output']}` | `{s['kernel_header']}` | "
-                f"`{s['function']}(in, out, n)` | `{s['in_ctype']}` → `{s['out_ctype']}` |"
+                f"`{s['function']}(in, out, n)` | `{s['in_ctype']}` → `{s['out_ctype']}` | "
+                f"{s.get('channels', '')} |"
             )
         else:
-            lines.append(f"| {s['id']} | | `{s.get('header', '')}` | none: {s['note']} | |")
+            lines.append(f"| {s['id']} | | `{s.get('header', '')}` | none: {s['note']} | | |")
     return "\n".join(lines) + "\n"

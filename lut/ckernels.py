@@ -6,6 +6,8 @@ header and one source per kind, generic over the arrays, which they take as argu
 ========================  ===========================================================
 ``gelu_lut.h/.c``         full tables (:class:`~gelu_quant.lut.table.LutSpec`), with a
                           compile-time SIMD path for 8-bit -> 8-bit tables
+``gelu_lut_grouped.h/.c`` grouped tables (:class:`~gelu_quant.lut.grouped.GroupedLutSpec`):
+                          one table per channel group of the last axis
 ``gelu_interp.h/.c``      interpolated tables (:class:`~gelu_quant.lut.interp.InterpLutSpec`)
 ``gelu_pwl.h/.c``         non-uniform piecewise-linear tables
                           (:class:`~gelu_quant.lut.pwl.PwlLutSpec`)
@@ -17,6 +19,8 @@ header and one source per kind, generic over the arrays, which they take as argu
 :func:`kernel_files` returns, for one spec, the spec's array header (``NAME.h``, as
 :func:`~gelu_quant.lut.export.c_header` writes it), a binding header ``NAME_kernel.h`` that
 defines ``NAME_gelu(in, out, n)`` for exactly this spec, and the kernel sources it needs.
+For a grouped table, ``n`` counts values laid out [rows, channels] (channel = last axis,
+value ``i`` in channel ``i % NAME_CHANNELS``); ``NAME_kernel.h`` defines ``NAME_CHANNELS``.
 """
 
 from __future__ import annotations
@@ -29,9 +33,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from gelu_quant import __version__
 from gelu_quant.errors import BadInputError
-from gelu_quant.lut.export import _c_ident, c_header
+from gelu_quant.lut.export import _c_ident, _c_values, c_header
+from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.interp import InterpLutSpec
 from gelu_quant.lut.poly import PolySpec
 from gelu_quant.lut.pwl import PwlLutSpec
@@ -44,6 +51,7 @@ BASE_CFLAGS: tuple[str, ...] = ("-std=c99", "-O2", "-Wall", "-Wextra", "-ffp-con
 #: The kernel kinds and their files (header, source), by kind name.
 KERNELS: dict[str, tuple[str, str]] = {
     "lut": ("gelu_lut.h", "gelu_lut.c"),
+    "lut_grouped": ("gelu_lut_grouped.h", "gelu_lut_grouped.c"),
     "interp": ("gelu_interp.h", "gelu_interp.c"),
     "pwl": ("gelu_pwl.h", "gelu_pwl.c"),
     "poly_f16": ("gelu_poly_f16.h", "gelu_poly_f16.c"),
@@ -84,8 +92,24 @@ def kernel_call(spec: GeluApprox, name: str = "gelu") -> KernelCall:
     ident = _c_ident(name)
     if isinstance(spec, LutSpec):
         i, o = spec.in_qparams.dtype, spec.out_dtype
+        table = f"{ident}_table" if spec.in_qparams.code_bits is None else f"{ident}_table_8bit"
         return KernelCall(
-            "lut", f"gelu_lut_{_SUFFIX[i]}_{_SUFFIX[o]}", _CTYPE[i], _CTYPE[o], (f"{ident}_table",)
+            "lut", f"gelu_lut_{_SUFFIX[i]}_{_SUFFIX[o]}", _CTYPE[i], _CTYPE[o], (table,)
+        )
+    if isinstance(spec, GroupedLutSpec):
+        g0 = spec.groups[0]
+        if any(g.in_qparams.code_bits is not None for g in spec.groups):
+            raise BadInputError(
+                "no C kernel for a grouped table of low-bit codes: the grouped kernel indexes "
+                "full 8-bit (or int16) tables; build the groups with full-width input codes"
+            )
+        i, o = g0.in_qparams.dtype, g0.out_dtype
+        return KernelCall(
+            "lut_grouped",
+            f"gelu_lut_grouped_{_SUFFIX[i]}_{_SUFFIX[o]}",
+            _CTYPE[i],
+            _CTYPE[o],
+            (f"{ident.upper()}_CHANNELS", f"{ident}_channel_group", f"&{ident}_tables[0][0]"),
         )
     if isinstance(spec, InterpLutSpec):
         i, o = spec.in_qparams.dtype, spec.out_qparams.dtype
@@ -124,8 +148,8 @@ def kernel_call(spec: GeluApprox, name: str = "gelu") -> KernelCall:
         fn = "gelu_poly_f16" if spec.compute_dtype == "float16" else "gelu_poly_f16_c32"
         return KernelCall("poly_f16", fn, "uint16_t", "uint16_t", arrays)
     raise BadInputError(
-        f"no C kernel for a {spec.kind!r} spec; C kernels exist for lut, interp_lut, pwl_lut "
-        "and poly"
+        f"no C kernel for a {spec.kind!r} spec; C kernels exist for lut, grouped_lut, "
+        "interp_lut, pwl_lut and poly"
     )
 
 
@@ -137,6 +161,18 @@ def binding_header(spec: GeluApprox, name: str = "gelu") -> str:
     guard = f"{ident.upper()}_KERNEL_GELU_QUANT_H"
     args = ", ".join(("in", "out", "n", *call.args))
     f16 = " (IEEE binary16 bit patterns)" if call.in_ctype == "uint16_t" else ""
+    layout: list[str] = []
+    if isinstance(spec, LutSpec) and spec.in_qparams.code_bits is not None:
+        layout = _container_table(spec, ident)
+    if isinstance(spec, GroupedLutSpec):
+        layout = [
+            f"/* Channels of the last axis; value i of `in` is in channel i % "
+            f"{ident.upper()}_CHANNELS",
+            " * ([rows, channels] row-major), n = rows * channels. */",
+            f"#define {ident.upper()}_CHANNELS {spec.channels}u",
+            f"#define {ident.upper()}_GROUPS {len(spec.groups)}u",
+            "",
+        ]
     return "\n".join(
         [
             f"/* Generated by gelu-quant {__version__}. Do not edit. */",
@@ -148,6 +184,7 @@ def binding_header(spec: GeluApprox, name: str = "gelu") -> str:
             f'#include "{ident}.h"',
             f'#include "{header}"',
             "",
+            *layout,
             f"/* GELU of n values{f16} as the spec computes it; link {KERNELS[call.kind][1]}. */",
             f"static inline void {ident}_gelu(const {call.in_ctype} *in, {call.out_ctype} *out,"
             " size_t n)",
@@ -159,6 +196,29 @@ def binding_header(spec: GeluApprox, name: str = "gelu") -> str:
             "",
         ]
     )
+
+
+def _container_table(spec: LutSpec, ident: str) -> list[str]:
+    """Low-bit codes in an 8-bit container: the kernel indexes 256 entries (code - container
+    qmin), the spec's table has 2**bits. The 256-entry table holds entry ``clip(q, qmin, qmax)``
+    for every container code ``q``: the spec's on its codes, the model's ``Clip`` before the
+    lookup on the others."""
+    qp = spec.in_qparams
+    cmin = -128 if qp.dtype == "int8" else 0
+    q = np.clip(np.arange(cmin, cmin + 256), qp.qmin, qp.qmax)
+    full = np.ascontiguousarray(spec.table[q - qp.qmin])
+    vals = _c_values(full)
+    ctype = _CTYPE[spec.out_dtype]
+    body = ",\n".join("    " + ", ".join(vals[i : i + 12]) for i in range(0, len(vals), 12))
+    return [
+        f"/* {qp.bits}-bit codes in {qp.dtype}: {ident}_table ({spec.table.size} entries) spread",
+        " * over every code of the 8-bit container, codes outside the low-bit range clipped",
+        " * to it (as the model's Clip after its QuantizeLinear). */",
+        f"static const {ctype} {ident}_table_8bit[256] = {{",
+        body,
+        "};",
+        "",
+    ]
 
 
 def kernel_files(spec: GeluApprox, name: str = "gelu") -> dict[str, str]:

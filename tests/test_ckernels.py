@@ -71,6 +71,13 @@ CONFIGS: dict[str, tuple[list[str], set[str], bool]] = {
     # GNU mode with FMA hardware and contraction allowed: the kernels' pragmas must keep a * b + c
     # unfused
     "gnu-native-fma": (["-std=gnu99", "-march=native", "-ffp-contract=fast"], {"fma"}, True),
+    # the portable (blocked, auto-vectorised) fp32 polynomial loop at -O3 with wide vectors, FMA
+    # hardware and contraction allowed: still the spec's separately rounded operations
+    "portable-native-fma": (
+        ["-std=gnu99", "-march=native", "-O3", "-ffp-contract=fast", "-DGELU_POLY_NO_SIMD"],
+        {"fma"},
+        True,
+    ),
 }
 
 
@@ -451,9 +458,54 @@ def random_f32_poly(segments: int, degree: int, seed: int) -> PolySpec:
     )
 
 
+def f32_poly_on(bp: npt.ArrayLike, degree: int, seed: int) -> PolySpec:
+    """Arbitrary origins and coefficients on given (float32, ascending) breakpoints; the inner
+    one nearest 0 moves to 0 (a range across 0 must break there)."""
+    b = np.asarray(bp, np.float32).astype(np.float64)
+    if b[0] < 0 < b[-1] and 0 not in b:
+        b[1 + np.argmin(np.abs(b[1:-1]))] = 0.0
+    rng = np.random.default_rng(seed)
+    k = b.size - 1
+    return PolySpec(
+        form="exact",
+        lo=float(b[0]),
+        hi=float(b[-1]),
+        breakpoints=tuple(b),
+        origins=tuple(float(v) for v in rng.uniform(-3, 3, k).astype(np.float32)),
+        coefficients=rng.uniform(-1, 1, (k, degree + 1)).astype(np.float32),
+        io_dtype="float32",
+        compute_dtype="float32",
+    )
+
+
+def _one_ulp_pair(lo: float, hi: float, k: int) -> npt.NDArray[np.float32]:
+    """k uniform segments plus a breakpoint one ulp above an inner one (one grid cell)."""
+    b = np.linspace(lo, hi, k + 1).astype(np.float32)
+    return np.sort(np.append(b, np.nextafter(b[k // 3], np.float32(np.inf))))
+
+
+def _jittered(lo: float, hi: float, k: int, seed: int) -> npt.NDArray[np.float64]:
+    """k segments, inner breakpoints moved by up to a third of the spacing."""
+    b = np.linspace(lo, hi, k + 1)
+    b[1:-1] += np.random.default_rng(seed).uniform(-1, 1, k - 1) * (hi - lo) / k / 3
+    return b
+
+
 @pytest.fixture(scope="session")
 def f32_specs() -> list[PolySpec]:
     return [
+        # the portable loop's grid index (K >= 9, n >= 1024): breakpoints on its cell
+        # boundaries ((b - lo) * 256 / 16 an integer), a cell with two breakpoints (the
+        # counting fallback), the default fp32-poly shapes (36 x 8, 44 x 8) with one
+        # breakpoint per cell and with up to three, K = 64 (the largest it takes) and 65 (one
+        # value at a time)
+        f32_poly_on(np.linspace(-8, 8, 33), 8, 11),
+        f32_poly_on(_one_ulp_pair(-6.0, 6.0, 20), 3, 12),
+        f32_poly_on(_jittered(-14.36, 5.35, 36, 13), 8, 13),
+        f32_poly_on(_jittered(-63.5, 9.9, 44, 14), 8, 14),
+        f32_poly_on(np.sort(np.random.default_rng(13).uniform(-14.36, 5.35, 37)), 8, 13),
+        f32_poly_on(np.sort(np.random.default_rng(15).uniform(-20, 20, 65)), 2, 15),
+        f32_poly_on(np.linspace(-20, 20, 66), 1, 16),
         # 16 < K <= 32 (two-table permutes) and K > 32 (scalar) in the SIMD build
         random_f32_poly(24, 4, 1),
         random_f32_poly(40, 2, 2),
@@ -465,7 +517,9 @@ def f32_specs() -> list[PolySpec]:
     ]
 
 
-@pytest.mark.parametrize("config", ["default", "avx2", "avx512", "gnu-native-fma"])
+@pytest.mark.parametrize(
+    "config", ["default", "avx2", "avx512", "gnu-native-fma", "portable-native-fma"]
+)
 def test_poly_f32_dense_sample(
     kernel_lib: Callable[[str], ctypes.CDLL], f32_specs: list[PolySpec], config: str
 ) -> None:
@@ -483,7 +537,9 @@ def test_poly_f32_dense_sample(
         got = run(lib, "gelu_poly_f32", x[1 : n + 1], np.float32, *poly_args(spec))
         assert np.array_equal(bits(got), bits(spec.evaluate(x[1 : n + 1]))), n
     lib.gelu_poly_f32_simd.restype = ctypes.c_char_p
-    path = {"default": "scalar", "avx2": "avx2"}.get(config, "avx512f")
+    path = {"default": "scalar", "portable-native-fma": "scalar", "avx2": "avx2"}.get(
+        config, "avx512f"
+    )
     assert lib.gelu_poly_f32_simd().decode() == path
 
 
@@ -615,3 +671,25 @@ def test_kernels_run_clean_under_address_and_ub_sanitizers(tmp_path: Path, confi
     assert built.returncode == 0, built.stderr
     done = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "asan ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_generated_files_of_low_bit_tables(tmp_path: Path) -> None:
+    """Low-bit codes (2**bits entries in an 8-bit container): the generated kernel gives the
+    spec's codes on every low-bit code, and on the container's other codes the entry of the
+    code clipped into range (the model's Clip), never a read past the spec's table."""
+    cases = [
+        build_lut(in_range=(-3.0, 3.0), in_bits=4, out_bits=4),
+        build_lut(in_range=(-6.0, 9.0), in_dtype="uint8", out_dtype="uint8", in_bits=3),
+        build_lut(in_range=(-4.0, 4.0), in_bits=2, out_dtype="float16"),
+        build_lut(in_range=(-4.0, 4.0), in_dtype="uint8", in_bits=7, out_dtype="float32"),
+    ]
+    for i, spec in enumerate(cases):
+        qp = spec.in_qparams
+        assert qp.code_bits is not None and spec.table.size == 2**qp.code_bits
+        container = np.arange(256).astype(np.uint8).view(qp.np_dtype)
+        out = {"float16": np.uint16, "float32": np.float32}.get(spec.out_dtype, spec.table.dtype)
+        got = _run_generated(tmp_path / f"low{i}", spec, f"low{i}", container, out)
+        inside = (container >= qp.qmin) & (container <= qp.qmax)
+        want = spec.lookup(np.clip(container, qp.qmin, qp.qmax).astype(qp.np_dtype))
+        assert np.array_equal(bits(got[inside]), bits(spec.lookup(container[inside])))
+        assert np.array_equal(bits(got), bits(want)), spec.summary()

@@ -26,14 +26,21 @@ FIXTURES = Path(__file__).parent / "fixtures" / "spellings"
 
 def _converted(tmp_path: Path, target: str, fixture: str = "erf_torchscript") -> Path:
     src = tmp_path / "src.onnx"
-    onnx.save_model(onnx.parser.parse_model((FIXTURES / f"{fixture}.onnxtxt").read_text()), src)
+    m = onnx.parser.parse_model((FIXTURES / f"{fixture}.onnxtxt").read_text())
+    if target.startswith("int16-"):  # int16 QuantizeLinear: opset 21 (Erf, Div.. unchanged)
+        for o in m.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = 21
+    onnx.save_model(m, src)
     dst = tmp_path / "m.gq.onnx"
     convert_file(src, dst, ConvertConfig(target, range=(-6.0, 6.0)))
     return dst
 
 
 @pytest.mark.skipif(find_c_compiler() is None, reason="needs a C compiler")
-@pytest.mark.parametrize("target", ["int8-lut", "uint8-lut", "int8-pwl16", "int8-interp32"])
+@pytest.mark.parametrize(
+    "target", ["int8-lut", "uint8-lut", "int4-lut", "int8-pwl16", "int8-interp32", "int16-pwl16"]
+)
 def test_folder_kernels_reproduce_the_tables(tmp_path: Path, target: str) -> None:
     model = _converted(tmp_path, target)
     out = tmp_path / "device"
@@ -100,3 +107,80 @@ def test_site_without_kernel_is_said(tmp_path: Path) -> None:
     doc = export_folder(model, tmp_path / "device")
     (site,) = doc["sites"]
     assert site["kernel"] is None and "no C kernel" in site["note"]
+
+
+@pytest.mark.skipif(find_c_compiler() is None, reason="needs a C compiler")
+def test_grouped_site_kernel_from_the_folder(tmp_path: Path) -> None:
+    """A `convert --groups 4` site gets a kernel; compiled from the folder alone it gives the
+    spec's table of every channel's group on every code of every channel."""
+    from onnx import TensorProto, helper
+
+    from gelu_quant.calib.calibration import calibrate_model
+    from gelu_quant.calib.ranges_file import load_ranges
+    from gelu_quant.lut.grouped import GroupedLutSpec
+
+    channels = 24
+    g = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    m.ir_version = 10
+    src = tmp_path / "src.onnx"
+    onnx.save(m, str(src))
+    x = np.random.default_rng(0).standard_normal((512, channels)).astype(np.float32)
+    x[:, [2, 11, 19]] *= 7.0  # outlier channels: groups of their own
+    np.savez(tmp_path / "cal.npz", x=x)
+    calibrate_model(src, tmp_path / "cal.npz", tmp_path / "r.json")
+    model = tmp_path / "m.gq.onnx"
+    convert_file(
+        src, model, ConvertConfig("int8-lut", groups=4), ranges=load_ranges(tmp_path / "r.json")
+    )
+    out = tmp_path / "device"
+    doc = export_folder(model, out)
+    (site,) = doc["sites"]
+    assert site["spec"] == "grouped_lut" and site["kernel_source"] == "kernels/gelu_lut_grouped.c"
+    assert (site["channels"], site["groups"]) == (channels, 4)
+    assert "none:" not in (out / "README.md").read_text()
+    assert "`n` = rows × channels" in (out / "README.md").read_text()
+    man = json.loads((out / "m.gq.manifest.json").read_text())
+    spec = spec_from_json(man["sites"][0]["spec"])
+    assert isinstance(spec, GroupedLutSpec)
+    ident = site["function"][: -len("_gelu")]
+    # row r, channel c: code (r + 37 c) mod 256 - 128: every code in every channel
+    main_c = tmp_path / "grouped_main.c"
+    main_c.write_text(
+        f'#include <stdio.h>\n#include "{ident}_kernel.h"\n'
+        f"static int8_t in[256 * {ident.upper()}_CHANNELS], out[256 * {ident.upper()}_CHANNELS];\n"
+        "int main(void) { size_t r, c, C = " + ident.upper() + "_CHANNELS;\n"
+        "  for (r = 0; r < 256; r++) for (c = 0; c < C; c++)\n"
+        "    in[r * C + c] = (int8_t)((int)((r + 37 * c) % 256) - 128);\n"
+        f"  {site['function']}(in, out, 256 * C);\n"
+        '  for (r = 0; r < 256 * C; r++) printf("%d\\n", (int)out[r]);\n'
+        "  return 0; }\n"
+    )
+    exe = tmp_path / "grouped_main"
+    cc = find_c_compiler()
+    assert cc is not None
+    subprocess.run(
+        [cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
+         f"-I{out / 'kernels'}", f"-I{out / 'sites'}", str(main_c),
+         str(out / site["kernel_source"]), "-o", str(exe)],
+        check=True,
+    )  # fmt: skip
+    got = np.array(subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+                   .stdout.split(), dtype=np.int64).reshape(256, channels)  # fmt: skip
+    codes = ((np.arange(256)[:, None] + 37 * np.arange(channels)[None, :]) % 256 - 128).astype(
+        np.int8
+    )
+    want = np.stack(
+        [
+            spec.groups[int(spec.channel_group[c])].table[codes[:, c].astype(np.int64) + 128]
+            for c in range(channels)
+        ],
+        axis=1,
+    )
+    np.testing.assert_array_equal(got, want.astype(np.int64))
+    np.testing.assert_array_equal(got, spec.lookup(codes).astype(np.int64))

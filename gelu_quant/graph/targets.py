@@ -77,6 +77,17 @@ TARGETS: dict[str, Target] = {
         )
         for n in (8, 16, 32, 64)
     },
+    **{
+        f"int16-pwl{n}": Target(
+            "interp",
+            "int16",
+            "int16",
+            segments=n,
+            breakpoints="optimized",
+            help=f"{n}-segment piecewise-linear table, int16 codes in and out (opset 21)",
+        )
+        for n in (8, 16, 32, 64)
+    },
     "fp16-poly": Target("poly", "float16", "float16", help="float16 piecewise polynomial"),
     "fp16-poly-fp32acc": Target("poly", "float16", "float32", help="float16 io, float32 Horner"),
     "fp32-poly": Target("poly", "float32", "float32", help="float32 piecewise polynomial"),

@@ -7,6 +7,9 @@
 
 #include "gelu_poly_f32.h"
 
+#include <math.h>
+#include <stdint.h>
+
 #if defined(__AVX512F__) && !defined(GELU_POLY_NO_SIMD)
 #define GELU_POLY_F32_AVX512 1
 #include <immintrin.h>
@@ -27,10 +30,10 @@ static size_t gelu_poly_f32_segment(float x, const float *base, size_t m)
     return (size_t)(b - base) + (size_t)(m == 1 && b[0] <= x);
 }
 
-/* The scalar loop, also the tail of the SIMD path. */
-static void gelu_poly_f32_scalar(const float *in, float *out, size_t n, size_t segments,
-                                 size_t degree, const float *breakpoints, const float *origins,
-                                 const float *coefficients)
+/* One value at a time: the tail of the blocked loop and of the SIMD paths. */
+static void gelu_poly_f32_one_by_one(const float *in, float *out, size_t n, size_t segments,
+                                     size_t degree, const float *breakpoints,
+                                     const float *origins, const float *coefficients)
 {
     const float lo = breakpoints[0];
     const float hi = breakpoints[segments];
@@ -57,21 +60,164 @@ static void gelu_poly_f32_scalar(const float *in, float *out, size_t n, size_t s
     }
 }
 
+/* The portable loop: GELU_POLY_F32_BLOCK values at a time, stage by stage, so that their
+ * dependency chains (segment index, Horner) interleave instead of running one after the
+ * other, and so that the compiler vectorises the stages without intrinsics (gcc -O2 does with
+ * SSE2: fixed-size local arrays, no branches; every value runs the whole sequence and the
+ * tails are chosen at the end). Per value the same float32 operations in the same order as
+ * gelu_poly_f32_one_by_one, so the same bits. Origins and coefficients are copied once per
+ * call into a structure of arrays on the stack (row 0 origins, row 1 + j coefficient j, one
+ * column per segment: a lane's k indexes every row). Declines (returns 0) above
+ * GELU_POLY_F32_BLOCK_SEGMENTS segments or GELU_POLY_F32_BLOCK_DEGREE.
+ *
+ * The segment k = #{ j in 1..K-1 : x >= b[j] } comes from one of two exact methods:
+ *
+ * - counting: K - 1 compares per value against the breakpoints (repeated across the lanes in
+ *   a stack table, so that each compare loads a whole vector); for few segments or short n;
+ * - grid: cell(v) = min(max((v - b[0]) * s, 0), G - 1) truncated, s = G / (b[K] - b[0]), is
+ *   non-decreasing in v (each float32 step is), NaN -> 0. So for cell(x) = c every inner
+ *   breakpoint with cell(b[j]) < c is <= x and every one with cell(b[j]) > c is > x: with at
+ *   most one breakpoint per cell, k = base[c] + (x >= probe[c]), base[c] the number of inner
+ *   breakpoints in cells below c and probe[c] the one in cell c (NaN, never <= x, if none).
+ *   Built per call on the stack; a cell holding two breakpoints falls back to counting. */
+#define GELU_POLY_F32_BLOCK 4
+#define GELU_POLY_F32_BLOCK_SEGMENTS 64
+#define GELU_POLY_F32_BLOCK_DEGREE 8
+#define GELU_POLY_F32_GRID 256
+#define GELU_POLY_F32_GRID_MIN_SEGMENTS 9 /* counting below */
+#define GELU_POLY_F32_GRID_MIN_N 1024     /* the grid's set-up pays off from here */
+
+static float gelu_poly_f32_cell_of(float v, float lo, float scale)
+{
+    float u = (v - lo) * scale;
+    u = u >= 0.0f ? u : 0.0f; /* and NaN -> 0 */
+    return u < (float)(GELU_POLY_F32_GRID - 1) ? u : (float)(GELU_POLY_F32_GRID - 1);
+}
+
+/* base[] and probe[] of the grid; 0 when a cell holds two breakpoints or s is unusable. */
+static int gelu_poly_f32_grid(const float *breakpoints, size_t segments, float scale,
+                              uint8_t base[GELU_POLY_F32_GRID], float probe[GELU_POLY_F32_GRID])
+{
+    uint8_t used[GELU_POLY_F32_GRID];
+    size_t c, j;
+    unsigned below = 0;
+    if (!(scale > 0.0f && scale < 3.0e38f)) {
+        return 0;
+    }
+    for (c = 0; c < GELU_POLY_F32_GRID; c++) {
+        used[c] = 0;
+        probe[c] = NAN;
+    }
+    for (j = 1; j < segments; j++) {
+        c = (size_t)(int32_t)gelu_poly_f32_cell_of(breakpoints[j], breakpoints[0], scale);
+        if (used[c]) {
+            return 0;
+        }
+        used[c] = 1;
+        probe[c] = breakpoints[j];
+    }
+    for (c = 0; c < GELU_POLY_F32_GRID; c++) {
+        base[c] = (uint8_t)below;
+        below += used[c];
+    }
+    return 1;
+}
+
+static size_t gelu_poly_f32_blocked(const float *in, float *out, size_t n, size_t segments,
+                                    size_t degree, const float *breakpoints,
+                                    const float *origins, const float *coefficients)
+{
+    float bpv[GELU_POLY_F32_BLOCK_SEGMENTS][GELU_POLY_F32_BLOCK];
+    float soa[GELU_POLY_F32_BLOCK_DEGREE + 2][GELU_POLY_F32_BLOCK_SEGMENTS];
+    uint8_t base[GELU_POLY_F32_GRID];
+    float probe[GELU_POLY_F32_GRID];
+    const float lo = breakpoints[0];
+    const float hi = breakpoints[segments];
+    const float scale = (float)GELU_POLY_F32_GRID / (hi - lo);
+    size_t i = 0, j, l;
+    int grid = 0;
+    if (segments > GELU_POLY_F32_BLOCK_SEGMENTS || degree > GELU_POLY_F32_BLOCK_DEGREE ||
+        n < GELU_POLY_F32_BLOCK) {
+        return 0;
+    }
+    if (segments >= GELU_POLY_F32_GRID_MIN_SEGMENTS && n >= GELU_POLY_F32_GRID_MIN_N) {
+        grid = gelu_poly_f32_grid(breakpoints, segments, scale, base, probe);
+    }
+    for (j = 0; j < segments; j++) {
+        for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+            bpv[j][l] = breakpoints[j];
+        }
+        soa[0][j] = origins[j];
+        for (l = 0; l <= degree; l++) {
+            soa[1 + l][j] = coefficients[j * (degree + 1) + l];
+        }
+    }
+    for (; i + GELU_POLY_F32_BLOCK <= n; i += GELU_POLY_F32_BLOCK) {
+        float x[GELU_POLY_F32_BLOCK], t[GELU_POLY_F32_BLOCK], acc[GELU_POLY_F32_BLOCK];
+        float c[GELU_POLY_F32_BLOCK];
+        uint32_t k[GELU_POLY_F32_BLOCK];
+        for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+            x[l] = in[i + l];
+        }
+        if (grid) {
+            uint32_t cell[GELU_POLY_F32_BLOCK];
+            for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+                cell[l] = (uint32_t)(int32_t)gelu_poly_f32_cell_of(x[l], lo, scale);
+            }
+            for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+                k[l] = (uint32_t)base[cell[l]] + (uint32_t)(x[l] >= probe[cell[l]]);
+            }
+        } else {
+            for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+                k[l] = 0;
+            }
+            for (j = 1; j < segments; j++) {
+                for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+                    k[l] += (uint32_t)(x[l] >= bpv[j][l]); /* NaN: 0 (the result is x) */
+                }
+            }
+        }
+        for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+            t[l] = soa[0][k[l]];
+            acc[l] = soa[1 + degree][k[l]];
+        }
+        for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+            t[l] = x[l] - t[l];
+        }
+        for (j = degree; j-- > 0;) {
+            for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+                c[l] = soa[1 + j][k[l]];
+            }
+            for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+                acc[l] = acc[l] * t[l];
+                acc[l] = acc[l] + c[l];
+            }
+        }
+        for (l = 0; l < GELU_POLY_F32_BLOCK; l++) {
+            /* NaN or above the range: x itself; below: +0 */
+            const float y = x[l] < lo ? 0.0f : acc[l];
+            out[i + l] = (x[l] > hi || x[l] != x[l]) ? x[l] : y;
+        }
+    }
+    return i;
+}
+
 #if defined(GELU_POLY_F32_AVX512)
-#define GELU_POLY_F32_SIMD_MAX_SEGMENTS 32
+#define GELU_POLY_F32_SIMD_MAX_SEGMENTS 64
 #define GELU_POLY_F32_MAX_DEGREE 8
 
-/* 16 lanes at a time for K <= 32 segments: the segment index counts the inner breakpoints
+/* 16 lanes at a time for K <= 64 segments: the segment index counts the inner breakpoints
  * <= x (vector compares), origins and coefficients come from per-coefficient tables by
- * vpermps (K <= 16) or vpermi2ps (K <= 32), Horner is separate vmulps / vaddps (IEEE, rounded
- * to float32, no FMA), and the tails and NaNs are blended in by masks. Lane by lane the same
- * operations as the scalar loop, so the same bits. */
+ * vpermps (K <= 16), vpermi2ps (K <= 32) or two vpermi2ps and a blend on k >= 32 (K <= 64),
+ * Horner is separate vmulps / vaddps (IEEE, rounded to float32, no FMA), and the tails and
+ * NaNs are blended in by masks. Lane by lane the same operations as the scalar loop, so the
+ * same bits. */
 static size_t gelu_poly_f32_avx512(const float *in, float *out, size_t n, size_t segments,
                                    size_t degree, const float *breakpoints, const float *origins,
                                    const float *coefficients)
 {
     float tab[GELU_POLY_F32_MAX_DEGREE + 2][GELU_POLY_F32_SIMD_MAX_SEGMENTS];
-    __m512 tlo[GELU_POLY_F32_MAX_DEGREE + 2], thi[GELU_POLY_F32_MAX_DEGREE + 2];
+    __m512 tq[4][GELU_POLY_F32_MAX_DEGREE + 2]; /* entries 0-15, 16-31, 32-47, 48-63 */
     const size_t stride = degree + 1;
     size_t i = 0, j, k;
     if (segments > GELU_POLY_F32_SIMD_MAX_SEGMENTS || degree > GELU_POLY_F32_MAX_DEGREE) {
@@ -86,27 +232,33 @@ static size_t gelu_poly_f32_avx512(const float *in, float *out, size_t n, size_t
         }
     }
     for (j = 0; j < degree + 2; j++) {
-        tlo[j] = _mm512_loadu_ps(tab[j]);
-        thi[j] = _mm512_loadu_ps(tab[j] + 16);
+        for (k = 0; k < 4; k++) {
+            tq[k][j] = _mm512_loadu_ps(tab[j] + 16 * k);
+        }
     }
     {
         const __m512 lo = _mm512_set1_ps(breakpoints[0]);
         const __m512 hi = _mm512_set1_ps(breakpoints[segments]);
         const __m512i one = _mm512_set1_epi32(1);
+        const __m512i c32 = _mm512_set1_epi32(32);
         const __m512 zero = _mm512_setzero_ps();
-        const int wide = segments > 16;
+        const int width = segments > 32 ? 4 : segments > 16 ? 2 : 1;
         for (; i + 16 <= n; i += 16) {
             const __m512 x = _mm512_loadu_ps(in + i);
             __m512i kv = _mm512_setzero_si512();
             __m512 t, acc;
-            __mmask16 keep, below;
+            __mmask16 keep, below, upper;
             for (k = 1; k < segments; k++) {
                 const __mmask16 ge =
                     _mm512_cmp_ps_mask(x, _mm512_set1_ps(breakpoints[k]), _CMP_GE_OQ);
                 kv = _mm512_mask_add_epi32(kv, ge, kv, one);
             }
+            upper = _mm512_cmpge_epi32_mask(kv, c32);
 #define GELU_POLY_F32_PICK(r)                                                                 \
-    (wide ? _mm512_permutex2var_ps(tlo[r], kv, thi[r]) : _mm512_permutexvar_ps(kv, tlo[r]))
+    (width == 1   ? _mm512_permutexvar_ps(kv, tq[0][r])                                        \
+     : width == 2 ? _mm512_permutex2var_ps(tq[0][r], kv, tq[1][r])                             \
+                  : _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(tq[0][r], kv, tq[1][r]), \
+                                         _mm512_permutex2var_ps(tq[2][r], kv, tq[3][r])))
             t = _mm512_sub_ps(x, GELU_POLY_F32_PICK(0));
             acc = GELU_POLY_F32_PICK(1 + degree);
             for (j = degree; j-- > 0;) {
@@ -175,8 +327,11 @@ void gelu_poly_f32(const float *in, float *out, size_t n, size_t segments, size_
 #elif defined(GELU_POLY_F32_AVX2)
     done = gelu_poly_f32_avx2(in, out, n, segments, degree, breakpoints, origins, coefficients);
 #endif
-    gelu_poly_f32_scalar(in + done, out + done, n - done, segments, degree, breakpoints, origins,
-                         coefficients);
+    /* what the SIMD path left (all of it without one, or when it declines K or D) */
+    done += gelu_poly_f32_blocked(in + done, out + done, n - done, segments, degree, breakpoints,
+                                  origins, coefficients);
+    gelu_poly_f32_one_by_one(in + done, out + done, n - done, segments, degree, breakpoints,
+                             origins, coefficients);
 }
 
 const char *gelu_poly_f32_simd(void)

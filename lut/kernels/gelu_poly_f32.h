@@ -15,9 +15,13 @@
  * compile with -ffp-contract=off (GCC's default in ISO modes such as -std=c99; the source
  * also asks for it with pragmas), never with -ffast-math. `out` may equal `in`.
  *
- * With AVX-512F (-mavx512f; K <= 32, D <= 8: 16 lanes, table permutes) or AVX2 (-mavx2: 8
- * lanes, gathers) the values go through a SIMD path with the same operations lane by lane
- * (bit-identical); -DGELU_POLY_NO_SIMD keeps the scalar loop. gelu_poly_f32_simd() names the
+ * The portable loop (no intrinsics) runs 4 values at a time stage by stage, for K <= 64 and
+ * D <= 8, so that their Horner chains interleave and the compiler vectorises it (gcc -O2: SSE2
+ * on x86-64); k by counting compares or, for K >= 9 and n >= 1024, by an exact grid lookup
+ * (see the source); other K and D, and the last n % 4 values, go one at a time. With AVX-512F
+ * (-mavx512f; K <= 64, D <= 8: 16 lanes, table permutes) or AVX2 (-mavx2: 8 lanes, gathers)
+ * the values go through a SIMD path. Every path performs the same operations value by value
+ * (bit-identical); -DGELU_POLY_NO_SIMD keeps the portable loop. gelu_poly_f32_simd() names the
  * compiled-in path ("avx512f", "avx2" or "scalar"). All paths assume the default
  * floating-point environment (round to nearest, no flush-to-zero).
  */
