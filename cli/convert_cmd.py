@@ -89,6 +89,12 @@ from gelu_quant.graph.targets import TARGETS
     help="Tables per site: K > 1 partitions each site's channels by their calibrated ranges "
     "into K groups, each with its own qparams and table (needs --ranges; 8-bit tables).",
 )
+@click.option(
+    "--fold-scales",
+    is_flag=True,
+    help="Grouped tables: fold the per-channel input scales into the producing MatMul and the "
+    "output scales into the consuming MatMul (int8 pipelines; see the manifest's `folded`).",
+)
 @click.option("--site", "sites", multiple=True, help="Convert only this site id. Repeatable.")
 @click.option(
     "--segments",
@@ -122,6 +128,7 @@ def convert(
     form: Any,
     sites: tuple[str, ...],
     groups: int,
+    fold_scales: bool,
     segments: int | None,
     degree: int | None,
     lut_body: Any,
@@ -176,6 +183,7 @@ def convert(
         poly_degree=degree,
         sites=sites or None,
         groups=groups,
+        fold_scales=fold_scales,
         site_choices=choices,
         decision=decision,
     )

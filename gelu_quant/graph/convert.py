@@ -47,6 +47,7 @@ from gelu_quant.graph.manifest import Manifest
 from gelu_quant.graph.names import main_graph_node_names, node_names
 from gelu_quant.graph.ops import DOMAIN, LUT_BODIES, CustomOp, LutBody
 from gelu_quant.graph.passes.add_functions import AddGeluFunctions
+from gelu_quant.graph.passes.fold_scales import FoldGroupScales
 from gelu_quant.graph.passes.ir_version import LoadableIrVersion
 from gelu_quant.graph.passes.replace_sites import ReplaceGeluSites, all_names, restore_value_info
 from gelu_quant.graph.passes.site_rewrites import RangeSource, SiteContext
@@ -112,6 +113,9 @@ class ConvertConfig:
     by their calibrated ranges, each group its own qparams and table; needs a ranges file with
     per-channel extremes). 8-bit table targets only."""
 
+    fold_scales: bool = False
+    """Grouped tables: fold the per-channel scales into the producing and consuming MatMul
+    weights where the graph allows (:mod:`gelu_quant.graph.passes.fold_scales`)."""
     site_choices: tuple[SiteChoice, ...] = ()
     """Per-site target / method / groups over the ones above (not standard-op targets)."""
     decision: Mapping[str, Any] | None = None
@@ -119,6 +123,14 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         _check_groups(self.groups, self.target)
+        if (
+            self.fold_scales
+            and self.groups == 1
+            and not any(c.groups > 1 for c in self.site_choices)
+        ):
+            raise BadInputError(
+                "--fold-scales folds grouped tables' scales: it needs --groups K > 1"
+            )
         object.__setattr__(self, "site_choices", tuple(self.site_choices))
         for c in self.site_choices:
             t = TARGETS.get(c.target)
@@ -244,6 +256,8 @@ def convert_model(
         choices={c.site: c for c in config.site_choices},
     )
     replace(irm)
+    if config.fold_scales:
+        FoldGroupScales(replace.records, taken=all_names(irm.graph))(irm)
     if config.sites is not None:
         unknown = set(config.sites) - {s.id for s in sites}
         if unknown:

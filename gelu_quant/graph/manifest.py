@@ -74,6 +74,8 @@ class SiteRecord:
     error: dict[str, Any] | None = None
     target: str | None = None
     """The site's own target when it differs by site (``convert --target auto``)."""
+    folded: dict[str, Any] | None = None
+    """``--fold-scales``: what was folded into the producer and consumer weights, per side."""
 
     @classmethod
     def for_site(
@@ -118,6 +120,7 @@ class SiteRecord:
             "spec": self.spec,
             "error": self.error,
             **({} if self.target is None else {"target": self.target}),
+            **({} if self.folded is None else {"folded": self.folded}),
         }
 
 
