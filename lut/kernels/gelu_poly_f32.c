@@ -279,8 +279,110 @@ static size_t gelu_poly_f32_avx512(const float *in, float *out, size_t n, size_t
 #endif
 
 #if defined(GELU_POLY_F32_AVX2)
-/* 8 lanes at a time, any K and D: the segment index by vector compares, origins and
- * coefficients by gathers, Horner by separate vmulps / vaddps, tails and NaNs by blends. */
+#define GELU_POLY_F32_AVX2_MAX_SEGMENTS 64
+#define GELU_POLY_F32_AVX2_MAX_DEGREE 8
+
+/* 8 lanes at a time for K <= 64 segments and D <= 8. The segment index: by the portable loop's
+ * exact grid (K >= 9, n >= 1024: the cell by vector arithmetic, base[cell] and probe[cell] by
+ * two gathers) or by counting compares. Origins and coefficients come from per-coefficient
+ * tables (row 0 origins, row 1 + j coefficient j, one entry per segment) by vpermps (K <= 8),
+ * two vpermps and a blend on k >= 8 (K <= 16) or a gather (K <= 64). Horner is separate
+ * vmulps / vaddps (IEEE, rounded to float32, no FMA), tails and NaNs by blends. Lane by lane
+ * the same operations as the scalar loop, so the same bits. */
+static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, size_t segments,
+                                        size_t degree, const float *breakpoints,
+                                        const float *origins, const float *coefficients)
+{
+    float tab[GELU_POLY_F32_AVX2_MAX_DEGREE + 2][GELU_POLY_F32_AVX2_MAX_SEGMENTS];
+    __m256 tp[2][GELU_POLY_F32_AVX2_MAX_DEGREE + 2]; /* entries 0-7 and 8-15 (vpermps) */
+    uint8_t base8[GELU_POLY_F32_GRID];
+    int32_t base[GELU_POLY_F32_GRID];
+    float probe[GELU_POLY_F32_GRID];
+    const size_t stride = degree + 1;
+    const float flo = breakpoints[0];
+    const float fhi = breakpoints[segments];
+    const float fscale = (float)GELU_POLY_F32_GRID / (fhi - flo);
+    const int width = segments > 16 ? 0 : segments > 8 ? 2 : 1; /* 0: gathers */
+    size_t i = 0, j, k;
+    int grid = 0;
+    if (segments >= GELU_POLY_F32_GRID_MIN_SEGMENTS && n >= GELU_POLY_F32_GRID_MIN_N) {
+        grid = gelu_poly_f32_grid(breakpoints, segments, fscale, base8, probe);
+    }
+    if (grid) {
+        for (k = 0; k < GELU_POLY_F32_GRID; k++) {
+            base[k] = base8[k];
+        }
+    }
+    /* unused segments repeat segment 0 */
+    for (k = 0; k < GELU_POLY_F32_AVX2_MAX_SEGMENTS; k++) {
+        const size_t kk = k < segments ? k : 0;
+        tab[0][k] = origins[kk];
+        for (j = 0; j <= degree; j++) {
+            tab[1 + j][k] = coefficients[kk * stride + j];
+        }
+    }
+    if (width) {
+        for (j = 0; j < degree + 2; j++) {
+            tp[0][j] = _mm256_loadu_ps(tab[j]);
+            tp[1][j] = _mm256_loadu_ps(tab[j] + 8);
+        }
+    }
+    {
+        const __m256 lo = _mm256_set1_ps(flo);
+        const __m256 hi = _mm256_set1_ps(fhi);
+        const __m256 scale = _mm256_set1_ps(fscale);
+        const __m256 zero = _mm256_setzero_ps();
+        const __m256 top = _mm256_set1_ps((float)(GELU_POLY_F32_GRID - 1));
+        const __m256i seven = _mm256_set1_epi32(7);
+        for (; i + 8 <= n; i += 8) {
+            const __m256 x = _mm256_loadu_ps(in + i);
+            __m256i kv;
+            __m256 t, acc, keep, upper = zero;
+            if (grid) {
+                /* gelu_poly_f32_cell_of: max(u, 0) takes 0 for NaN, then min(u, G - 1) */
+                __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, lo), scale);
+                __m256i cell;
+                u = _mm256_min_ps(_mm256_max_ps(u, zero), top);
+                cell = _mm256_cvttps_epi32(u);
+                kv = _mm256_i32gather_epi32((const int *)base, cell, 4);
+                kv = _mm256_sub_epi32(kv, _mm256_castps_si256(_mm256_cmp_ps(
+                                              x, _mm256_i32gather_ps(probe, cell, 4), _CMP_GE_OQ)));
+            } else {
+                kv = _mm256_setzero_si256();
+                for (k = 1; k < segments; k++) {
+                    const __m256 ge = _mm256_cmp_ps(x, _mm256_set1_ps(breakpoints[k]), _CMP_GE_OQ);
+                    kv = _mm256_sub_epi32(kv, _mm256_castps_si256(ge)); /* all ones = -1 */
+                }
+            }
+            if (width == 2) {
+                upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(kv, seven));
+            }
+#define GELU_POLY_F32_PICK(r)                                                                  \
+    (width == 1   ? _mm256_permutevar8x32_ps(tp[0][r], kv)                                     \
+     : width == 2 ? _mm256_blendv_ps(_mm256_permutevar8x32_ps(tp[0][r], kv),                   \
+                                     _mm256_permutevar8x32_ps(tp[1][r], kv), upper)             \
+                  : _mm256_i32gather_ps(tab[r], kv, 4))
+            t = _mm256_sub_ps(x, GELU_POLY_F32_PICK(0));
+            acc = GELU_POLY_F32_PICK(1 + degree);
+            for (j = degree; j-- > 0;) {
+                acc = _mm256_mul_ps(acc, t);
+                acc = _mm256_add_ps(acc, GELU_POLY_F32_PICK(1 + j));
+            }
+#undef GELU_POLY_F32_PICK
+            /* NaN or above the range: x itself; below: +0 */
+            keep =
+                _mm256_and_ps(_mm256_cmp_ps(x, hi, _CMP_NGT_UQ), _mm256_cmp_ps(x, x, _CMP_EQ_OQ));
+            acc = _mm256_blendv_ps(x, acc, keep);
+            acc = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), acc);
+            _mm256_storeu_ps(out + i, acc);
+        }
+    }
+    return i;
+}
+
+/* 8 lanes at a time, any K and D (above the table path's limits): the segment index by vector
+ * compares, origins and coefficients by gathers from the arrays themselves, Horner by separate
+ * vmulps / vaddps, tails and NaNs by blends. */
 static size_t gelu_poly_f32_avx2(const float *in, float *out, size_t n, size_t segments,
                                  size_t degree, const float *breakpoints, const float *origins,
                                  const float *coefficients)
@@ -289,6 +391,10 @@ static size_t gelu_poly_f32_avx2(const float *in, float *out, size_t n, size_t s
     const __m256 hi = _mm256_set1_ps(breakpoints[segments]);
     const __m256i stride = _mm256_set1_epi32((int)(degree + 1));
     size_t i = 0, j, k;
+    if (segments <= GELU_POLY_F32_AVX2_MAX_SEGMENTS && degree <= GELU_POLY_F32_AVX2_MAX_DEGREE) {
+        return gelu_poly_f32_avx2_tables(in, out, n, segments, degree, breakpoints, origins,
+                                         coefficients);
+    }
     if (segments > 0x7fffu || degree > 0x7fffu) {
         return 0; /* int32 gather indices */
     }
