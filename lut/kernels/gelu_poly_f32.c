@@ -281,19 +281,77 @@ static size_t gelu_poly_f32_avx512(const float *in, float *out, size_t n, size_t
 #if defined(GELU_POLY_F32_AVX2)
 #define GELU_POLY_F32_AVX2_MAX_SEGMENTS 64
 #define GELU_POLY_F32_AVX2_MAX_DEGREE 8
+#define GELU_POLY_F32_AVX2_VECS 2 /* vectors per step: 3 spill registers and measured slower */
 
-/* 8 lanes at a time for K <= 64 segments and D <= 8. The segment index: by the portable loop's
- * exact grid (K >= 9, n >= 1024: the cell by vector arithmetic, base[cell] and probe[cell] by
- * two gathers) or by counting compares. Origins and coefficients come from per-coefficient
- * tables (row 0 origins, row 1 + j coefficient j, one entry per segment) by vpermps (K <= 8),
- * two vpermps and a blend on k >= 8 (K <= 16) or a gather (K <= 64). Horner is separate
- * vmulps / vaddps (IEEE, rounded to float32, no FMA), tails and NaNs by blends. Lane by lane
- * the same operations as the scalar loop, so the same bits. */
+/* Two adjacent floats per lane: lane l of *a = tab[stride * k[l]], of *b the float after it.
+ * Eight 64-bit loads into (a0 b0 a1 b1 | a4 b4 a5 b5) and (a2 b2 a3 b3 | a6 b6 a7 b7), split
+ * by two shufps. */
+static void gelu_poly_f32_avx2_pairs(const float *tab, size_t stride, const int32_t k[8],
+                                     __m256 *a, __m256 *b)
+{
+    __m256 y0, y1;
+#define GELU_POLY_F32_PAIRS(l)                                                                 \
+    _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(                                            \
+                     (const __m128i *)(const void *)(tab + stride * (size_t)k[l]))),             \
+                 (const __m64 *)(const void *)(tab + stride * (size_t)k[(l) + 1]))
+    y0 = _mm256_insertf128_ps(_mm256_castps128_ps256(GELU_POLY_F32_PAIRS(0)),
+                              GELU_POLY_F32_PAIRS(4), 1);
+    y1 = _mm256_insertf128_ps(_mm256_castps128_ps256(GELU_POLY_F32_PAIRS(2)),
+                              GELU_POLY_F32_PAIRS(6), 1);
+#undef GELU_POLY_F32_PAIRS
+    *a = _mm256_shuffle_ps(y0, y1, 0x88);
+    *b = _mm256_shuffle_ps(y0, y1, 0xDD);
+}
+
+/* The lanes' table rows (16 floats per segment) transposed into columns: col[r] = entry r of
+ * row kv[l] in lane l, for r < 8 and, if ten, r = 8, 9. Loads and in-lane shuffles instead of
+ * one gather per column. */
+static void gelu_poly_f32_avx2_columns(const float (*rows)[16], __m256i kv, int ten,
+                                       __m256 col[10])
+{
+    int32_t k[8];
+    __m256 y0, y1, y2, y3, t0, t1, t2, t3;
+    int h;
+    _mm256_storeu_si256((__m256i *)(void *)k, kv);
+    for (h = 0; h < 2; h++) {
+        /* lanes l and l + 4 in the two 128-bit halves, entries 4h .. 4h + 3 */
+#define GELU_POLY_F32_HALVES(l)                                                                \
+    _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(rows[k[l]] + 4 * h)),              \
+                         _mm_loadu_ps(rows[k[(l) + 4]] + 4 * h), 1)
+        y0 = GELU_POLY_F32_HALVES(0);
+        y1 = GELU_POLY_F32_HALVES(1);
+        y2 = GELU_POLY_F32_HALVES(2);
+        y3 = GELU_POLY_F32_HALVES(3);
+#undef GELU_POLY_F32_HALVES
+        t0 = _mm256_unpacklo_ps(y0, y1);
+        t1 = _mm256_unpackhi_ps(y0, y1);
+        t2 = _mm256_unpacklo_ps(y2, y3);
+        t3 = _mm256_unpackhi_ps(y2, y3);
+        col[4 * h + 0] = _mm256_shuffle_ps(t0, t2, 0x44);
+        col[4 * h + 1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+        col[4 * h + 2] = _mm256_shuffle_ps(t1, t3, 0x44);
+        col[4 * h + 3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+    }
+    if (ten) {
+        gelu_poly_f32_avx2_pairs(rows[0] + 8, 16, k, &col[8], &col[9]);
+    }
+}
+
+/* 16 values (two vectors of 8 lanes, their dependency chains interleaved) at a time for
+ * K <= 64 segments and D <= 8. The segment index: by the portable loop's exact grid (K >= 9,
+ * n >= 1024: the cell by vector arithmetic, base[cell] and probe[cell] by two gathers) or by
+ * counting compares. Origins and coefficients: from per-coefficient registers by vpermps
+ * (K <= 8) or two vpermps and a blend on k >= 8 (K <= 16); above, from per-segment rows (row
+ * k: origin, c0 .. cD) loaded lane by lane and transposed (gelu_poly_f32_avx2_columns), which
+ * measured a little faster than one gather per coefficient. Horner is separate vmulps / vaddps
+ * (IEEE, rounded to float32, no FMA), tails and NaNs by blends. Lane by lane the same
+ * operations as the scalar loop, so the same bits. */
 static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, size_t segments,
                                         size_t degree, const float *breakpoints,
                                         const float *origins, const float *coefficients)
 {
     float tab[GELU_POLY_F32_AVX2_MAX_DEGREE + 2][GELU_POLY_F32_AVX2_MAX_SEGMENTS];
+    float rows[GELU_POLY_F32_AVX2_MAX_SEGMENTS][16];
     __m256 tp[2][GELU_POLY_F32_AVX2_MAX_DEGREE + 2]; /* entries 0-7 and 8-15 (vpermps) */
     uint8_t base8[GELU_POLY_F32_GRID];
     int32_t base[GELU_POLY_F32_GRID];
@@ -302,7 +360,7 @@ static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, s
     const float flo = breakpoints[0];
     const float fhi = breakpoints[segments];
     const float fscale = (float)GELU_POLY_F32_GRID / (fhi - flo);
-    const int width = segments > 16 ? 0 : segments > 8 ? 2 : 1; /* 0: gathers */
+    const int width = segments > 16 ? 0 : segments > 8 ? 2 : 1; /* 0: rows */
     size_t i = 0, j, k;
     int grid = 0;
     if (segments >= GELU_POLY_F32_GRID_MIN_SEGMENTS && n >= GELU_POLY_F32_GRID_MIN_N) {
@@ -320,6 +378,9 @@ static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, s
         for (j = 0; j <= degree; j++) {
             tab[1 + j][k] = coefficients[kk * stride + j];
         }
+        for (j = 0; j < 16; j++) {
+            rows[k][j] = j < degree + 2 ? tab[j][k] : 0.0f;
+        }
     }
     if (width) {
         for (j = 0; j < degree + 2; j++) {
@@ -334,48 +395,74 @@ static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, s
         const __m256 zero = _mm256_setzero_ps();
         const __m256 top = _mm256_set1_ps((float)(GELU_POLY_F32_GRID - 1));
         const __m256i seven = _mm256_set1_epi32(7);
-        for (; i + 8 <= n; i += 8) {
-            const __m256 x = _mm256_loadu_ps(in + i);
-            __m256i kv;
-            __m256 t, acc, keep, upper = zero;
+#define V GELU_POLY_F32_AVX2_VECS
+        for (; i + 8 * V <= n; i += 8 * V) {
+            __m256 x[V], t[V], acc[V], upper[V], col[V][GELU_POLY_F32_AVX2_MAX_DEGREE + 2];
+            __m256i kv[V];
+            int v;
+            for (v = 0; v < V; v++) {
+                x[v] = _mm256_loadu_ps(in + i + 8 * v);
+                upper[v] = zero;
+            }
             if (grid) {
-                /* gelu_poly_f32_cell_of: max(u, 0) takes 0 for NaN, then min(u, G - 1) */
-                __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, lo), scale);
-                __m256i cell;
-                u = _mm256_min_ps(_mm256_max_ps(u, zero), top);
-                cell = _mm256_cvttps_epi32(u);
-                kv = _mm256_i32gather_epi32((const int *)base, cell, 4);
-                kv = _mm256_sub_epi32(kv, _mm256_castps_si256(_mm256_cmp_ps(
-                                              x, _mm256_i32gather_ps(probe, cell, 4), _CMP_GE_OQ)));
+                for (v = 0; v < V; v++) {
+                    /* gelu_poly_f32_cell_of: max(u, 0) takes 0 for NaN, then min(u, G - 1) */
+                    __m256 u = _mm256_mul_ps(_mm256_sub_ps(x[v], lo), scale);
+                    __m256i cell;
+                    u = _mm256_min_ps(_mm256_max_ps(u, zero), top);
+                    cell = _mm256_cvttps_epi32(u);
+                    kv[v] = _mm256_sub_epi32(
+                        _mm256_i32gather_epi32((const int *)base, cell, 4),
+                        _mm256_castps_si256(_mm256_cmp_ps(
+                            x[v], _mm256_i32gather_ps(probe, cell, 4), _CMP_GE_OQ)));
+                }
             } else {
-                kv = _mm256_setzero_si256();
+                for (v = 0; v < V; v++) {
+                    kv[v] = _mm256_setzero_si256();
+                }
                 for (k = 1; k < segments; k++) {
-                    const __m256 ge = _mm256_cmp_ps(x, _mm256_set1_ps(breakpoints[k]), _CMP_GE_OQ);
-                    kv = _mm256_sub_epi32(kv, _mm256_castps_si256(ge)); /* all ones = -1 */
+                    const __m256 b = _mm256_set1_ps(breakpoints[k]);
+                    for (v = 0; v < V; v++) {
+                        /* all ones = -1 */
+                        kv[v] = _mm256_sub_epi32(
+                            kv[v], _mm256_castps_si256(_mm256_cmp_ps(x[v], b, _CMP_GE_OQ)));
+                    }
                 }
             }
-            if (width == 2) {
-                upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(kv, seven));
+            for (v = 0; v < V; v++) {
+                if (width == 2) {
+                    upper[v] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(kv[v], seven));
+                } else if (width == 0) {
+                    gelu_poly_f32_avx2_columns((const float(*)[16])rows, kv[v], degree + 2 > 8,
+                                               col[v]);
+                }
             }
 #define GELU_POLY_F32_PICK(r)                                                                  \
-    (width == 1   ? _mm256_permutevar8x32_ps(tp[0][r], kv)                                     \
-     : width == 2 ? _mm256_blendv_ps(_mm256_permutevar8x32_ps(tp[0][r], kv),                   \
-                                     _mm256_permutevar8x32_ps(tp[1][r], kv), upper)             \
-                  : _mm256_i32gather_ps(tab[r], kv, 4))
-            t = _mm256_sub_ps(x, GELU_POLY_F32_PICK(0));
-            acc = GELU_POLY_F32_PICK(1 + degree);
+    (width == 1   ? _mm256_permutevar8x32_ps(tp[0][r], kv[v])                                  \
+     : width == 2 ? _mm256_blendv_ps(_mm256_permutevar8x32_ps(tp[0][r], kv[v]),                \
+                                     _mm256_permutevar8x32_ps(tp[1][r], kv[v]), upper[v])       \
+                  : col[v][r])
+            for (v = 0; v < V; v++) {
+                t[v] = _mm256_sub_ps(x[v], GELU_POLY_F32_PICK(0));
+                acc[v] = GELU_POLY_F32_PICK(1 + degree);
+            }
             for (j = degree; j-- > 0;) {
-                acc = _mm256_mul_ps(acc, t);
-                acc = _mm256_add_ps(acc, GELU_POLY_F32_PICK(1 + j));
+                for (v = 0; v < V; v++) {
+                    acc[v] = _mm256_mul_ps(acc[v], t[v]);
+                    acc[v] = _mm256_add_ps(acc[v], GELU_POLY_F32_PICK(1 + j));
+                }
             }
 #undef GELU_POLY_F32_PICK
-            /* NaN or above the range: x itself; below: +0 */
-            keep =
-                _mm256_and_ps(_mm256_cmp_ps(x, hi, _CMP_NGT_UQ), _mm256_cmp_ps(x, x, _CMP_EQ_OQ));
-            acc = _mm256_blendv_ps(x, acc, keep);
-            acc = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), acc);
-            _mm256_storeu_ps(out + i, acc);
+            for (v = 0; v < V; v++) {
+                /* NaN or above the range: x itself; below: +0 */
+                const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(x[v], hi, _CMP_NGT_UQ),
+                                                  _mm256_cmp_ps(x[v], x[v], _CMP_EQ_OQ));
+                __m256 y = _mm256_blendv_ps(x[v], acc[v], keep);
+                y = _mm256_andnot_ps(_mm256_cmp_ps(x[v], lo, _CMP_LT_OQ), y);
+                _mm256_storeu_ps(out + i + 8 * v, y);
+            }
         }
+#undef V
     }
     return i;
 }
