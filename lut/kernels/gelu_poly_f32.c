@@ -281,12 +281,16 @@ static size_t gelu_poly_f32_avx512(const float *in, float *out, size_t n, size_t
 #if defined(GELU_POLY_F32_AVX2)
 #define GELU_POLY_F32_AVX2_MAX_SEGMENTS 64
 #define GELU_POLY_F32_AVX2_MAX_DEGREE 8
-#define GELU_POLY_F32_AVX2_VECS 2 /* vectors per step: 3 spill registers and measured slower */
+#if defined(__GNUC__)
+#define GELU_POLY_F32_INLINE static inline __attribute__((always_inline))
+#else
+#define GELU_POLY_F32_INLINE static inline
+#endif
 
 /* Two adjacent floats per lane: lane l of *a = tab[stride * k[l]], of *b the float after it.
  * Eight 64-bit loads into (a0 b0 a1 b1 | a4 b4 a5 b5) and (a2 b2 a3 b3 | a6 b6 a7 b7), split
  * by two shufps. */
-static void gelu_poly_f32_avx2_pairs(const float *tab, size_t stride, const int32_t k[8],
+GELU_POLY_F32_INLINE void gelu_poly_f32_avx2_pairs(const float *tab, size_t stride, const int32_t k[8],
                                      __m256 *a, __m256 *b)
 {
     __m256 y0, y1;
@@ -306,32 +310,34 @@ static void gelu_poly_f32_avx2_pairs(const float *tab, size_t stride, const int3
 /* The lanes' table rows (16 floats per segment) transposed into columns: col[r] = entry r of
  * row kv[l] in lane l, for r < 8 and, if ten, r = 8, 9. Loads and in-lane shuffles instead of
  * one gather per column. */
-static void gelu_poly_f32_avx2_columns(const float (*rows)[16], __m256i kv, int ten,
-                                       __m256 col[10])
+GELU_POLY_F32_INLINE void gelu_poly_f32_avx2_columns(const float (*rows)[16], __m256i kv, int ten,
+                                                     __m256 col[10])
 {
     int32_t k[8];
     __m256 y0, y1, y2, y3, t0, t1, t2, t3;
-    int h;
     _mm256_storeu_si256((__m256i *)(void *)k, kv);
-    for (h = 0; h < 2; h++) {
-        /* lanes l and l + 4 in the two 128-bit halves, entries 4h .. 4h + 3 */
-#define GELU_POLY_F32_HALVES(l)                                                                \
-    _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(rows[k[l]] + 4 * h)),              \
-                         _mm_loadu_ps(rows[k[(l) + 4]] + 4 * h), 1)
-        y0 = GELU_POLY_F32_HALVES(0);
-        y1 = GELU_POLY_F32_HALVES(1);
-        y2 = GELU_POLY_F32_HALVES(2);
-        y3 = GELU_POLY_F32_HALVES(3);
+    /* lanes l and l + 4 in the two 128-bit halves, entries h .. h + 3; a 4 x 4 transpose in
+     * each half */
+#define GELU_POLY_F32_HALVES(l, h)                                                             \
+    _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(rows[k[l]] + (h))),                \
+                         _mm_loadu_ps(rows[k[(l) + 4]] + (h)), 1)
+#define GELU_POLY_F32_TRANSPOSE(h)                                                             \
+    y0 = GELU_POLY_F32_HALVES(0, h);                                                           \
+    y1 = GELU_POLY_F32_HALVES(1, h);                                                           \
+    y2 = GELU_POLY_F32_HALVES(2, h);                                                           \
+    y3 = GELU_POLY_F32_HALVES(3, h);                                                           \
+    t0 = _mm256_unpacklo_ps(y0, y1);                                                           \
+    t1 = _mm256_unpackhi_ps(y0, y1);                                                           \
+    t2 = _mm256_unpacklo_ps(y2, y3);                                                           \
+    t3 = _mm256_unpackhi_ps(y2, y3);                                                           \
+    col[(h) + 0] = _mm256_shuffle_ps(t0, t2, 0x44);                                            \
+    col[(h) + 1] = _mm256_shuffle_ps(t0, t2, 0xEE);                                            \
+    col[(h) + 2] = _mm256_shuffle_ps(t1, t3, 0x44);                                            \
+    col[(h) + 3] = _mm256_shuffle_ps(t1, t3, 0xEE)
+    GELU_POLY_F32_TRANSPOSE(0);
+    GELU_POLY_F32_TRANSPOSE(4);
+#undef GELU_POLY_F32_TRANSPOSE
 #undef GELU_POLY_F32_HALVES
-        t0 = _mm256_unpacklo_ps(y0, y1);
-        t1 = _mm256_unpackhi_ps(y0, y1);
-        t2 = _mm256_unpacklo_ps(y2, y3);
-        t3 = _mm256_unpackhi_ps(y2, y3);
-        col[4 * h + 0] = _mm256_shuffle_ps(t0, t2, 0x44);
-        col[4 * h + 1] = _mm256_shuffle_ps(t0, t2, 0xEE);
-        col[4 * h + 2] = _mm256_shuffle_ps(t1, t3, 0x44);
-        col[4 * h + 3] = _mm256_shuffle_ps(t1, t3, 0xEE);
-    }
     if (ten) {
         gelu_poly_f32_avx2_pairs(rows[0] + 8, 16, k, &col[8], &col[9]);
     }
@@ -395,74 +401,69 @@ static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, s
         const __m256 zero = _mm256_setzero_ps();
         const __m256 top = _mm256_set1_ps((float)(GELU_POLY_F32_GRID - 1));
         const __m256i seven = _mm256_set1_epi32(7);
-#define V GELU_POLY_F32_AVX2_VECS
-        for (; i + 8 * V <= n; i += 8 * V) {
-            __m256 x[V], t[V], acc[V], upper[V], col[V][GELU_POLY_F32_AVX2_MAX_DEGREE + 2];
-            __m256i kv[V];
-            int v;
-            for (v = 0; v < V; v++) {
-                x[v] = _mm256_loadu_ps(in + i + 8 * v);
-                upper[v] = zero;
-            }
+        const int ten = degree + 2 > 8;
+        for (; i + 16 <= n; i += 16) {
+            const __m256 x0 = _mm256_loadu_ps(in + i), x1 = _mm256_loadu_ps(in + i + 8);
+            __m256 c0[GELU_POLY_F32_AVX2_MAX_DEGREE + 2], c1[GELU_POLY_F32_AVX2_MAX_DEGREE + 2];
+            __m256 t0, t1, a0, a1, u0 = zero, u1 = zero;
+            __m256i k0, k1;
             if (grid) {
-                for (v = 0; v < V; v++) {
-                    /* gelu_poly_f32_cell_of: max(u, 0) takes 0 for NaN, then min(u, G - 1) */
-                    __m256 u = _mm256_mul_ps(_mm256_sub_ps(x[v], lo), scale);
-                    __m256i cell;
-                    u = _mm256_min_ps(_mm256_max_ps(u, zero), top);
-                    cell = _mm256_cvttps_epi32(u);
-                    kv[v] = _mm256_sub_epi32(
-                        _mm256_i32gather_epi32((const int *)base, cell, 4),
-                        _mm256_castps_si256(_mm256_cmp_ps(
-                            x[v], _mm256_i32gather_ps(probe, cell, 4), _CMP_GE_OQ)));
-                }
+                /* gelu_poly_f32_cell_of: max(u, 0) takes 0 for NaN, then min(u, G - 1) */
+#define GELU_POLY_F32_INDEX(x, kv)                                                             \
+    {                                                                                          \
+        const __m256i cell = _mm256_cvttps_epi32(                                              \
+            _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(x, lo), scale), zero), top)); \
+        kv = _mm256_sub_epi32(_mm256_i32gather_epi32((const int *)base, cell, 4),              \
+                              _mm256_castps_si256(_mm256_cmp_ps(                               \
+                                  x, _mm256_i32gather_ps(probe, cell, 4), _CMP_GE_OQ)));       \
+    }
+                GELU_POLY_F32_INDEX(x0, k0)
+                GELU_POLY_F32_INDEX(x1, k1)
+#undef GELU_POLY_F32_INDEX
             } else {
-                for (v = 0; v < V; v++) {
-                    kv[v] = _mm256_setzero_si256();
-                }
+                k0 = k1 = _mm256_setzero_si256();
                 for (k = 1; k < segments; k++) {
                     const __m256 b = _mm256_set1_ps(breakpoints[k]);
-                    for (v = 0; v < V; v++) {
-                        /* all ones = -1 */
-                        kv[v] = _mm256_sub_epi32(
-                            kv[v], _mm256_castps_si256(_mm256_cmp_ps(x[v], b, _CMP_GE_OQ)));
-                    }
+                    /* all ones = -1 */
+                    k0 = _mm256_sub_epi32(k0, _mm256_castps_si256(_mm256_cmp_ps(x0, b, _CMP_GE_OQ)));
+                    k1 = _mm256_sub_epi32(k1, _mm256_castps_si256(_mm256_cmp_ps(x1, b, _CMP_GE_OQ)));
                 }
             }
-            for (v = 0; v < V; v++) {
-                if (width == 2) {
-                    upper[v] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(kv[v], seven));
-                } else if (width == 0) {
-                    gelu_poly_f32_avx2_columns((const float(*)[16])rows, kv[v], degree + 2 > 8,
-                                               col[v]);
-                }
+            if (width == 0) {
+                gelu_poly_f32_avx2_columns((const float(*)[16])rows, k0, ten, c0);
+                gelu_poly_f32_avx2_columns((const float(*)[16])rows, k1, ten, c1);
+            } else if (width == 2) {
+                u0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k0, seven));
+                u1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k1, seven));
             }
-#define GELU_POLY_F32_PICK(r)                                                                  \
-    (width == 1   ? _mm256_permutevar8x32_ps(tp[0][r], kv[v])                                  \
-     : width == 2 ? _mm256_blendv_ps(_mm256_permutevar8x32_ps(tp[0][r], kv[v]),                \
-                                     _mm256_permutevar8x32_ps(tp[1][r], kv[v]), upper[v])       \
-                  : col[v][r])
-            for (v = 0; v < V; v++) {
-                t[v] = _mm256_sub_ps(x[v], GELU_POLY_F32_PICK(0));
-                acc[v] = GELU_POLY_F32_PICK(1 + degree);
-            }
+#define GELU_POLY_F32_PICK(r, kv, up, col)                                                     \
+    (width == 1   ? _mm256_permutevar8x32_ps(tp[0][r], kv)                                     \
+     : width == 2 ? _mm256_blendv_ps(_mm256_permutevar8x32_ps(tp[0][r], kv),                   \
+                                     _mm256_permutevar8x32_ps(tp[1][r], kv), up)                \
+                  : col[r])
+            t0 = _mm256_sub_ps(x0, GELU_POLY_F32_PICK(0, k0, u0, c0));
+            t1 = _mm256_sub_ps(x1, GELU_POLY_F32_PICK(0, k1, u1, c1));
+            a0 = GELU_POLY_F32_PICK(1 + degree, k0, u0, c0);
+            a1 = GELU_POLY_F32_PICK(1 + degree, k1, u1, c1);
             for (j = degree; j-- > 0;) {
-                for (v = 0; v < V; v++) {
-                    acc[v] = _mm256_mul_ps(acc[v], t[v]);
-                    acc[v] = _mm256_add_ps(acc[v], GELU_POLY_F32_PICK(1 + j));
-                }
+                a0 = _mm256_mul_ps(a0, t0);
+                a1 = _mm256_mul_ps(a1, t1);
+                a0 = _mm256_add_ps(a0, GELU_POLY_F32_PICK(1 + j, k0, u0, c0));
+                a1 = _mm256_add_ps(a1, GELU_POLY_F32_PICK(1 + j, k1, u1, c1));
             }
 #undef GELU_POLY_F32_PICK
-            for (v = 0; v < V; v++) {
-                /* NaN or above the range: x itself; below: +0 */
-                const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(x[v], hi, _CMP_NGT_UQ),
-                                                  _mm256_cmp_ps(x[v], x[v], _CMP_EQ_OQ));
-                __m256 y = _mm256_blendv_ps(x[v], acc[v], keep);
-                y = _mm256_andnot_ps(_mm256_cmp_ps(x[v], lo, _CMP_LT_OQ), y);
-                _mm256_storeu_ps(out + i + 8 * v, y);
-            }
+            /* NaN or above the range: x itself; below: +0 */
+#define GELU_POLY_F32_STORE(x, acc, at)                                                        \
+    _mm256_storeu_ps(                                                                          \
+        at, _mm256_andnot_ps(                                                                  \
+                _mm256_cmp_ps(x, lo, _CMP_LT_OQ),                                              \
+                _mm256_blendv_ps(x, acc,                                                       \
+                                 _mm256_and_ps(_mm256_cmp_ps(x, hi, _CMP_NGT_UQ),              \
+                                               _mm256_cmp_ps(x, x, _CMP_EQ_OQ)))))
+            GELU_POLY_F32_STORE(x0, a0, out + i);
+            GELU_POLY_F32_STORE(x1, a1, out + i + 8);
+#undef GELU_POLY_F32_STORE
         }
-#undef V
     }
     return i;
 }
