@@ -506,7 +506,10 @@ def f32_specs() -> list[PolySpec]:
         f32_poly_on(np.sort(np.random.default_rng(13).uniform(-14.36, 5.35, 37)), 8, 13),
         f32_poly_on(np.sort(np.random.default_rng(15).uniform(-20, 20, 65)), 2, 15),
         f32_poly_on(np.linspace(-20, 20, 66), 1, 16),
-        # 16 < K <= 32 (two-table permutes) and K > 32 (scalar) in the SIMD build
+        # K = 64, D = 8 on the grid (the AVX2 path's transposed rows, ten entries per row)
+        f32_poly_on(_jittered(-20.0, 20.0, 64, 17), 8, 17),
+        # 16 < K <= 32 (two-table permutes) and K > 32 (four tables) in the AVX-512 build; the
+        # AVX2 build takes K <= 8 and K <= 16 by permutes, 16 < K <= 64 by transposed rows
         random_f32_poly(24, 4, 1),
         random_f32_poly(40, 2, 2),
         random_f32_poly(3, 4, 3),
@@ -636,7 +639,7 @@ def test_approx_cli_exports_a_c_kernel_folder_that_compiles(tmp_path: Path) -> N
     assert r.exit_code == 2 and "is a folder" in r.output
 
 
-@pytest.mark.parametrize("config", ["default", "avx512"])
+@pytest.mark.parametrize("config", ["default", "avx2", "avx512"])
 def test_kernels_run_clean_under_address_and_ub_sanitizers(tmp_path: Path, config: str) -> None:
     flags, needs, x86_only = CONFIGS[config]
     if (x86_only and not X86) or not needs <= CPU:

@@ -279,8 +279,198 @@ static size_t gelu_poly_f32_avx512(const float *in, float *out, size_t n, size_t
 #endif
 
 #if defined(GELU_POLY_F32_AVX2)
-/* 8 lanes at a time, any K and D: the segment index by vector compares, origins and
- * coefficients by gathers, Horner by separate vmulps / vaddps, tails and NaNs by blends. */
+#define GELU_POLY_F32_AVX2_MAX_SEGMENTS 64
+#define GELU_POLY_F32_AVX2_MAX_DEGREE 8
+#if defined(__GNUC__)
+#define GELU_POLY_F32_INLINE static inline __attribute__((always_inline))
+#else
+#define GELU_POLY_F32_INLINE static inline
+#endif
+
+/* Two adjacent floats per lane: lane l of *a = tab[stride * k[l]], of *b the float after it.
+ * Eight 64-bit loads into (a0 b0 a1 b1 | a4 b4 a5 b5) and (a2 b2 a3 b3 | a6 b6 a7 b7), split
+ * by two shufps. */
+GELU_POLY_F32_INLINE void gelu_poly_f32_avx2_pairs(const float *tab, size_t stride, const int32_t k[8],
+                                     __m256 *a, __m256 *b)
+{
+    __m256 y0, y1;
+#define GELU_POLY_F32_PAIRS(l)                                                                 \
+    _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(                                            \
+                     (const __m128i *)(const void *)(tab + stride * (size_t)k[l]))),             \
+                 (const __m64 *)(const void *)(tab + stride * (size_t)k[(l) + 1]))
+    y0 = _mm256_insertf128_ps(_mm256_castps128_ps256(GELU_POLY_F32_PAIRS(0)),
+                              GELU_POLY_F32_PAIRS(4), 1);
+    y1 = _mm256_insertf128_ps(_mm256_castps128_ps256(GELU_POLY_F32_PAIRS(2)),
+                              GELU_POLY_F32_PAIRS(6), 1);
+#undef GELU_POLY_F32_PAIRS
+    *a = _mm256_shuffle_ps(y0, y1, 0x88);
+    *b = _mm256_shuffle_ps(y0, y1, 0xDD);
+}
+
+/* The lanes' table rows (16 floats per segment) transposed into columns: col[r] = entry r of
+ * row kv[l] in lane l, for r < 8 and, if ten, r = 8, 9. Loads and in-lane shuffles instead of
+ * one gather per column. */
+GELU_POLY_F32_INLINE void gelu_poly_f32_avx2_columns(const float (*rows)[16], __m256i kv, int ten,
+                                                     __m256 col[10])
+{
+    int32_t k[8];
+    __m256 y0, y1, y2, y3, t0, t1, t2, t3;
+    _mm256_storeu_si256((__m256i *)(void *)k, kv);
+    /* lanes l and l + 4 in the two 128-bit halves, entries h .. h + 3; a 4 x 4 transpose in
+     * each half */
+#define GELU_POLY_F32_HALVES(l, h)                                                             \
+    _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(rows[k[l]] + (h))),                \
+                         _mm_loadu_ps(rows[k[(l) + 4]] + (h)), 1)
+#define GELU_POLY_F32_TRANSPOSE(h)                                                             \
+    y0 = GELU_POLY_F32_HALVES(0, h);                                                           \
+    y1 = GELU_POLY_F32_HALVES(1, h);                                                           \
+    y2 = GELU_POLY_F32_HALVES(2, h);                                                           \
+    y3 = GELU_POLY_F32_HALVES(3, h);                                                           \
+    t0 = _mm256_unpacklo_ps(y0, y1);                                                           \
+    t1 = _mm256_unpackhi_ps(y0, y1);                                                           \
+    t2 = _mm256_unpacklo_ps(y2, y3);                                                           \
+    t3 = _mm256_unpackhi_ps(y2, y3);                                                           \
+    col[(h) + 0] = _mm256_shuffle_ps(t0, t2, 0x44);                                            \
+    col[(h) + 1] = _mm256_shuffle_ps(t0, t2, 0xEE);                                            \
+    col[(h) + 2] = _mm256_shuffle_ps(t1, t3, 0x44);                                            \
+    col[(h) + 3] = _mm256_shuffle_ps(t1, t3, 0xEE)
+    GELU_POLY_F32_TRANSPOSE(0);
+    GELU_POLY_F32_TRANSPOSE(4);
+#undef GELU_POLY_F32_TRANSPOSE
+#undef GELU_POLY_F32_HALVES
+    if (ten) {
+        gelu_poly_f32_avx2_pairs(rows[0] + 8, 16, k, &col[8], &col[9]);
+    }
+}
+
+/* 16 values (two vectors of 8 lanes, their dependency chains interleaved) at a time for
+ * K <= 64 segments and D <= 8. The segment index: by the portable loop's exact grid (K >= 9,
+ * n >= 1024: the cell by vector arithmetic, base[cell] and probe[cell] by two gathers) or by
+ * counting compares. Origins and coefficients: from per-coefficient registers by vpermps
+ * (K <= 8) or two vpermps and a blend on k >= 8 (K <= 16); above, from per-segment rows (row
+ * k: origin, c0 .. cD) loaded lane by lane and transposed (gelu_poly_f32_avx2_columns), which
+ * measured a little faster than one gather per coefficient. Horner is separate vmulps / vaddps
+ * (IEEE, rounded to float32, no FMA), tails and NaNs by blends. Lane by lane the same
+ * operations as the scalar loop, so the same bits. */
+static size_t gelu_poly_f32_avx2_tables(const float *in, float *out, size_t n, size_t segments,
+                                        size_t degree, const float *breakpoints,
+                                        const float *origins, const float *coefficients)
+{
+    float tab[GELU_POLY_F32_AVX2_MAX_DEGREE + 2][GELU_POLY_F32_AVX2_MAX_SEGMENTS];
+    float rows[GELU_POLY_F32_AVX2_MAX_SEGMENTS][16];
+    __m256 tp[2][GELU_POLY_F32_AVX2_MAX_DEGREE + 2]; /* entries 0-7 and 8-15 (vpermps) */
+    uint8_t base8[GELU_POLY_F32_GRID];
+    int32_t base[GELU_POLY_F32_GRID];
+    float probe[GELU_POLY_F32_GRID];
+    const size_t stride = degree + 1;
+    const float flo = breakpoints[0];
+    const float fhi = breakpoints[segments];
+    const float fscale = (float)GELU_POLY_F32_GRID / (fhi - flo);
+    const int width = segments > 16 ? 0 : segments > 8 ? 2 : 1; /* 0: rows */
+    size_t i = 0, j, k;
+    int grid = 0;
+    if (segments >= GELU_POLY_F32_GRID_MIN_SEGMENTS && n >= GELU_POLY_F32_GRID_MIN_N) {
+        grid = gelu_poly_f32_grid(breakpoints, segments, fscale, base8, probe);
+    }
+    if (grid) {
+        for (k = 0; k < GELU_POLY_F32_GRID; k++) {
+            base[k] = base8[k];
+        }
+    }
+    /* unused segments repeat segment 0 */
+    for (k = 0; k < GELU_POLY_F32_AVX2_MAX_SEGMENTS; k++) {
+        const size_t kk = k < segments ? k : 0;
+        tab[0][k] = origins[kk];
+        for (j = 0; j <= degree; j++) {
+            tab[1 + j][k] = coefficients[kk * stride + j];
+        }
+        for (j = 0; j < 16; j++) {
+            rows[k][j] = j < degree + 2 ? tab[j][k] : 0.0f;
+        }
+    }
+    if (width) {
+        for (j = 0; j < degree + 2; j++) {
+            tp[0][j] = _mm256_loadu_ps(tab[j]);
+            tp[1][j] = _mm256_loadu_ps(tab[j] + 8);
+        }
+    }
+    {
+        const __m256 lo = _mm256_set1_ps(flo);
+        const __m256 hi = _mm256_set1_ps(fhi);
+        const __m256 scale = _mm256_set1_ps(fscale);
+        const __m256 zero = _mm256_setzero_ps();
+        const __m256 top = _mm256_set1_ps((float)(GELU_POLY_F32_GRID - 1));
+        const __m256i seven = _mm256_set1_epi32(7);
+        const int ten = degree + 2 > 8;
+        for (; i + 16 <= n; i += 16) {
+            const __m256 x0 = _mm256_loadu_ps(in + i), x1 = _mm256_loadu_ps(in + i + 8);
+            __m256 c0[GELU_POLY_F32_AVX2_MAX_DEGREE + 2], c1[GELU_POLY_F32_AVX2_MAX_DEGREE + 2];
+            __m256 t0, t1, a0, a1, u0 = zero, u1 = zero;
+            __m256i k0, k1;
+            if (grid) {
+                /* gelu_poly_f32_cell_of: max(u, 0) takes 0 for NaN, then min(u, G - 1) */
+#define GELU_POLY_F32_INDEX(x, kv)                                                             \
+    {                                                                                          \
+        const __m256i cell = _mm256_cvttps_epi32(                                              \
+            _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(x, lo), scale), zero), top)); \
+        kv = _mm256_sub_epi32(_mm256_i32gather_epi32((const int *)base, cell, 4),              \
+                              _mm256_castps_si256(_mm256_cmp_ps(                               \
+                                  x, _mm256_i32gather_ps(probe, cell, 4), _CMP_GE_OQ)));       \
+    }
+                GELU_POLY_F32_INDEX(x0, k0)
+                GELU_POLY_F32_INDEX(x1, k1)
+#undef GELU_POLY_F32_INDEX
+            } else {
+                k0 = k1 = _mm256_setzero_si256();
+                for (k = 1; k < segments; k++) {
+                    const __m256 b = _mm256_set1_ps(breakpoints[k]);
+                    /* all ones = -1 */
+                    k0 = _mm256_sub_epi32(k0, _mm256_castps_si256(_mm256_cmp_ps(x0, b, _CMP_GE_OQ)));
+                    k1 = _mm256_sub_epi32(k1, _mm256_castps_si256(_mm256_cmp_ps(x1, b, _CMP_GE_OQ)));
+                }
+            }
+            if (width == 0) {
+                gelu_poly_f32_avx2_columns((const float(*)[16])rows, k0, ten, c0);
+                gelu_poly_f32_avx2_columns((const float(*)[16])rows, k1, ten, c1);
+            } else if (width == 2) {
+                u0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k0, seven));
+                u1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k1, seven));
+            }
+#define GELU_POLY_F32_PICK(r, kv, up, col)                                                     \
+    (width == 1   ? _mm256_permutevar8x32_ps(tp[0][r], kv)                                     \
+     : width == 2 ? _mm256_blendv_ps(_mm256_permutevar8x32_ps(tp[0][r], kv),                   \
+                                     _mm256_permutevar8x32_ps(tp[1][r], kv), up)                \
+                  : col[r])
+            t0 = _mm256_sub_ps(x0, GELU_POLY_F32_PICK(0, k0, u0, c0));
+            t1 = _mm256_sub_ps(x1, GELU_POLY_F32_PICK(0, k1, u1, c1));
+            a0 = GELU_POLY_F32_PICK(1 + degree, k0, u0, c0);
+            a1 = GELU_POLY_F32_PICK(1 + degree, k1, u1, c1);
+            for (j = degree; j-- > 0;) {
+                a0 = _mm256_mul_ps(a0, t0);
+                a1 = _mm256_mul_ps(a1, t1);
+                a0 = _mm256_add_ps(a0, GELU_POLY_F32_PICK(1 + j, k0, u0, c0));
+                a1 = _mm256_add_ps(a1, GELU_POLY_F32_PICK(1 + j, k1, u1, c1));
+            }
+#undef GELU_POLY_F32_PICK
+            /* NaN or above the range: x itself; below: +0 */
+#define GELU_POLY_F32_STORE(x, acc, at)                                                        \
+    _mm256_storeu_ps(                                                                          \
+        at, _mm256_andnot_ps(                                                                  \
+                _mm256_cmp_ps(x, lo, _CMP_LT_OQ),                                              \
+                _mm256_blendv_ps(x, acc,                                                       \
+                                 _mm256_and_ps(_mm256_cmp_ps(x, hi, _CMP_NGT_UQ),              \
+                                               _mm256_cmp_ps(x, x, _CMP_EQ_OQ)))))
+            GELU_POLY_F32_STORE(x0, a0, out + i);
+            GELU_POLY_F32_STORE(x1, a1, out + i + 8);
+#undef GELU_POLY_F32_STORE
+        }
+    }
+    return i;
+}
+
+/* 8 lanes at a time, any K and D (above the table path's limits): the segment index by vector
+ * compares, origins and coefficients by gathers from the arrays themselves, Horner by separate
+ * vmulps / vaddps, tails and NaNs by blends. */
 static size_t gelu_poly_f32_avx2(const float *in, float *out, size_t n, size_t segments,
                                  size_t degree, const float *breakpoints, const float *origins,
                                  const float *coefficients)
@@ -289,6 +479,10 @@ static size_t gelu_poly_f32_avx2(const float *in, float *out, size_t n, size_t s
     const __m256 hi = _mm256_set1_ps(breakpoints[segments]);
     const __m256i stride = _mm256_set1_epi32((int)(degree + 1));
     size_t i = 0, j, k;
+    if (segments <= GELU_POLY_F32_AVX2_MAX_SEGMENTS && degree <= GELU_POLY_F32_AVX2_MAX_DEGREE) {
+        return gelu_poly_f32_avx2_tables(in, out, n, segments, degree, breakpoints, origins,
+                                         coefficients);
+    }
     if (segments > 0x7fffu || degree > 0x7fffu) {
         return 0; /* int32 gather indices */
     }

@@ -19,8 +19,9 @@
  * D <= 8, so that their Horner chains interleave and the compiler vectorises it (gcc -O2: SSE2
  * on x86-64); k by counting compares or, for K >= 9 and n >= 1024, by an exact grid lookup
  * (see the source); other K and D, and the last n % 4 values, go one at a time. With AVX-512F
- * (-mavx512f; K <= 64, D <= 8: 16 lanes, table permutes) or AVX2 (-mavx2: 8 lanes, gathers)
- * the values go through a SIMD path. Every path performs the same operations value by value
+ * (-mavx512f; K <= 64, D <= 8: 16 lanes, table permutes) or AVX2 (-mavx2: 8 lanes; K <= 64,
+ * D <= 8: grid index, permutes or transposed table rows; otherwise counting and gathers) the
+ * values go through a SIMD path. Every path performs the same operations value by value
  * (bit-identical); -DGELU_POLY_NO_SIMD keeps the portable loop. gelu_poly_f32_simd() names the
  * compiled-in path ("avx512f", "avx2" or "scalar"). All paths assume the default
  * floating-point environment (round to nearest, no flush-to-zero).
