@@ -56,6 +56,13 @@ from gelu_quant.graph.targets import TARGETS
 )
 @text_data_options
 @click.option(
+    "--score-output",
+    "score_outputs",
+    multiple=True,
+    metavar="NAME",
+    help="--target auto: output(s) the budget applies to (repeatable; default: every output).",
+)
+@click.option(
     "--auto-candidates",
     default=None,
     metavar="T[:K],…",
@@ -137,6 +144,7 @@ def convert(
     tokenizer: str | None,
     max_length: int | None,
     auto_candidates: str | None,
+    score_outputs: tuple[str, ...],
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -152,8 +160,12 @@ def convert(
         raise BadInputError(f"{output} exists; pass --overwrite to replace it")
     ranges = None if ranges_file is None else load_ranges(ranges_file)
     auto = target == "auto"
-    if not auto and (budget is not None or data is not None or auto_candidates is not None):
-        raise BadInputError("--budget, --data and --auto-candidates go with --target auto")
+    if not auto and (
+        budget is not None or data is not None or auto_candidates is not None or score_outputs
+    ):
+        raise BadInputError(
+            "--budget, --data, --auto-candidates and --score-output go with --target auto"
+        )
     choices: tuple[Any, ...] = ()
     decision = None
     if auto:
@@ -170,6 +182,7 @@ def convert(
             groups,
             sites,
             quiet,
+            score_outputs,
         )
     config = ConvertConfig(
         target=target,
@@ -236,6 +249,7 @@ def _auto(
     groups: int,
     sites: tuple[str, ...],
     quiet: bool,
+    score_outputs: tuple[str, ...],
 ) -> tuple[tuple[Any, ...], dict[str, Any], str]:
     """``--target auto``: the per-site choices, the decision, and the config's base target."""
     from gelu_quant.auto_choice import DEFAULT_CANDIDATES, choose, parse_candidates
@@ -265,6 +279,7 @@ def _auto(
         method=method,
         force=force,
         data_description=describe(source),
+        score_outputs=score_outputs or None,
         log=log,
     )
     return tuple(choices), decision, cands[0].target

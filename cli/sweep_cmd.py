@@ -58,6 +58,13 @@ def _csv(value: str) -> list[str]:
 )
 @click.option("--no-classification", is_flag=True, help="Treat every output as a plain tensor.")
 @click.option(
+    "--score-output",
+    "score_outputs",
+    multiple=True,
+    metavar="NAME",
+    help="Output(s) the error is scored on (repeatable; default: the worst of all outputs).",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, file_okay=False),
@@ -91,6 +98,7 @@ def sweep_cmd(
     groups: str,
     labels: Path | None,
     no_classification: bool,
+    score_outputs: tuple[str, ...],
     output: Path,
     keep_models: bool,
     latency_rounds: int,
@@ -124,6 +132,15 @@ def sweep_cmd(
         raise BadInputError(
             f"--groups takes integers separated by commas, got {groups!r}"
         ) from None
+    if score_outputs:
+        import onnx
+
+        have = [o.name for o in onnx.load(str(model), load_external_data=False).graph.output]
+        unknown = [o for o in score_outputs if o not in have]
+        if unknown:
+            raise BadInputError(
+                f"no output named {', '.join(unknown)}; the model has {', '.join(have)}"
+            )
     ranges = load_ranges(ranges_path)
     file_methods = sorted({m for s in ranges.sites for m in s["ranges"]})
     ms = _csv(methods) if methods else file_methods
@@ -154,6 +171,7 @@ def sweep_cmd(
         threads=threads,
         keep_models=output / "models" if keep_models else None,
         force=force,
+        score_outputs=score_outputs or None,
         log=log,
     )
     meta = {
@@ -161,6 +179,7 @@ def sweep_cmd(
         "ranges": str(ranges_path),
         "data": str(data),
         "threads": threads,
+        "score_outputs": list(score_outputs) or "all",
         "latency_rounds": latency_rounds,
     }
     doc = to_json(rows, meta)

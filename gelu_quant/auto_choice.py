@@ -4,7 +4,7 @@ model's measured output error within the budget.
 The error is measured, never modelled: the converted model runs in ONNX Runtime on the given
 data (a held-out part of the calibration data, never the evaluation data) and is compared with
 the fp32 model's outputs, computed once: ``error`` = the largest ``1 − mean per-sample cosine``
-over the model's outputs.
+over the model's outputs (or the ones ``--score-output`` names).
 
 1. **Each site alone.** For every candidate (cheapest first) and every site, the model with only
    that site converted is measured: the error the site adds, and the bytes its tables take
@@ -83,14 +83,26 @@ def parse_candidates(items: Iterable[str]) -> list[Candidate]:
 class OutputProbe:
     """The fp32 model's outputs on the data, once; the error of any converted model on it."""
 
-    def __init__(self, reference: Path, data: Iterable[dict[str, np.ndarray]], threads: int):
+    def __init__(
+        self,
+        reference: Path,
+        data: Iterable[dict[str, np.ndarray]],
+        threads: int,
+        outputs: Sequence[str] | None = None,
+    ):
         self.threads = threads
         sess = self._session(reference)
         names = {i.name for i in sess.get_inputs()}
+        have = [o.name for o in sess.get_outputs()]
+        unknown = [o for o in outputs or () if o not in have]
+        if unknown:
+            raise BadInputError(
+                f"no output named {', '.join(unknown)}; the model has {', '.join(have)}"
+            )
+        self.outputs = list(outputs) if outputs else have
         self.feeds = [{k: v for k, v in f.items() if k in names} for f in data]
         if not self.feeds:
             raise BadInputError("the --data for auto has no batches")
-        self.outputs = [o.name for o in sess.get_outputs()]
         self.reference = [sess.run(self.outputs, f) for f in self.feeds]
         self.samples = sum(
             int(np.asarray(r[0]).shape[0]) if np.ndim(r[0]) else 1 for r in self.reference
@@ -173,6 +185,7 @@ def choose(
     threads: int = 1,
     rounds: int = 4,
     data_description: str = "",
+    score_outputs: Sequence[str] | None = None,
     log: Log | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     """The per-site choices (``SiteChoice``) and the decision record for the manifest."""
@@ -183,7 +196,7 @@ def choose(
     if not (np.isfinite(budget) and budget > 0):
         raise BadInputError(f"--budget must be a positive number, got {budget}")
     say = log or (lambda _m: None)
-    probe = OutputProbe(model, data, threads)
+    probe = OutputProbe(model, data, threads, score_outputs)
     sites = [s.id for s in find_gelu_sites(model) if not s.in_subgraph]
     if not sites:
         raise BadInputError("the model has no main-graph GELU site to choose for")
@@ -258,6 +271,7 @@ def choose(
     decision = {
         "budget": budget,
         "metric": "max over outputs of 1 - mean per-sample cosine to fp32",
+        "outputs": probe.outputs,
         "data": data_description,
         "samples": probe.samples,
         "method": method,

@@ -11,8 +11,9 @@ the fp32 model side by side, and writes the accuracy-vs-cost table a user picks 
 * ``sweep.md`` / ``sweep.csv`` — the same table for people and spreadsheets;
 * ``sweep.png`` — error against bytes, log scales, the Pareto front drawn (needs matplotlib).
 
-A configuration's error is the largest ``1 − mean cosine`` over the model's outputs (with labels:
-also the accuracy drop); the Pareto front is over (bytes, error): no other row is at least as
+A configuration's error is the largest ``1 − mean cosine`` over the scored outputs (all by
+default; ``score_outputs`` picks them, e.g. MiniLM's ``sentence_embedding``; with labels also the
+accuracy drop); the Pareto front is over (bytes, error): no other row is at least as
 small in both and smaller in one.
 
 The sweep converts with ``verify=False``: it measures every converted model in ONNX Runtime, so
@@ -196,6 +197,7 @@ def run_sweep(
     threads: int = 1,
     keep_models: Path | None = None,
     force: bool = False,
+    score_outputs: Sequence[str] | None = None,
     log: Log | None = None,
 ) -> list[SweepRow]:
     """Convert, evaluate and time ``model`` for every point; a point that fails is a row with
@@ -252,8 +254,14 @@ def run_sweep(
                 }
                 for o in rep.outputs
             }
-            row.error = max(1.0 - o.cosine_mean for o in rep.outputs)
-            row.worst_cosine = min(o.cosine_min for o in rep.outputs)
+            scored = [o for o in rep.outputs if score_outputs is None or o.name in score_outputs]
+            if not scored:
+                have = ", ".join(o.name for o in rep.outputs)
+                raise BadInputError(
+                    f"no output named {', '.join(score_outputs or ())}; the model has {have}"
+                )
+            row.error = max(1.0 - o.cosine_mean for o in scored)
+            row.worst_cosine = min(o.cosine_min for o in scored)
             drops = [o.accuracy_drop for o in rep.outputs if o.accuracy_drop is not None]
             row.accuracy_drop = max(drops) if drops else None
             row.latency_ratio, row.latency_ms = tc / tr, tc * 1e3

@@ -113,6 +113,8 @@ def test_sweep_refusals(setup: dict[str, Path]) -> None:
     assert r.exit_code == 2 and "unknown target" in r.output
     r = CliRunner().invoke(main, [*base, "--methods", "magic"])
     assert r.exit_code == 2 and "has no magic ranges" in r.output
+    r = CliRunner().invoke(main, [*base, "--score-output", "probs"])
+    assert r.exit_code == 2 and "no output named probs; the model has logits" in r.output
 
 
 def test_site_choices_convert_each_site_as_its_own_target(
@@ -194,3 +196,10 @@ def test_auto_refusals(setup: dict[str, Path], tmp_path: Path) -> None:
     assert r.exit_code == 2 and "go with --target auto" in r.output
     r = CliRunner().invoke(main, [*base, "--target", "auto", "--budget", "1e-3"])
     assert r.exit_code == 2 and "needs --ranges, --budget and --data" in r.output
+    r = CliRunner().invoke(
+        main,
+        [*base, "--target", "auto", "--budget", "1e-3", "--data", str(d / "held.npz"),
+         "--score-output", "probs"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "no output named probs" in r.output
+    assert not out.exists()
