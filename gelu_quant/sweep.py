@@ -117,7 +117,8 @@ def sweep_points(
         if t.kind in ("poly", "baseline"):
             pts.append(SweepPoint(name, None, 1))
             continue
-        ks = [k for k in groups if k == 1 or (t.kind == "lut" and t.in_dtype in ("int8", "uint8"))]
+        grouped_ok = t.kind == "lut" and t.in_dtype in ("int8", "uint8") and t.bits == 8
+        ks = [k for k in groups if k == 1 or grouped_ok]
         for m in methods:
             for k in ks or [1]:
                 pts.append(SweepPoint(name, m, k))

@@ -109,6 +109,8 @@ def test_groups_refusals(tmp_path: Path) -> None:
     model = _model(tmp_path / "m.onnx", 20)
     with pytest.raises(BadInputError, match="8-bit table targets"):
         ConvertConfig("fp16-poly", groups=4)
+    with pytest.raises(BadInputError, match="8-bit table targets"):  # low-bit codes: no groups
+        ConvertConfig("int6-lut", groups=4)
     with pytest.raises(BadInputError, match="from 1 to 64"):
         ConvertConfig("int8-lut", groups=0)
     with pytest.raises(BadInputError, match="per-channel ranges"):

@@ -109,6 +109,12 @@ def test_sweep_refusals(setup: dict[str, Path]) -> None:
     d = setup["dir"]
     base = ["sweep", str(digits_vit_path()), "--ranges", str(setup["ranges"]), "--data",
             str(d / "eval.npz"), "-o", str(d / "x")]  # fmt: skip
+    from gelu_quant.sweep import sweep_points
+
+    # low-bit tables have no grouped form: one point each, never a silent 8-bit grouped table
+    assert [p.groups for p in sweep_points(["int6-lut", "int8-lut"], ["minmax"], [1, 8])] == [
+        1, 1, 8,
+    ]  # fmt: skip
     r = CliRunner().invoke(main, [*base, "--targets", "int9-lut"])
     assert r.exit_code == 2 and "unknown target" in r.output
     r = CliRunner().invoke(main, [*base, "--methods", "magic"])

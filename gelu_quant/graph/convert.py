@@ -70,7 +70,11 @@ def _check_groups(g: object, target: str) -> None:
     if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
         raise BadInputError(f"--groups must be an integer from 1 to {MAX_GROUPS}, got {g!r}")
     t = TARGETS.get(target)
-    if g > 1 and t is not None and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8")):
+    if (
+        g > 1
+        and t is not None
+        and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8") or t.bits != 8)
+    ):
         raise BadInputError(
             f"--groups applies to 8-bit table targets (int8-lut, uint8-lut, int8-lut-fp16out, "
             f"…), not {target}"
