@@ -9,12 +9,13 @@ the fp32 model side by side, and writes the accuracy-vs-cost table a user picks 
   cost (bytes of tables / coefficients over all sites, from each spec's ``arrays()``), the
   latency ratio to fp32, whether the row is on the Pareto front, or why it failed;
 * ``sweep.md`` / ``sweep.csv`` — the same table for people and spreadsheets;
-* ``sweep.png`` — error against bytes, log scales, the Pareto front drawn (needs matplotlib).
+* ``sweep.png`` — error against bytes, log scales, the Pareto front's rows in blue (needs
+  matplotlib).
 
 A configuration's error is the largest ``1 − mean cosine`` over the scored outputs (all by
 default; ``score_outputs`` picks them, e.g. MiniLM's ``sentence_embedding``; with labels also the
-accuracy drop); the Pareto front is over (bytes, error): no other row is at least as
-small in both and smaller in one.
+accuracy drop); the Pareto front is over (bytes, error, latency): no other row is at least as
+small in all three and smaller in one.
 
 The sweep converts with ``verify=False``: it measures every converted model in ONNX Runtime, so
 what it reports is what the runtime computes; ``convert`` proves the bodies equal to their
@@ -125,19 +126,25 @@ def sweep_points(
     return list(dict.fromkeys(pts))
 
 
+def _costs(r: SweepRow) -> tuple[float, float, float]:
+    assert r.error is not None
+    lat = r.latency_ratio if r.latency_ratio is not None else math.inf
+    return (float(r.table_bytes), r.error, lat)
+
+
 def pareto_front(rows: Sequence[SweepRow]) -> None:
-    """Mark the rows no other row dominates in (bytes, error)."""
+    """Mark the rows no other row dominates in (bytes, error, latency): none is at least as
+    good in all three and better in one (a small float polynomial does not hide the int8
+    tables that run at fp32 speed)."""
     ok = [r for r in rows if r.error is not None]
     for r in rows:
         r.pareto = False
     for r in ok:
-        assert r.error is not None
+        c = _costs(r)
         r.pareto = not any(
             o is not r
-            and o.error is not None
-            and o.table_bytes <= r.table_bytes
-            and o.error <= r.error
-            and (o.table_bytes < r.table_bytes or o.error < r.error)
+            and all(a <= b for a, b in zip(_costs(o), c, strict=True))
+            and any(a < b for a, b in zip(_costs(o), c, strict=True))
             for o in ok
         )
 
@@ -354,17 +361,17 @@ def write_plot(rows: Sequence[SweepRow], path: Path) -> bool:
         ax.annotate(r.label, (max(r.table_bytes, 1), max(r.error, 1e-9)), fontsize=6)
     front = sorted((r for r in ok if r.pareto), key=lambda r: r.table_bytes)
     if front:
-        ax.step(
+        ax.plot(
             [max(r.table_bytes, 1) for r in front],
             [max(r.error or 0.0, 1e-9) for r in front],
-            where="post",
             color="C0",
+            linewidth=0.8,
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("bytes of tables / coefficients, all sites")
     ax.set_ylabel("1 − mean cosine to fp32 (worst output)")
-    ax.set_title("gelu-quant sweep: accuracy vs cost (Pareto front in blue)")
+    ax.set_title("gelu-quant sweep: accuracy vs cost (blue: Pareto front in bytes, error, latency)")
     ax.grid(True, which="both", alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
