@@ -24,6 +24,7 @@ bytes, the choice, and the joint measurement — goes into the manifest as ``aut
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -162,9 +163,10 @@ def _allocate(
             cur = table[s][pick[s]]
             for c, m in opts[s]:
                 gain = cur.error - m.error
-                if gain <= 0 or m.bytes < cur.bytes:
+                if gain <= 0:
                     continue
-                rate = gain / max(m.bytes - cur.bytes, 1)
+                # better and no costlier: always worth taking first
+                rate = gain / (m.bytes - cur.bytes) if m.bytes > cur.bytes else math.inf
                 if best is None or rate > best[0]:
                     best = (rate, s, c)
         if best is None:

@@ -213,3 +213,21 @@ def test_auto_refusals(setup: dict[str, Path], tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.exit_code == 2 and "no output named probs" in r.output
     assert not out.exists()
+
+
+def test_allocation_by_error_per_byte() -> None:
+    from gelu_quant.auto_choice import Candidate, _allocate, _Measured
+
+    a, b, c = Candidate("int8-lut"), Candidate("int8-lut", 2), Candidate("int8-lut-fp16out")
+    # s: c (0.8 per 20 B) beats b (0.5 per 50 B); t's upgrade costs 900 B for 0.05
+    table = {
+        "s": {
+            a: _Measured(1.0, 0.9, 100),
+            b: _Measured(0.5, 0.9, 150),
+            c: _Measured(0.2, 0.9, 120),
+        },
+        "t": {a: _Measured(0.1, 0.9, 100), b: _Measured(0.05, 0.9, 1000)},
+    }
+    assert _allocate(["s", "t"], table, 0.35) == {"s": c, "t": a}
+    assert _allocate(["s", "t"], table, 10.0) == {"s": a, "t": a}
+    assert _allocate(["s", "t"], table, 0.0) == {"s": c, "t": b}  # as good as it gets
