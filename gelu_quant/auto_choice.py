@@ -110,12 +110,9 @@ class OutputProbe:
         )
 
     def _session(self, path: Path) -> Any:
-        import onnxruntime as ort
+        from gelu_quant.calib.collector import make_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.log_severity_level = 3
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return make_session(path, threads=self.threads)
 
     def error(self, candidate: Path) -> tuple[float, float]:
         """(largest 1 − mean cosine over outputs, smallest per-sample cosine)."""
@@ -144,7 +141,7 @@ def _site_bytes(manifest: Any, site: str) -> int:
     rec = manifest.site(site)
     if rec.status != "converted" or rec.spec is None:
         raise BadInputError(f"site {site}: not converted ({rec.reason})")
-    return sum(int(a.nbytes) for a in spec_from_json(rec.spec).arrays().values())
+    return spec_from_json(rec.spec).array_bytes
 
 
 def _allocate(

@@ -157,21 +157,11 @@ def _spec_bytes(manifest_sites: Iterable[Any]) -> tuple[int, int]:
         if s.status != "converted" or s.spec is None:
             continue
         n += 1
-        total += sum(int(a.nbytes) for a in spec_from_json(s.spec).arrays().values())
+        total += spec_from_json(s.spec).array_bytes
     return n, total
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _best_time(sess: Any, feed: dict[str, np.ndarray]) -> float:
+def _run_time(sess: Any, feed: dict[str, np.ndarray]) -> float:
     t = time.perf_counter()
     sess.run(None, feed)
     return time.perf_counter() - t
@@ -181,15 +171,17 @@ def measure_latency(
     reference: Path, candidate: Path, feed: dict[str, np.ndarray], rounds: int, threads: int
 ) -> tuple[float, float]:
     """(candidate seconds, reference seconds): best of ``rounds`` interleaved runs each."""
-    ref, cand = _session(reference, threads), _session(candidate, threads)
+    from gelu_quant.calib.collector import make_session
+
+    ref, cand = make_session(reference, threads=threads), make_session(candidate, threads=threads)
     names = {i.name for i in ref.get_inputs()}
     feed = {k: v for k, v in feed.items() if k in names}
     for s in (ref, cand):  # warm-up
         s.run(None, feed)
     best_r = best_c = math.inf
     for _ in range(rounds):
-        best_r = min(best_r, _best_time(ref, feed))
-        best_c = min(best_c, _best_time(cand, feed))
+        best_r = min(best_r, _run_time(ref, feed))
+        best_c = min(best_c, _run_time(cand, feed))
     return best_c, best_r
 
 

@@ -73,6 +73,11 @@ class GeluApprox(ABC):
         """Named arrays to export for edge targets (tables, coefficients). Default: none."""
         return {}
 
+    @property
+    def array_bytes(self) -> int:
+        """Bytes a device holds for the spec: the sum over :meth:`arrays`."""
+        return sum(int(a.nbytes) for a in self.arrays().values())
+
     def to_json(self) -> dict[str, Any]:
         """Versioned JSON document; ``spec_from_json`` inverts it exactly."""
         return {

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.cli.main import main
+from gelu_quant.errors import BadInputError
 from gelu_quant.graph.convert import ConvertConfig, convert_file
 from gelu_quant.graph.targets import SiteChoice
 from gelu_quant.models.digits_vit import digits_test_data, digits_train_data, digits_vit_path
@@ -145,6 +146,13 @@ def test_site_choices_convert_each_site_as_its_own_target(
         rec = res.manifest.site(c.site)
         assert rec.target == c.target
         assert rec.spec == alone.manifest.site(c.site).spec
+    with pytest.raises(BadInputError, match="no site named gelu7"):
+        convert_file(
+            model, tmp_path / "bad.onnx",
+            ConvertConfig("int8-lut", site_choices=(SiteChoice("gelu7", "int8-lut"),)),
+            ranges=ranges,
+        )  # fmt: skip
+    assert not (tmp_path / "bad.onnx").exists()
     man = json.loads((tmp_path / "mix.manifest.json").read_text())
     assert [s["target"] for s in man["sites"]] == ["int8-lut-fp16out", "int8-lut"]
     feeds, _ = digits_test_data()

@@ -262,8 +262,9 @@ def convert_model(
     replace(irm)
     if config.fold_scales:
         FoldGroupScales(replace.records, taken=all_names(irm.graph))(irm)
-    if config.sites is not None:
-        unknown = set(config.sites) - {s.id for s in sites}
+    named = set(config.sites or ()) | {c.site for c in config.site_choices}
+    if named:
+        unknown = named - {s.id for s in sites}
         if unknown:
             raise BadInputError(f"no site named {', '.join(sorted(unknown))} in the model")
     if not any(r.status == "converted" for r in replace.records):
