@@ -6,7 +6,8 @@ at 1 and 2 intra-op threads. Printed: best latency and ``converted / original`` 
 <= 1.05).
 
 With ``--groups K`` the float variants are also converted to grouped tables (``int8-lut
---groups K``, calibrated on 64 sentences of the built-in corpus).
+--groups K``, calibrated on 64 sentences of the built-in corpus), as they are and with
+``--fold-scales``.
 
 Usage: ``python benchmarks/bench_minilm_latency.py [--batch 1] [--seq 128] [--rounds 15]
 [--variants opset17 opset20 qdq] [--groups 8]``
@@ -100,11 +101,15 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         if args.groups > 1 and v != "qdq":
             ranges = _ranges(src, tmp / f"{v}-ranges.json", tmp)
             for body in args.lut_bodies:
-                out = tmp / f"{v}-g{args.groups}-{body}.onnx"
-                cfg = ConvertConfig(target="int8-lut", groups=args.groups, lut_body=body)
-                res = convert_file(src, out, cfg, ranges=load_ranges(ranges))
-                bodies = sorted({s.body or "" for s in res.manifest.converted})
-                pairs.append((f"{v} -> int8-lut g{args.groups} ({'/'.join(bodies)})", src, out))
+                for fold in (False, True):
+                    out = tmp / f"{v}-g{args.groups}-{body}-{fold}.onnx"
+                    cfg = ConvertConfig(
+                        target="int8-lut", groups=args.groups, lut_body=body, fold_scales=fold
+                    )
+                    res = convert_file(src, out, cfg, ranges=load_ranges(ranges))
+                    bodies = sorted({s.body or "" for s in res.manifest.converted})
+                    label = f"{v} -> g{args.groups}{' folded' if fold else ''} ({'/'.join(bodies)})"
+                    pairs.append((label, src, out))
     x = feeds(args.batch, args.seq)
     print(
         f"all-MiniLM-L6-v2, batch {args.batch} x {args.seq} tokens, best of {args.rounds} "

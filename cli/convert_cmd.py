@@ -117,7 +117,8 @@ from gelu_quant.graph.targets import TARGETS
     type=click.Choice(list(LUT_BODIES)),
     default="auto",
     show_default=True,
-    help="Function body of GELU tables (auto: the proved formula body, else gather).",
+    help="Function body of GELU tables (auto: the proved formula body, else gather; "
+    "grouped tables: gather-elements).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")

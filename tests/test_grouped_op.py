@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+from gelu_quant.errors import SpecError
 from gelu_quant.graph.ops import custom_op
 from gelu_quant.graph.ops.grouped_lut_op import all_codes_probe, channel_model, grouped_lut_op
 from gelu_quant.graph.ops.op_runners import run_ort, run_reference
@@ -51,7 +52,7 @@ def _three_way(op, spec) -> None:
 @pytest.mark.parametrize("form", ["exact", "tanh"])
 def test_formula_body_on_every_code(opset: int, form: str) -> None:
     spec = _spec(form=form)
-    op = custom_op(spec, opset=opset)
+    op = custom_op(spec, opset=opset, lut_body="formula")
     assert op.op_type.startswith("GeluGroupedLut_")
     assert op.body_kind == "formula", op.notes
     _three_way(op, spec)
@@ -65,9 +66,12 @@ def test_gather_elements_body_on_every_code(out_dtype: str) -> None:
     _three_way(op, spec)
 
 
-def test_float16_output_falls_back_to_the_table() -> None:
-    """Float16 entries are finer than float32 GELU's error: no formula body is proved."""
+def test_float16_output_has_no_formula_body() -> None:
+    """Float16 entries are finer than float32 GELU's error: no formula body is proved, and
+    asking for one is refused; ``auto`` is the table."""
     spec = _spec(out_dtype="float16", seed=2)
+    with pytest.raises(SpecError, match="cannot prove a formula body"):
+        custom_op(spec, opset=21, lut_body="formula")
     op = custom_op(spec, opset=21)
     assert op.body_kind == "gather-elements"
     _three_way(op, spec)
@@ -87,6 +91,6 @@ def test_the_wide_probe_covers_every_code_at_every_position() -> None:
     pos = np.arange(x.size).reshape(x.shape) % 16
     for k in (-128, -1, 0, 77, 127):
         assert set(pos[codes == k]) == set(range(16))
-    op = custom_op(spec, opset=17)
+    op = custom_op(spec, opset=17, lut_body="formula")
     assert op.body_kind == "formula"
     _three_way(op, spec)

@@ -137,7 +137,8 @@ def custom_op(
     """The custom op for ``spec`` with its body written in default-domain ``opset``.
 
     ``lut_body`` chooses the body of GELU tables (``auto``: the formula body when it is proved
-    equal to the table, else ``gather-elements``); ``verify`` runs formula bodies on every input
+    equal to the table, else ``gather-elements``; grouped tables: ``gather-elements``, faster in
+    ORT than their per-channel formula); ``verify`` runs formula bodies on every input
     code in ORT and onnx.reference before accepting them.
     """
     if opset < MIN_OPSET:

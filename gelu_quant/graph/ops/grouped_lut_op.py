@@ -16,7 +16,8 @@ per-group ``in_scales`` / ``in_zero_points`` / ``out_scales`` / ``out_zero_point
   formula before), each group's scales nudged until every code of the group provably lands on
   its entry, then run on every code of every channel in ORT and onnx.reference at build time;
 * ``gather-elements``: index = code + 256·group (per channel), one ``GatherElements`` on the
-  flattened tables — any tables, used when the formula cannot be proved.
+  flattened tables — any tables; the ``auto`` body (faster in ORT than the formula: one
+  elementwise pass and a lookup where the formula takes eight).
 """
 
 from __future__ import annotations
@@ -65,21 +66,29 @@ def _attributes(spec: GroupedLutSpec) -> tuple[onnx.AttributeProto, ...]:
 def quantize_per_channel(
     x: str, scale: str, zero_point_f: str, y: str, dtype: Any, prefix: str = ""
 ) -> list[onnx.NodeProto]:
-    """Per-channel QuantizeLinear of float32 ``x`` spelled ``Div → Round → Add → Clip → Cast``:
-    ``saturate(round_half_even(x / scale) + zp)``, exactly ONNX's QuantizeLinear (the zero point
-    is added to an integer-valued float, exact), with per-channel ``scale`` and float zero points
-    broadcast on the last axis. ORT runs this 18× faster than a per-axis QuantizeLinear (0.24 vs
-    4.2 ms for 128 × 1536 values, one thread)."""
-    info = np.iinfo(dtype)
+    """Per-channel QuantizeLinear of float32 ``x`` spelled ``Div → Round → Add → QuantizeLinear(1,
+    0)``: ``saturate(round_half_even(x / scale) + zp)``, exactly ONNX's QuantizeLinear (the zero
+    point is added to an integer-valued float, exact; the per-tensor ``QuantizeLinear`` with scale
+    1 and zero point 0 of an integer-valued float is its saturating cast), with per-channel
+    ``scale`` and float zero points broadcast on the last axis. ORT runs this 18× faster than a
+    per-axis QuantizeLinear (0.24 vs 4.2 ms for 128 × 1536 values, one thread); the final
+    per-tensor QuantizeLinear is one kernel where ``Clip → Cast`` were two."""
     p = prefix
     return [
         helper.make_node("Div", [x, scale], [f"{p}q_div"]),
         helper.make_node("Round", [f"{p}q_div"], [f"{p}q_round"]),
         helper.make_node("Add", [f"{p}q_round", zero_point_f], [f"{p}q_shift"]),
-        const(f"{p}q_min", float(info.min), np.float32),
-        const(f"{p}q_max", float(info.max), np.float32),
-        helper.make_node("Clip", [f"{p}q_shift", f"{p}q_min", f"{p}q_max"], [f"{p}q_sat"]),
-        helper.make_node("Cast", [f"{p}q_sat"], [y], to=onnx_type(dtype)),
+        *saturate_cast(f"{p}q_shift", y, dtype, prefix=p),
+    ]
+
+
+def saturate_cast(x: str, y: str, dtype: Any, prefix: str = "") -> list[onnx.NodeProto]:
+    """``y = saturate(round_half_even(x))`` to int8/uint8 ``dtype``: a per-tensor QuantizeLinear
+    with scale 1 and zero point 0 (``x / 1`` is exact), one kernel for ``Round → Clip → Cast``."""
+    return [
+        const(f"{prefix}q_one", 1.0, np.float32),
+        const(f"{prefix}q_zero", np.zeros((), dtype)),
+        helper.make_node("QuantizeLinear", [x, f"{prefix}q_one", f"{prefix}q_zero"], [y]),
     ]
 
 
@@ -216,15 +225,17 @@ def verify_grouped(op: CustomOp, spec: GroupedLutSpec) -> str:
 def grouped_lut_op(
     spec: GroupedLutSpec, *, opset: int, lut_body: str = "auto", verify: bool = True
 ) -> CustomOp:
-    """The op for a grouped spec: the formula body when every group's is proved, else
-    GatherElements (``lut_body="formula"`` refuses instead of falling back)."""
+    """The op for a grouped spec. ``auto`` and ``gather-elements``: the GatherElements body, the
+    faster one in ORT (``benchmarks/bench_minilm_latency.py --groups 8 --lut-bodies auto
+    formula``). ``formula``: the per-channel DQ → GELU → Q body when every group's is proved,
+    else refused."""
     g0 = spec.groups[0]
     if g0.in_qparams.dtype == "int16" or g0.out_dtype == "int16":
         raise SpecError("grouped tables take int8/uint8 codes (int16 tables are not grouped)")
     in_t, out_t = onnx_type(g0.in_qparams.np_dtype), onnx_type(g0.table.dtype)
     attrs = _attributes(spec)
     notes: list[str] = []
-    if lut_body in ("auto", "formula"):
+    if lut_body == "formula":
         fits = [fit_formula(g, mul_sub=opset < 20) for g in spec.groups]
         bad = [k for k, f in enumerate(fits) if f is None]
         if bad:
@@ -244,7 +255,6 @@ def grouped_lut_op(
             if not problem:
                 return dataclasses.replace(op, notes=tuple(notes))
             notes.append(f"formula body rejected: {problem}")
-        if lut_body == "formula":
-            raise SpecError("cannot prove a formula body equal to the tables: " + "; ".join(notes))
+        raise SpecError("cannot prove a formula body equal to the tables: " + "; ".join(notes))
     body = tuple(gather_elements_body(spec))
     return CustomOp(KIND, attrs, body, opset, in_t, out_t, "gather-elements", tuple(notes))

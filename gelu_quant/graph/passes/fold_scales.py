@@ -1,14 +1,15 @@
 """Fold grouped tables' per-channel scales into the neighbouring linear layers (``--fold-scales``).
 
-A grouped float site is ``x → Div(s_in) → Round → Add(z_in) → Clip → Cast → GeluGroupedLut →
-Cast → Sub(z_out) → Mul(s_out) → y`` with per-channel ``s``/``z`` (channel = last axis). An int8
-pipeline cannot run per-channel float scales on the activation; it can run them in the weights:
+A grouped float site is ``x → Div(s_in) → Round → Add(z_in) → QuantizeLinear(1, 0) →
+GeluGroupedLut → Cast → Sub(z_out) → Mul(s_out) → y`` with per-channel ``s``/``z`` (channel =
+last axis). An int8 pipeline cannot run per-channel float scales on the activation; it can run
+them in the weights:
 
 * **input side** — when ``x = h·W (+ b)`` with constant ``W`` (and ``b``), the producer computes
   the codes' real value directly: ``W' = W / s_in`` (per column), ``b' = b / s_in + z_in``; the
-  ``Div`` and the zero-point ``Add`` go (without a bias only the ``Div``). The quantize becomes
-  ``Round → Clip → Cast``: a per-tensor requantization with scale 1, i.e. the producer's own
-  per-channel output requantization.
+  ``Div``, the ``Round`` and the zero-point ``Add`` go (without a bias only the ``Div``). The
+  quantize becomes one per-tensor ``QuantizeLinear`` with scale 1 and zero point 0: the
+  producer's own per-channel output requantization.
 * **output side** — when ``y`` is read only by ``MatMul(y, V) (+ c)`` with constant ``V`` (and
   ``c``): ``V' = diag(s_out)·V`` (per row), ``c' = c − (z_out·s_out)·V``; the ``Mul`` and the
   zero-point ``Sub`` go (without a bias only the ``Mul``): the next layer reads the output codes.
@@ -132,9 +133,8 @@ class FoldGroupScales(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, changed)
 
     def _fold_input(self, graph: ir.Graph, lut: ir.Node) -> dict[str, Any]:
-        cast = _producer(lut.inputs[0], "Cast")
-        clip = _producer(cast.inputs[0], "Clip")
-        add_z = _producer(clip.inputs[0], "Add")
+        sat = _producer(lut.inputs[0], "QuantizeLinear")  # the saturating cast, scale 1
+        add_z = _producer(sat.inputs[0], "Add")
         rnd = _producer(add_z.inputs[0], "Round")
         div = _producer(rnd.inputs[0], "Div")
         x = div.inputs[0]
@@ -177,8 +177,9 @@ class FoldGroupScales(ir.passes.InPlacePass):
             idx = list(bias_node.inputs).index(bias_v)
             bias_node.replace_input_with(idx, self._init(graph, bias_v.name or "b", b2))
             self._drop_if_unused(graph, bias_v)
-            clip.replace_input_with(0, rnd.outputs[0])
-            graph.remove(add_z, safe=True)
+            # QuantizeLinear(·, 1, 0) rounds half to even itself: Round goes too
+            sat.replace_input_with(0, x)
+            graph.remove([add_z, rnd], safe=True)
             out["bias"] = bias_v.name
             out["zero_point"] = "in the bias"
         else:
