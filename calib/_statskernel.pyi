@@ -15,3 +15,11 @@ def channel_extremes(
 def histogram(
     x: npt.NDArray[Any], is_double: bool, scale: float, offset: int, counts: npt.NDArray[np.int64]
 ) -> int: ...
+def channel_histograms(
+    x: npt.NDArray[Any],
+    is_double: bool,
+    channels: int,
+    scales: npt.NDArray[np.float64],
+    offsets: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+) -> int: ...

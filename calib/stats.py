@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gelu_quant.calib import channel_hist as chist
+from gelu_quant.calib.grid import K_MIN, NUM_BINS, width_exponent
 from gelu_quant.errors import BadInputError
 from gelu_quant.fileio import write_bytes_atomic
 
@@ -48,14 +50,8 @@ except ImportError:  # not built (no C compiler at install time): numpy does the
 if os.environ.get("GELU_QUANT_STATS_BACKEND") == "numpy":  # to compare, or to rule it out
     _kernel = None  # type: ignore[assignment]
 
-#: Number of histogram bins (fixed; the width adapts).
-NUM_BINS = 4096
-#: Smallest width exponent: bins are never narrower than ``2**K_MIN``.
-K_MIN = -40
 #: Values binned per step (fits the L2 cache with its index buffer).
 BLOCK = 1 << 16
-#: Bin indices are kept below ``2**IDX_BITS`` in magnitude so float32 ``floor`` is exact.
-IDX_BITS = 24
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -66,32 +62,10 @@ def backend() -> str:
     return "compiled" if _kernel is not None else "numpy"
 
 
-def width_exponent(lo: float, hi: float, num_bins: int = NUM_BINS) -> int:
-    """The canonical width exponent for finite data spanning ``[lo, hi]``.
-
-    The smallest ``k >= K_MIN`` with ``floor(hi/2**k) - floor(lo/2**k) < num_bins`` and
-    ``max(|lo|, |hi|) < 2**(k + IDX_BITS)``. Both conditions only get easier as ``k`` grows,
-    so the answer is monotone in the data's range.
-    """
-    mag = max(abs(lo), abs(hi))
-    k = K_MIN
-    if mag > 0.0:
-        k = max(k, math.frexp(mag)[1] - IDX_BITS)  # mag < 2**e  =>  need k >= e - IDX_BITS
-    span = hi - lo
-    if span > 0.0:
-        k = max(k, math.frexp(span / num_bins)[1] - 2)
-    while not (
-        math.floor(math.ldexp(hi, -k)) - math.floor(math.ldexp(lo, -k)) < num_bins
-        and mag < math.ldexp(1.0, k + IDX_BITS)
-    ):
-        k += 1
-    return k
-
-
 @dataclass
 class TensorStats:
     """Streaming statistics of one tensor: count, min, max, non-finite count, an exact mergeable
-    histogram and per-channel min/max over the last axis.
+    histogram and, per channel of the last axis, min/max and a histogram.
 
     ``update`` and ``merge`` only accumulate; choosing a range from the statistics is the job of
     the pure functions in :mod:`gelu_quant.calib.methods`.
@@ -114,6 +88,10 @@ class TensorStats:
     channel_max: FloatArray | None = None
     channel_mismatch: bool = False
     """True once batches with different last-axis sizes were seen (per-channel data dropped)."""
+    channel_hist: IntArray | None = None
+    """Per-channel histograms ``[channels, CHANNEL_BINS]`` on each channel's own grid
+    (:mod:`gelu_quant.calib.channel_hist`; the grid follows from ``channel_min``/``channel_max``);
+    None without per-channel statistics or when read from a file written before they existed."""
 
     def __post_init__(self) -> None:
         if self.counts.size == 0:
@@ -202,6 +180,8 @@ class TensorStats:
         nonfinite = _kernel.channel_extremes(x, is_double, width, cmin, cmax)
         if c:
             self._fold_channels(cmin, cmax)
+            if self.channel_hist is not None:
+                self._bin_channels_compiled(x, is_double, c)
         self.nonfinite += nonfinite
         finite = int(x.size) - nonfinite
         if finite == 0:
@@ -214,6 +194,15 @@ class TensorStats:
         if outside:
             raise AssertionError(f"{outside} values fell outside the histogram window")
         self.count += finite
+
+    def _bin_channels_compiled(self, x: npt.NDArray[np.floating], is_double: bool, c: int) -> None:
+        assert _kernel is not None and self.channel_hist is not None
+        assert self.channel_min is not None and self.channel_max is not None
+        k, off = chist.channel_grids(self.channel_min, self.channel_max, self.channel_hist.shape[1])
+        scales = np.ldexp(1.0, -k)
+        outside = _kernel.channel_histograms(x, is_double, c, scales, off, self.channel_hist)
+        if outside:
+            raise AssertionError(f"{outside} values fell outside their channel's window")
 
     def merge(self, other: TensorStats) -> None:
         """Add everything ``other`` has seen (``other`` is left unchanged)."""
@@ -242,6 +231,7 @@ class TensorStats:
             channel_min=None if self.channel_min is None else self.channel_min.copy(),
             channel_max=None if self.channel_max is None else self.channel_max.copy(),
             channel_mismatch=self.channel_mismatch,
+            channel_hist=None if self.channel_hist is None else self.channel_hist.copy(),
         )
 
     # -- internals ---------------------------------------------------------------------------
@@ -295,11 +285,18 @@ class TensorStats:
         return c
 
     def _fold_channels(self, cmin: FloatArray, cmax: FloatArray) -> None:
+        """Fold a batch's (or a shard's) channel extremes in; the channel histograms move to
+        the grown grids (their counts of the new data are added by the caller)."""
         if self.channel_min is None or self.channel_max is None:
-            self.channel_min, self.channel_max = cmin, cmax
-        else:
-            np.minimum(self.channel_min, cmin, out=self.channel_min)
-            np.maximum(self.channel_max, cmax, out=self.channel_max)
+            self.channel_min, self.channel_max = cmin.copy(), cmax.copy()
+            self.channel_hist = np.zeros((cmin.size, chist.CHANNEL_BINS), np.int64)
+            return
+        hist = self.channel_hist
+        old = None if hist is None else chist.channel_grids(self.channel_min, self.channel_max)
+        np.minimum(self.channel_min, cmin, out=self.channel_min)
+        np.maximum(self.channel_max, cmax, out=self.channel_max)
+        if hist is not None and old is not None:
+            chist.regrid(hist, old, chist.channel_grids(self.channel_min, self.channel_max))
 
     def _update_channels(self, x: npt.NDArray[np.floating]) -> tuple[float, float] | None:
         """Fold ``x`` into the per-channel extremes; returns the batch's ``(min, max)`` (NaN or
@@ -317,6 +314,10 @@ class TensorStats:
             cmin = np.where(finite, flat, np.inf).min(axis=0).astype(np.float64)
             cmax = np.where(finite, flat, -np.inf).max(axis=0).astype(np.float64)
         self._fold_channels(cmin, cmax)
+        if self.channel_hist is not None and self.channel_min is not None:
+            assert self.channel_max is not None
+            grids = chist.channel_grids(self.channel_min, self.channel_max)
+            self.channel_hist += chist.bin_channels(x, grids, self.channel_hist.shape[1])
         return extremes
 
     def _merge_channels(self, other: TensorStats) -> None:
@@ -327,18 +328,31 @@ class TensorStats:
             return
         if other.channel_min is None or other.channel_max is None:
             return
-        if self.channel_min is None or self.channel_max is None:
-            self.channel_min = other.channel_min.copy()
-            self.channel_max = other.channel_max.copy()
-        elif self.channel_min.size != other.channel_min.size:
+        if self.channel_min is not None and self.channel_min.size != other.channel_min.size:
             self._drop_channels()
-        else:
-            np.minimum(self.channel_min, other.channel_min, out=self.channel_min)
-            np.maximum(self.channel_max, other.channel_max, out=self.channel_max)
+            return
+        fresh = self.channel_min is None
+        mine = self.channel_hist
+        self._fold_channels(other.channel_min, other.channel_max)
+        if fresh:
+            self.channel_hist = None if other.channel_hist is None else other.channel_hist.copy()
+            return
+        if mine is None or other.channel_hist is None:  # one side predates channel histograms
+            self.channel_hist = None
+            return
+        assert self.channel_min is not None and self.channel_max is not None
+        assert other.channel_max is not None
+        theirs = other.channel_hist.copy()
+        chist.regrid(
+            theirs,
+            chist.channel_grids(other.channel_min, other.channel_max),
+            chist.channel_grids(self.channel_min, self.channel_max),
+        )
+        mine += theirs
 
     def _drop_channels(self) -> None:
         self.channel_mismatch = True
-        self.channel_min = self.channel_max = None
+        self.channel_min = self.channel_max = self.channel_hist = None
 
     # -- equality and serialisation ----------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -366,6 +380,15 @@ class TensorStats:
             "channel_min": None if self.channel_min is None else [_jf(v) for v in self.channel_min],
             "channel_max": None if self.channel_max is None else [_jf(v) for v in self.channel_max],
             "channel_mismatch": self.channel_mismatch,
+            "channel_hist": None
+            if self.channel_hist is None
+            else {
+                "bins": int(self.channel_hist.shape[1]),
+                "counts": [
+                    [int(c), int(j), int(self.channel_hist[c, j])]
+                    for c, j in zip(*np.nonzero(self.channel_hist), strict=True)
+                ],
+            },
         }
 
     @classmethod
@@ -388,6 +411,7 @@ class TensorStats:
                 channel_min=None if cmin is None else np.array([_fj(v) for v in cmin]),
                 channel_max=None if cmax is None else np.array([_fj(v) for v in cmax]),
                 channel_mismatch=bool(d.get("channel_mismatch", False)),
+                channel_hist=_hist_from_json(d.get("channel_hist"), cmin),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise BadInputError(
@@ -415,6 +439,8 @@ class TensorStats:
         if self.channel_min is not None and self.channel_max is not None:
             out[prefix + "channel_min"] = self.channel_min
             out[prefix + "channel_max"] = self.channel_max
+        if self.channel_hist is not None:
+            out[prefix + "channel_hist"] = self.channel_hist
         return out
 
     @classmethod
@@ -443,6 +469,11 @@ class TensorStats:
                     if cmax_key in arrays
                     else None
                 ),
+                channel_hist=(
+                    np.asarray(arrays[prefix + "channel_hist"], dtype=np.int64).copy()
+                    if prefix + "channel_hist" in arrays and cmin_key in arrays
+                    else None
+                ),
             )
         except (KeyError, IndexError) as e:
             raise BadInputError(
@@ -457,7 +488,7 @@ class TensorStats:
             write_bytes_atomic(p, json.dumps(self.to_json()).encode())
         else:
             buf = io.BytesIO()
-            np.savez(buf, **self.to_arrays())  # type: ignore[arg-type]
+            np.savez_compressed(buf, **self.to_arrays())  # type: ignore[arg-type]
             write_bytes_atomic(p, buf.getvalue())
 
     @classmethod
@@ -502,6 +533,15 @@ def _rebin(counts: IntArray, k: int, offset: int, k2: int, offset2: int) -> IntA
             raise AssertionError("re-binned counts fall outside the window")
         np.add.at(out, idx, counts[nz])
     return out
+
+
+def _hist_from_json(d: Mapping[str, Any] | None, cmin: list[Any] | None) -> IntArray | None:
+    if d is None or cmin is None:
+        return None
+    hist = np.zeros((len(cmin), int(d["bins"])), np.int64)
+    for c, j, n in d["counts"]:
+        hist[int(c), int(j)] = int(n)
+    return hist
 
 
 def _jf(v: float) -> float | str:

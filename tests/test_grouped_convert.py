@@ -139,3 +139,68 @@ def test_groups_refusals(tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 2 and "per-channel ranges" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_group_range_methods_run_on_the_members_histograms(tmp_path: Path, method: str) -> None:
+    """``--group-method``: each group's range comes from its members' summed per-channel
+    histograms. Oracle for percentile: the raw calibration values of the members (the range
+    ends within one bin of the group histogram of their empirical quantiles); every method
+    keeps the range within the members' min/max, and the model computes the spec exactly."""
+    model = _model(tmp_path / "m.onnx", 17)
+    cal = _data(4096, 0)
+    np.savez(tmp_path / "cal.npz", x=cal)
+    calibrate_model(model, tmp_path / "cal.npz", tmp_path / "r.json")
+    ranges = load_ranges(tmp_path / "r.json")
+    site = ranges.site_ids[0]
+    res = convert_file(
+        model,
+        tmp_path / "g.onnx",
+        ConvertConfig("int8-lut", groups=3, group_method=method),
+        ranges=ranges,
+    )
+    rec = res.manifest.converted[0]
+    assert rec.range_source == f"ranges:per-group {method}, tail cut"
+    spec = spec_from_json(rec.spec or {})
+    assert isinstance(spec, GroupedLutSpec) and len(spec.groups) == 3
+    for k in range(3):
+        members = np.flatnonzero(spec.channel_group == k)
+        v = cal[:, members].astype(np.float64).ravel()
+        lo, hi = ranges.group_range_for(site, members, method)
+        assert v.min() <= lo < hi <= v.max()
+        if method == "percentile":
+            p = float(ranges.params["percentile"]) / 100.0
+            span = v.max() - v.min()
+            width = 2.0 ** np.ceil(np.log2(span / 512))  # the group grid is at most this wide
+            assert abs(hi - np.quantile(v, p)) <= 2 * width
+            assert abs(lo - np.quantile(v, 1 - p)) <= 2 * width
+        # the group's table covers that range (the negative tail cut may raise its lower end)
+        q = spec.groups[k].in_qparams
+        top = (q.qmax - q.zero_point) * q.scale
+        assert abs(top - hi) <= q.scale
+    x = _data(300, 1)
+    assert np.array_equal(_run(tmp_path / "g.onnx", x), spec.evaluate(x).astype(np.float32))
+
+
+def test_group_methods_need_histograms(tmp_path: Path) -> None:
+    """A ranges file without per-channel histograms (older gelu-quant) still converts with
+    minmax groups, and refuses another group method with a message that says what to do."""
+    model = _model(tmp_path / "m.onnx", 17)
+    np.savez(tmp_path / "cal.npz", x=_data(512, 0))
+    calibrate_model(model, tmp_path / "cal.npz", tmp_path / "r.json")
+    d = json.loads((tmp_path / "r.json").read_text())
+    for s in d["sites"]:
+        del s["channels"]["hist"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = load_ranges(tmp_path / "old.json")
+    convert_file(model, tmp_path / "a.onnx", ConvertConfig("int8-lut", groups=2), ranges=old)
+    with pytest.raises(BadInputError, match="no per-channel histograms"):
+        convert_file(
+            model,
+            tmp_path / "b.onnx",
+            ConvertConfig("int8-lut", groups=2, group_method="entropy"),
+            ranges=old,
+        )
+    assert not (tmp_path / "b.onnx").exists()
+    with pytest.raises(BadInputError, match="unknown group range method"):
+        ConvertConfig("int8-lut", groups=2, group_method="median")

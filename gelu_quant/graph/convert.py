@@ -66,6 +66,10 @@ class RangeFile(RangeSource, Protocol):
     def check_model(self, model: str, force: bool = False) -> None: ...
 
 
+GROUP_METHODS = ("minmax", "percentile", "entropy", "mse")
+"""Range methods of a group of channels (``gelu_quant.calib.methods``)."""
+
+
 def _check_groups(g: object, target: str) -> None:
     if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
         raise BadInputError(f"--groups must be an integer from 1 to {MAX_GROUPS}, got {g!r}")
@@ -117,6 +121,10 @@ class ConvertConfig:
     by their calibrated ranges, each group its own qparams and table; needs a ranges file with
     per-channel extremes). 8-bit table targets only."""
 
+    group_method: str = "minmax"
+    """Grouped tables: the range method of each group, run on its members' summed per-channel
+    histograms (``minmax``: the members' min/max, the best measured on MiniLM)."""
+
     fold_scales: bool = False
     """Grouped tables: fold the per-channel scales into the producing and consuming MatMul
     weights where the graph allows (:mod:`gelu_quant.graph.passes.fold_scales`)."""
@@ -127,6 +135,11 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         _check_groups(self.groups, self.target)
+        if self.group_method not in GROUP_METHODS:
+            raise BadInputError(
+                f"unknown group range method {self.group_method!r}; one of "
+                f"{', '.join(GROUP_METHODS)}"
+            )
         if (
             self.fold_scales
             and self.groups == 1
@@ -244,6 +257,7 @@ def convert_model(
         ranges=ranges,
         groups=config.groups,
         tail_cut=config.tail_cut,
+        group_method=config.group_method,
         poly_segments=config.poly_segments,
         poly_degree=config.poly_degree,
         new_name=str,

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -246,10 +247,12 @@ def grouped_spec(
     form: GeluForm,
     channel_ranges: tuple[np.ndarray, np.ndarray] | None,
     groups: int,
+    group_range: Callable[[np.ndarray], tuple[float, float]] | None = None,
 ) -> GroupedLutSpec:
     """Grouped tables from the site's per-channel extremes: channels partitioned by their
     ranges (:func:`~gelu_quant.lut.grouped.partition_channels`), each group's range its members'
-    min/max with GELU's irrelevant negative tail cut (:mod:`gelu_quant.lut.tails`)."""
+    min/max (or ``group_range(members)``: a range method on the members' statistics) with
+    GELU's irrelevant negative tail cut (:mod:`gelu_quant.lut.tails`)."""
     ch = channel_ranges
     if ch is None:
         raise ModelError(
@@ -270,13 +273,13 @@ def grouped_spec(
     )
     part = partition_channels(np.maximum(lo, cut), hi, groups)
 
-    def group_range(members: np.ndarray) -> tuple[float, float]:
+    def cut_group_range(members: np.ndarray) -> tuple[float, float]:
+        if group_range is None:
+            glo, ghi = float(lo[members].min()), float(hi[members].max())
+        else:
+            glo, ghi = group_range(members)
         return cut_range(
-            min(float(lo[members].min()), -1e-3),
-            float(hi[members].max()),
-            in_dtype=in_dt,
-            out_dtype=out_dt,
-            form=form,
+            min(glo, -1e-3), max(ghi, 1e-3), in_dtype=in_dt, out_dtype=out_dt, form=form
         )
 
-    return build_grouped_lut(part, group_range, in_dtype=in_dt, out_dtype=out_dt, form=form)
+    return build_grouped_lut(part, cut_group_range, in_dtype=in_dt, out_dtype=out_dt, form=form)

@@ -50,6 +50,10 @@ class RangeSource(Protocol):
 
     def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None: ...
 
+    def group_range_for(
+        self, site_id: str, members: np.ndarray, method: str, form: str = "exact"
+    ) -> tuple[float, float]: ...
+
 
 @dataclass(frozen=True)
 class SiteContext:
@@ -65,6 +69,8 @@ class SiteContext:
     ranges: RangeSource | None
     groups: int
     tail_cut: bool
+    group_method: str
+    """Range method of each group of grouped tables (on the members' summed histograms)."""
     poly_segments: int | None
     poly_degree: int | None
     new_name: Callable[[str], str]
@@ -298,9 +304,19 @@ class GroupedFloatTable:
         _float_range(site, ctx)  # the same refusals as one table (a site the calibrator skipped)
         assert ctx.ranges is not None
         ch = ctx.ranges.channel_ranges_for(site.id)
-        spec = grouped_spec(site, ctx.target, ctx.form, ch, ctx.groups)
+        ranges, method = ctx.ranges, ctx.group_method
+        spec = grouped_spec(
+            site,
+            ctx.target,
+            ctx.form,
+            ch,
+            ctx.groups,
+            None
+            if method == "minmax"
+            else lambda m: ranges.group_range_for(site.id, m, method, ctx.form),
+        )
         op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
-        source = "ranges:per-channel minmax, tail cut"
+        source = f"ranges:per-group {method}, tail cut"
         rw = Rewrite(site, set(site.nodes), op, spec, "float", spec.domain, source, site.output)
         e = _Emit(rw, ctx)
         x = _biased_input(e)
