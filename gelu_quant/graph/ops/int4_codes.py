@@ -142,7 +142,7 @@ def _table_body(spec: LutSpec, out_t: int, lut_body: LutBody) -> tuple[str, list
         m.output[:] = ["Y8" if v == "Y" else v for v in m.output]
         out.append(m)
     out.append(helper.make_node("Cast", ["Y8"], ["Y"], to=out_t))
-    return f"{kind}-int4", out
+    return kind, out
 
 
 def int4_lut_op(spec: LutSpec, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
@@ -179,9 +179,7 @@ def int4_lut_op(spec: LutSpec, *, opset: int, lut_body: LutBody, verify: bool) -
                     helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
                     helper.make_tensor_value_info("g", TensorProto.FLOAT, None),
                 )
-                op = CustomOp(
-                    "GeluLut", attrs, tuple(body), opset, in_t, out_t, "formula-int4", (), vi
-                )
+                op = CustomOp("GeluLut", attrs, tuple(body), opset, in_t, out_t, "formula", (), vi)
                 problem = verify_int4_op(op, qp.codes(), spec.table) if verify else ""
                 if not problem:
                     return dataclasses.replace(op, notes=tuple(notes))
