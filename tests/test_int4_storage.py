@@ -131,15 +131,19 @@ ONE_GELU = """
 @pytest.mark.parametrize("target", ["int4-lut", "uint4-lut", "int2-lut", "uint3-lut"])
 def test_every_float_input_like_the_8bit_container(target: str) -> None:
     """Dense inputs, infinities and NaN: the INT4 site gives what the 8-bit container gives
-    (ORT and onnx.reference), also with the functions inlined (--expand)."""
+    (ORT and onnx.reference), with each body, also with the functions inlined (--expand)."""
     model = onnx.parser.parse_model(ONE_GELU.format(opset=21))
     x = np.concatenate([np.linspace(-9, 9, 40001), [np.inf, -np.inf, np.nan, 0.0, -0.0]])
     x = x.astype(np.float32)
     eight = convert_model(model, ConvertConfig(target, range=(-5.0, 6.0), code_container="int8"))
     want = _run(eight.model, {"x": x})
-    for expand in (False, True):
-        res = convert_model(model, ConvertConfig(target, range=(-5.0, 6.0), expand=expand))
-        assert res.manifest.converted[0].code_container in FOUR.values()
+    bodies = ["auto", "formula"] if "4" in target else ["auto", "gather"]
+    for expand, body in [(False, bodies[0]), (True, bodies[0]), (False, bodies[1])]:
+        cfg = ConvertConfig(target, range=(-5.0, 6.0), expand=expand, lut_body=body)  # type: ignore[arg-type]
+        res = convert_model(model, cfg)
+        rec = res.manifest.converted[0]
+        assert rec.code_container in FOUR.values()
+        assert rec.body == {"auto": "gather-elements"}.get(body, body)
         np.testing.assert_array_equal(_run(res.model, {"x": x}), want)
         fin = np.isfinite(x)  # onnx.reference's QuantizeLinear casts infinities to int32
         ref = reference_evaluator(res.model).run(None, {"x": x[fin]})[0]

@@ -14,14 +14,18 @@ optimised away. It has no INT4 kernel for ``Reshape``, ``Shape`` or ``Identity``
 schemas of ``Clip``, ``Gather`` and ``GatherElements`` do not admit 4-bit tensors at all. So
 the bodies are:
 
-* **formula** (4-bit codes, the container's whole range): ``DequantizeLinear(X, s, zp) ->
-  Gelu -> QuantizeLinear(·, s', zp')`` with 4-bit zero points (QuantizeLinear saturates to
-  exactly the code range), proved on every code like the 8-bit formula body
-  (:func:`~gelu_quant.graph.ops.formula_proof.fit_formula`, then run in ORT and
-  ``onnx.reference``);
-* **table** (any width, e.g. 2- and 3-bit codes): ``Cast(X, int32)`` then the 8-bit body's
+* **table** (the default, any width): ``Cast(X, int32)``, then the 8-bit body's
   ``GatherElements`` on the flattened codes (or ``Gather``) over the ``2**bits``-entry table,
-  then ``Cast`` to INT4/UINT4 (exact: every entry is a code of the range).
+  then ``Cast`` to INT4/UINT4 (exact: every entry is a code of the range);
+* **formula** (``lut_body="formula"``, codes spanning the whole 4-bit range):
+  ``DequantizeLinear(X, s, zp) -> Gelu -> QuantizeLinear(·, s', zp')`` with 4-bit zero points
+  (QuantizeLinear saturates to exactly the code range), proved like the 8-bit formula body
+  (:func:`~gelu_quant.graph.ops.formula_proof.fit_formula`). ORT runs it slower than the table
+  body (its 4-bit QuantizeLinear/DequantizeLinear kernels are scalar), so ``auto`` does not
+  choose it.
+
+Every body is run on every code (at every position modulo 16) in ORT and ``onnx.reference`` at
+build time and must reproduce the table exactly (:func:`verify_int4_op`).
 """
 
 from __future__ import annotations
@@ -148,9 +152,10 @@ def _table_body(spec: LutSpec, out_t: int, lut_body: LutBody) -> tuple[str, list
 def int4_lut_op(spec: LutSpec, *, opset: int, lut_body: LutBody, verify: bool) -> CustomOp:
     """The ``GeluLut`` op of a table with 4-bit (or narrower) codes on INT4/UINT4 tensors.
 
-    The formula body where the codes span the 4-bit range and it is proved equal to the table
-    (``verify``: run on every code in ORT and onnx.reference), the table body otherwise;
-    ``lut_body`` as for the 8-bit op (``formula`` raises SpecError when it cannot be proved)."""
+    ``lut_body``: ``auto`` and ``gather-elements`` give the table body (``GatherElements``,
+    faster in ORT than the formula), ``gather`` the ``Gather`` one, ``formula`` the formula
+    body, for codes that span the 4-bit range, proved equal to the table (SpecError when it
+    cannot be). ``verify`` runs the op on every code in ORT and onnx.reference."""
     if not four_bit_spec(spec):
         raise SpecError("INT4/UINT4 storage needs a table with at most 4-bit codes on both sides")
     if opset < INT4_OPSET:
@@ -160,10 +165,13 @@ def int4_lut_op(spec: LutSpec, *, opset: int, lut_body: LutBody, verify: bool) -
     in_t, out_t = four_bit_type(qp), four_bit_type(oq)
     attrs = _lut_attributes(spec)
     notes: list[str] = [f"codes stored as {FOUR_BIT_NAMES[in_t]} -> {FOUR_BIT_NAMES[out_t]}"]
-    if lut_body == "auto" and spec.form == "quick":
+    if lut_body == "auto":
+        # measured (benchmarks/bench_int4_storage.py, ORT 1.32, one thread): the formula body's
+        # INT4 DequantizeLinear/QuantizeLinear pair runs at 0.8-1.0x the speed of the table
+        # body on a 32x128x1536 site, 0.8x in the digits ViT
         lut_body = "gather-elements"
-        notes.append("QuickGELU table: GatherElements (faster than its formula body)")
-    if lut_body in ("auto", "formula"):
+        notes.append("4-bit codes: GatherElements (ORT runs it faster than the formula body)")
+    if lut_body == "formula":
         problem = ""
         if not (is_full_four_bit(qp) and is_full_four_bit(oq)):
             problem = "codes narrower than 4 bits (QuantizeLinear would saturate to 4 bits)"
@@ -184,9 +192,7 @@ def int4_lut_op(spec: LutSpec, *, opset: int, lut_body: LutBody, verify: bool) -
                 if not problem:
                     return dataclasses.replace(op, notes=tuple(notes))
                 problem = f"rejected: {problem}"
-        notes.append(f"formula body: {problem}")
-        if lut_body == "formula":
-            raise SpecError("cannot prove a 4-bit formula body equal to the table: " + problem)
+        raise SpecError("cannot prove a 4-bit formula body equal to the table: " + problem)
     kind, body = _table_body(spec, out_t, lut_body)
     op = CustomOp("GeluLut", attrs, tuple(body), opset, in_t, out_t, kind, tuple(notes))
     if verify:  # the casts around the table are exact on every code: checked all the same

@@ -2,11 +2,11 @@
 
 Each rule (:class:`QdqCollapse`, :class:`FourBitFloatTable`, :class:`FloatTable`,
 :class:`GroupedFloatTable`, :class:`FloatOp`) turns a site into a :class:`Rewrite`: the nodes to
-remove, the new nodes and initializers (written as ONNX nodes over tensor *names*, so that every name is chosen here,
-deterministically), and which existing tensors the new nodes take over. The pass
-(:mod:`gelu_quant.graph.passes.replace_sites`) applies rewrites to the onnx-ir graph: it wires
-the names to values, moves the readers of taken-over tensors to the new values and removes what
-the site was.
+remove, the new nodes and initializers (written as ONNX nodes over tensor *names*, so that every
+name is chosen here, deterministically), and which existing tensors the new nodes take over. The
+pass (:mod:`gelu_quant.graph.passes.replace_sites`) applies rewrites to the onnx-ir graph: it
+wires the names to values, moves the readers of taken-over tensors to the new values and removes
+what the site was.
 
 Per site:
 
