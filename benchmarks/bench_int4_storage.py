@@ -7,8 +7,8 @@ Three parts, one run:
    ``float -> QuantizeLinear(int4) -> OP -> ...``, each loaded and run with graph optimisations
    off (so a kernel must exist) and on; ``ok`` or the first words of ORT's error.
 2. **Model file**: one model converted with ``--target int4-lut`` (default ``--range -4 4``) at
-   opset 21 with ``--code-container int4`` (its formula body, and ``--lut-body
-   gather-elements``) and ``int8``: file bytes, and per site the bytes of what the site added
+   opset 21 with ``--code-container int4`` (its default table body, and ``--lut-body
+   formula``) and ``int8``: file bytes, and per site the bytes of what the site added
    (nodes, initializers, its function), with the outputs checked equal.
 3. **Latency**: the conversions run interleaved round by round in ORT (1 intra-op thread),
    best time of each, ratio int8-container / int4 (> 1: INT4 storage faster); then the site
@@ -159,9 +159,9 @@ def _best_times(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str,
 def compare(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rng: tuple[float, float],
             rounds: int, label: str) -> None:  # fmt: skip
     configs = {
-        "int4": ConvertConfig("int4-lut", range=rng, code_container="int4"),
-        "int4 table": ConvertConfig(
-            "int4-lut", range=rng, code_container="int4", lut_body="gather-elements"
+        "int4 table": ConvertConfig("int4-lut", range=rng, code_container="int4"),
+        "int4 formula": ConvertConfig(
+            "int4-lut", range=rng, code_container="int4", lut_body="formula"
         ),
         "int8": ConvertConfig("int4-lut", range=rng, code_container="int8"),
     }
