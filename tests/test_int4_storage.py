@@ -177,6 +177,14 @@ def test_cli_option_and_report(digits_vit_model: Path, vit21: Path, tmp_path: Pa
     man = json.loads((tmp_path / "o.manifest.json").read_text())
     assert [s["code_container"] for s in man["sites"]] == ["int4", "int4"]
     assert "code_container" not in man["config"]  # auto, the default: config as before
+    r = CliRunner().invoke(main, ["inspect", str(out)])
+    assert r.exit_code == 0 and "2 gelu_quant op(s)" in r.output
+    assert r.output.count("int4 -> int4") == 2
+    r = CliRunner().invoke(main, ["inspect", str(out), "--json"])
+    ops = json.loads(r.output)["gelu_quant_ops"]
+    assert [(o["input_type"], o["output_type"]) for o in ops] == [("int4", "int4")] * 2
+    r = CliRunner().invoke(main, ["inspect", str(vit21), "--json"])
+    assert "gelu_quant_ops" not in json.loads(r.output)  # not converted: the document as before
 
 
 def test_export_of_an_int4_site(vit21: Path, tmp_path: Path) -> None:
