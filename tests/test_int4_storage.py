@@ -106,6 +106,9 @@ def test_vit_sites_stored_as_four_bit_tensors(vit21: Path, tmp_path: Path, targe
         assert dq.op_type == "DequantizeLinear" and types[dq.input[2]] == want_type
         spec = spec_from_json(rec.spec)
         assert spec.table.size == 2**bits  # type: ignore[attr-defined]
+        attrs = {a.name: a for a in node.attribute}  # what a vendor compiler reads
+        assert onnx.numpy_helper.to_array(attrs["table"].t).size == 2**bits
+        assert attrs["in_bits"].i == bits and attrs["out_bits"].i == bits
         # every code through the op equals the table and float64 GELU quantized here
         iq, oq = spec.in_qparams, spec.out_qparams  # type: ignore[attr-defined]
         codes = iq.codes()
@@ -148,6 +151,19 @@ def test_every_float_input_like_the_8bit_container(target: str) -> None:
         fin = np.isfinite(x)  # onnx.reference's QuantizeLinear casts infinities to int32
         ref = reference_evaluator(res.model).run(None, {"x": x[fin]})[0]
         np.testing.assert_array_equal(ref, want[fin])
+
+
+def test_float16_site() -> None:
+    model = onnx.parser.parse_model(ONE_GELU.format(opset=21).replace("float[N]", "float16[N]"))
+    x = np.linspace(-8, 8, 4001).astype(np.float16)
+    outs, kept = [], []
+    for container in ("auto", "int8"):
+        cfg = ConvertConfig("int4-lut", range=(-4.0, 4.0), code_container=container)  # type: ignore[arg-type]
+        res = convert_model(model, cfg)
+        outs.append(_run(res.model, {"x": x}))
+        kept.append(res.manifest.converted[0].code_container)
+    assert kept == ["int4", "int8"]
+    assert outs[0].dtype == np.float16 and np.array_equal(outs[0], outs[1])
 
 
 def test_below_opset_21_falls_back_or_refuses(digits_vit_model: Path, tmp_path: Path) -> None:
