@@ -12,6 +12,7 @@ from gelu_quant.cli.options import text_data_options
 from gelu_quant.errors import BadInputError
 from gelu_quant.graph.convert import ConvertConfig, convert_file, default_manifest_path
 from gelu_quant.graph.ops import LUT_BODIES
+from gelu_quant.graph.ops.int4_codes import CODE_CONTAINERS
 from gelu_quant.graph.targets import TARGETS
 
 
@@ -128,6 +129,15 @@ from gelu_quant.graph.targets import TARGETS
     help="Function body of GELU tables (auto: the proved formula body, else gather; "
     "grouped tables: gather-elements).",
 )
+@click.option(
+    "--code-container",
+    type=click.Choice(list(CODE_CONTAINERS)),
+    default="auto",
+    show_default=True,
+    help="Codes of 2-4-bit tables (int4-lut, uint3-lut, …): int4 stores them as ONNX "
+    "INT4/UINT4 tensors (opset 21+), int8 in an 8-bit container with a Clip, auto: INT4/UINT4 "
+    "where the model's opset allows.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 def convert(
@@ -155,6 +165,7 @@ def convert(
     max_length: int | None,
     auto_candidates: str | None,
     score_outputs: tuple[str, ...],
+    code_container: Any,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -210,6 +221,7 @@ def convert(
         fold_scales=fold_scales,
         site_choices=choices,
         decision=decision,
+        code_container=code_container,
     )
     result = convert_file(model, out, config, manifest_path=manifest_path, ranges=ranges)
     man = result.manifest
@@ -232,9 +244,10 @@ def convert(
                 k, d = spec["segments"], spec["degree"]
                 cost = f", {k} seg x deg {d} = cost {k * d}"
             own = f"{s.target}: " if s.target else ""
+            codes = f", codes {s.code_container}" if s.code_container else ""
             click.echo(
                 f"  {s.id}: {s.spelling} -> {own}{s.op_type} ({s.form}, {s.mode}, body {s.body}"
-                f"{cost}){rng} max error {err:.3e}"
+                f"{codes}{cost}){rng} max error {err:.3e}"
             )
         else:
             click.echo(f"  {s.id}: skipped: {s.reason}")

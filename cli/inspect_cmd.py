@@ -8,18 +8,38 @@ from typing import Any
 
 import click
 
+from gelu_quant.graph.converted_ops import ConvertedOp, converted_ops
 from gelu_quant.graph.discover import Discovery, NearMiss, discover
 from gelu_quant.graph.sites import GeluSite, QuantInfo
+from gelu_quant.modelfile import read_model
 
 
-def inspect_document(model: str, found: Discovery) -> dict[str, Any]:
-    """The ``--json`` document: ``{"model", "sites", "near_misses", "notes"}``."""
-    return {
+def inspect_document(
+    model: str, found: Discovery, converted: list[ConvertedOp] | None = None
+) -> dict[str, Any]:
+    """The ``--json`` document: ``{"model", "sites", "near_misses", "notes"}``, and
+    ``"gelu_quant_ops"`` for a converted model (its ops with their tensors' element types)."""
+    doc: dict[str, Any] = {
         "model": model,
         "sites": [s.to_json() for s in found.sites],
         "near_misses": [m.to_json() for m in found.near_misses],
         "notes": list(found.notes),
     }
+    if converted:
+        doc["gelu_quant_ops"] = [c.to_json() for c in converted]
+    return doc
+
+
+def format_converted(converted: list[ConvertedOp]) -> list[str]:
+    """Lines for the ``gelu_quant`` ops of a converted model (element types in -> out)."""
+    if not converted:
+        return []
+    lines = [f"{len(converted)} gelu_quant op(s):"]
+    for c in converted:
+        lines.append(
+            f"  {c.node}: {c.kind} ({c.op_type}) {c.input_type or '?'} -> {c.output_type or '?'}"
+        )
+    return lines
 
 
 def _qdq_text(q: QuantInfo | None) -> str:
@@ -83,9 +103,13 @@ def _miss_text(m: NearMiss) -> str:
 )
 @click.option("--no-subgraphs", is_flag=True, help="Do not look inside If/Loop/Scan bodies.")
 def inspect_cmd(model: Path, as_json: bool, explain: bool, no_subgraphs: bool) -> None:
-    """List the GELU sites of MODEL: id, form, spelling, dtype, shape, QDQ context."""
+    """List the GELU sites of MODEL: id, form, spelling, dtype, shape, QDQ context (and, for a
+    converted model, its gelu_quant ops with the element types they read and write)."""
     found = discover(model, include_subgraphs=not no_subgraphs)
+    converted = converted_ops(read_model(model))
     if as_json:
-        click.echo(json.dumps(inspect_document(str(model), found), indent=2))
+        click.echo(json.dumps(inspect_document(str(model), found, converted), indent=2))
     else:
-        click.echo(format_table(str(model), found, explain))
+        click.echo(
+            "\n".join([format_table(str(model), found, explain), *format_converted(converted)])
+        )

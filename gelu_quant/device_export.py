@@ -112,9 +112,14 @@ def _write(model_p: Path, man_p: Path, man: dict[str, Any], folder: Path) -> dic
             entry["note"] = str(e)
             sites.append(entry)
             continue
+        four_bit = rec.get("code_container") in ("int4", "uint4")
         for filename, text in kernel_files(spec, name).items():
             sub = "kernels" if filename in KERNELS[call.kind] else "sites"
+            if four_bit and sub == "sites" and filename == f"{name}.h":
+                text = _four_bit_comment(text, rec["code_container"], call.in_ctype)
             (folder / sub / filename).write_text(text)
+        if four_bit:
+            entry["model_code_container"] = rec["code_container"]
         entry.update(
             header=f"sites/{name}.h",
             kernel_header=f"sites/{name}_kernel.h",
@@ -142,6 +147,17 @@ def _write(model_p: Path, man_p: Path, man: dict[str, Any], folder: Path) -> dic
     (folder / "export.json").write_text(json.dumps(doc, indent=1) + "\n")
     (folder / "README.md").write_text(_readme(doc))
     return doc
+
+
+def _four_bit_comment(header: str, container: str, ctype: str) -> str:
+    """The site header with a comment after its first line: the model stores the codes as ONNX
+    4-bit tensors, the C API keeps each code in its own 8-bit container."""
+    first, rest = header.split("\n", 1)
+    note = (
+        f"/* In the model this site's codes are ONNX {container.upper()} tensors (two per "
+        f"byte); this API takes and returns one code per {ctype}, the same values. */"
+    )
+    return f"{first}\n{note}\n{rest}"
 
 
 def _readme(doc: dict[str, Any]) -> str:
@@ -175,6 +191,13 @@ def _readme(doc: dict[str, Any]) -> str:
         "| site | tensor in → out | include | function | in → out C types | channels |",
         "|---|---|---|---|---|---|",
     ]
+    if any(s.get("model_code_container") for s in doc["sites"]):
+        lines[-2:-2] = [
+            "Sites whose codes the model stores as ONNX INT4/UINT4 tensors "
+            "(`model_code_container` in export.json) take and return one code per "
+            "`int8_t`/`uint8_t` here: the same values, unpacked.",
+            "",
+        ]
     for s in doc["sites"]:
         if s.get("function"):
             lines.append(

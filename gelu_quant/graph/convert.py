@@ -46,6 +46,12 @@ from gelu_quant.graph.discover import find_gelu_sites
 from gelu_quant.graph.manifest import Manifest
 from gelu_quant.graph.names import main_graph_node_names, node_names
 from gelu_quant.graph.ops import DOMAIN, LUT_BODIES, CustomOp, LutBody
+from gelu_quant.graph.ops.int4_codes import (
+    CODE_CONTAINERS,
+    INT4_OPSET,
+    CodeContainer,
+    four_bit_target,
+)
 from gelu_quant.graph.passes.add_functions import AddGeluFunctions
 from gelu_quant.graph.passes.fold_scales import FoldGroupScales
 from gelu_quant.graph.passes.ir_version import LoadableIrVersion
@@ -132,6 +138,11 @@ class ConvertConfig:
     """Per-site target / method / groups over the ones above (not standard-op targets)."""
     decision: Mapping[str, Any] | None = None
     """How ``site_choices`` were chosen and what was measured; the manifest's ``auto``."""
+    code_container: CodeContainer = "auto"
+    """Float sites' table codes of at most 4 bits (``int4-lut``, ``uint3-lut``, …): ``auto``
+    stores them as ONNX INT4/UINT4 where the model's opset allows (>= 21), else in the 8-bit
+    container with a ``Clip``; ``int8`` always the 8-bit container; ``int4`` always 4-bit
+    tensors (refused below opset 21 and for targets with wider codes)."""
 
     def __post_init__(self) -> None:
         _check_groups(self.groups, self.target)
@@ -173,6 +184,22 @@ class ConvertConfig:
             )
         if self.sites is not None:
             object.__setattr__(self, "sites", tuple(self.sites))
+        if self.code_container not in CODE_CONTAINERS:
+            raise BadInputError(
+                f"unknown code container {self.code_container!r}; expected one of "
+                + ", ".join(CODE_CONTAINERS)
+            )
+        if self.code_container == "int4":
+            wide = [
+                t
+                for t in (self.target, *(c.target for c in self.site_choices))
+                if not four_bit_target(TARGETS[t])
+            ]
+            if wide:
+                raise BadInputError(
+                    f"--code-container int4 stores codes of at most 4 bits; {wide[0]} has wider "
+                    "or float codes (use int4-lut, uint4-lut, int3-lut, int2-lut, …)"
+                )
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -181,6 +208,8 @@ class ConvertConfig:
         d.pop("decision")
         if not self.site_choices:
             d.pop("site_choices")
+        if self.code_container == "auto":  # the default: manifests as before
+            d.pop("code_container")
         return d
 
 
@@ -244,12 +273,19 @@ def convert_model(
         if upgraded:
             sites = None  # the upgraded graph is discovered again
             notes.append(f"upgraded to opset {GELU_OPSET} with onnx.version_converter ({upgraded})")
+    opset = _default_opset(model)
+    if config.code_container == "int4" and opset < INT4_OPSET:
+        raise BadInputError(
+            f"--code-container int4: INT4/UINT4 tensors need opset {INT4_OPSET} and the model "
+            f"imports opset {opset}; upgrade it (onnx.version_converter) or use "
+            "--code-container int8 (or auto: the 8-bit container below opset 21)"
+        )
     sites = list(find_gelu_sites(model) if sites is None else sites)
     irm = ir.serde.deserialize_model(model)
     context = SiteContext(
         target=TARGETS[config.target],
         form="exact",
-        opset=_default_opset(model),
+        opset=opset,
         lut_body=config.lut_body,
         verify=config.verify,
         method=config.method,
@@ -263,6 +299,7 @@ def convert_model(
         new_name=str,
         still_read=lambda t, r: True,
         output_of=str,
+        code_container=config.code_container,
     )
     replace = ReplaceGeluSites(
         sites,

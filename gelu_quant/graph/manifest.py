@@ -19,6 +19,7 @@ Schema ``gelu-quant/manifest`` version 1, written beside the converted model
                 "replaced_nodes": […], "added_nodes": […],
                 "output_tensor": "…",          # float tensor with the site's output, or null
                 "quantized_output": {"tensor", "scale", "zero_point", "dtype"} | null,
+                "code_container": "int4" | "uint4" | "int8" | "uint8",  # low-bit tables only
                 "spec": {…spec.to_json()…},
                 "error": {…ErrorReport.to_json(): max_abs, mean_abs, worst_x, …}}]}
 
@@ -76,6 +77,9 @@ class SiteRecord:
     """The site's own target when it differs by site (``convert --target auto``)."""
     folded: dict[str, Any] | None = None
     """``--fold-scales``: what was folded into the producer and consumer weights, per side."""
+    code_container: str | None = None
+    """Low-bit table codes (2-7 bits): the element type holding them in the graph, ``int4`` /
+    ``uint4`` (ONNX 4-bit tensors) or ``int8`` / ``uint8`` (8-bit container, clipped)."""
 
     @classmethod
     def for_site(
@@ -121,6 +125,7 @@ class SiteRecord:
             "error": self.error,
             **({} if self.target is None else {"target": self.target}),
             **({} if self.folded is None else {"folded": self.folded}),
+            **({} if self.code_container is None else {"code_container": self.code_container}),
         }
 
 

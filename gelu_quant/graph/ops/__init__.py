@@ -6,7 +6,9 @@ carry the spec's numbers (so a vendor compiler can map it to a native LUT or pol
 whose meaning is a model-local ``FunctionProto`` of standard ONNX ops (so ONNX Runtime and
 ``onnx.reference`` run the model without a plugin). Node types:
 
-``GeluLut``       int8/uint8/int16 codes in -> int8/uint8/int16 codes, float16 or float32 out.
+``GeluLut``       int8/uint8/int16 codes in -> int8/uint8/int16 codes, float16 or float32 out;
+                  tables of at most 4-bit codes at opset 21: int4/uint4 in and out
+                  (:mod:`~gelu_quant.graph.ops.int4_codes`).
                   Attributes: ``table`` (tensor, entry ``q - qmin`` for input code ``q``),
                   ``in_scale``, ``in_zero_point``, ``out_scale``/``out_zero_point`` (integer
                   outputs), ``out_dtype``, ``form``.

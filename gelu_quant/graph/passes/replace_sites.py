@@ -191,6 +191,7 @@ def _converted(rw: Rewrite, by_name: dict[str, ir.Node], order: dict[int, int]) 
         error=rep.to_json(),  # type: ignore[attr-defined]
         form=rw.spec.form,
         cost=getattr(rw.spec, "cost", None),
+        code_container=rw.code_container,
     )
 
 

@@ -1,12 +1,12 @@
 """What replaces one GELU site: a small rule per kind of replacement.
 
-Each rule (:class:`QdqCollapse`, :class:`FloatTable`, :class:`GroupedFloatTable`,
-:class:`FloatOp`) turns a site into a :class:`Rewrite`: the nodes to remove, the new nodes and
-initializers (written as ONNX nodes over tensor *names*, so that every name is chosen here,
-deterministically), and which existing tensors the new nodes take over. The pass
-(:mod:`gelu_quant.graph.passes.replace_sites`) applies rewrites to the onnx-ir graph: it wires
-the names to values, moves the readers of taken-over tensors to the new values and removes what
-the site was.
+Each rule (:class:`QdqCollapse`, :class:`FourBitFloatTable`, :class:`FloatTable`,
+:class:`GroupedFloatTable`, :class:`FloatOp`) turns a site into a :class:`Rewrite`: the nodes to
+remove, the new nodes and initializers (written as ONNX nodes over tensor *names*, so that every
+name is chosen here, deterministically), and which existing tensors the new nodes take over. The
+pass (:mod:`gelu_quant.graph.passes.replace_sites`) applies rewrites to the onnx-ir graph: it
+wires the names to values, moves the readers of taken-over tensors to the new values and removes
+what the site was.
 
 Per site:
 
@@ -14,7 +14,9 @@ Per site:
   op from the DQ's codes to the Q's codes, its table built from the graph's scales;
 * **float model**, table targets: ``QuantizeLinear -> op -> DequantizeLinear`` (``Cast`` to
   float32 around it for float16 models; a ``Cast`` instead of the ``DequantizeLinear`` for
-  float-output tables; ``Clip`` to the code range for low-bit codes);
+  float-output tables; ``Clip`` to the code range for low-bit codes); codes of at most 4 bits
+  at opset >= 21 as INT4/UINT4 tensors (:class:`FourBitFloatTable`,
+  :mod:`gelu_quant.graph.ops.int4_codes`);
 * **float model**, grouped tables: per-channel quantize and dequantize around the op;
 * **float model**, polynomial and baseline targets: the op on the tensor, ``Cast`` around it when
   the model's float type is not the op's;
@@ -23,6 +25,7 @@ Per site:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -31,9 +34,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gelu_quant.errors import BadInputError, ModelError
+from gelu_quant.errors import BadInputError, ModelError, SpecError
 from gelu_quant.graph.ops import CustomOp, LutBody, custom_op, onnx_type
 from gelu_quant.graph.ops.grouped_lut_op import dequantize_per_channel, quantize_per_channel
+from gelu_quant.graph.ops.int4_codes import (
+    CodeContainer,
+    four_bit_target,
+    four_bit_tensor,
+    four_bit_type,
+    int4_lut_op,
+    is_full_four_bit,
+    type_name,
+)
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.graph.targets import Target, build_spec, grouped_spec
 from gelu_quant.lut.grouped import GroupedLutSpec
@@ -79,6 +91,9 @@ class SiteContext:
     """Is the tensor a graph output or read by a node outside the given node names?"""
     output_of: Callable[[str], str]
     """The first output of a main-graph node (ModelError when there is no such node)."""
+    code_container: CodeContainer = "auto"
+    """Low-bit table codes: INT4/UINT4 tensors (``int4``; ``auto`` at opset >= 21) or the
+    8-bit container (:mod:`gelu_quant.graph.ops.int4_codes`)."""
 
 
 @dataclass
@@ -101,6 +116,8 @@ class Rewrite:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     takes_over: set[str] = field(default_factory=set)
     """Existing tensors the new nodes write (their readers stay connected)."""
+    code_container: str | None = None
+    """Low-bit table codes: the element type holding them (int4, uint4, int8, uint8)."""
 
 
 class _Emit:
@@ -273,6 +290,7 @@ class FloatTable:
         z = e.init("in_zero_point", qp.zero_point, qp.np_dtype)
         codes = e.node("QuantizeLinear", [x, s, z], "codes")
         if qp.code_bits is not None:  # low-bit codes: saturate to their range
+            rw.code_container = qp.dtype
             lo = e.init("in_qmin", qp.qmin, qp.np_dtype)
             hi = e.init("in_qmax", qp.qmax, qp.np_dtype)
             codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
@@ -283,6 +301,67 @@ class FloatTable:
         y = e.custom(codes, base="out_codes")
         s = e.init("out_scale", oq.scale, np.float32)
         z = e.init("out_zero_point", oq.zero_point, oq.np_dtype)
+        if site.dtype == "float32":
+            e.node("DequantizeLinear", [y, s, z], "", out=site.output)
+        else:
+            f = e.node("DequantizeLinear", [y, s, z], "y_f32")
+            e.node("Cast", [f], "", out=site.output, to=onnx_type(site.dtype))
+        return rw
+
+
+class FourBitFloatTable:
+    """A float site whose table codes have at most 4 bits, at opset >= 21 -> ``QuantizeLinear``
+    (INT4/UINT4 zero point) -> table op on 4-bit tensors -> ``DequantizeLinear``; codes narrower
+    than 4 bits are quantized and clipped in the 8-bit container first, then ``Cast`` (exact).
+    With ``--code-container auto`` a table that cannot be stored so falls back to
+    :class:`FloatTable`'s 8-bit container."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return (
+            ctx.groups == 1
+            and four_bit_target(ctx.target)
+            and (ctx.code_container == "int4" or (ctx.code_container == "auto" and ctx.opset >= 21))
+        )
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        _check_float_site(site, ctx)
+        rng, source = _float_range(site, ctx)
+        spec: Any = build_spec(ctx.target, ctx.form, in_range=rng)
+        try:
+            op = int4_lut_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
+        except SpecError as err:
+            if ctx.code_container == "int4":
+                raise
+            rw = FloatTable.rewrite(site, ctx)
+            assert rw.op is not None
+            note = f"INT4/UINT4 storage refused ({err}): 8-bit container"
+            rw.op = dataclasses.replace(rw.op, notes=(*rw.op.notes, note))
+            return rw
+        rw = Rewrite(site, set(site.nodes), op, spec, "float", rng, source, site.output)
+        rw.code_container = type_name(op.input_type)
+        e = _Emit(rw, ctx)
+        x = _biased_input(e)
+        if site.dtype != "float32":
+            x = e.node("Cast", [x], "x_f32", to=TensorProto.FLOAT)
+        qp, oq = spec.in_qparams, spec.out_qparams
+        s = e.init("in_scale", qp.scale, np.float32)
+        if is_full_four_bit(qp):  # QuantizeLinear saturates to the code range itself
+            z = e.name("in_zero_point")
+            rw.initializers.append(four_bit_tensor(z, qp.zero_point, four_bit_type(qp)))
+            codes = e.node("QuantizeLinear", [x, s, z], "codes")
+        else:
+            z = e.init("in_zero_point", qp.zero_point, qp.np_dtype)
+            codes = e.node("QuantizeLinear", [x, s, z], "codes")
+            lo = e.init("in_qmin", qp.qmin, qp.np_dtype)
+            hi = e.init("in_qmax", qp.qmax, qp.np_dtype)
+            codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
+            codes = e.node("Cast", [codes], "codes_4bit", to=four_bit_type(qp))
+        y = e.custom(codes, base="out_codes")
+        s = e.init("out_scale", oq.scale, np.float32)
+        z = e.name("out_zero_point")
+        rw.initializers.append(four_bit_tensor(z, oq.zero_point, four_bit_type(oq)))
         if site.dtype == "float32":
             e.node("DequantizeLinear", [y, s, z], "", out=site.output)
         else:
@@ -437,7 +516,7 @@ def _gelu_ops(e: _Emit, x: str, out: str | None, form: GeluForm) -> str:
     return e.node("Gelu", [x], "gelu", out=out, approximate=approximate)
 
 
-RULES = (StandardOps, QdqCollapse, FloatTable, GroupedFloatTable, FloatOp)
+RULES = (StandardOps, QdqCollapse, FourBitFloatTable, FloatTable, GroupedFloatTable, FloatOp)
 """In order: the first rule that applies to a site rewrites it."""
 
 
