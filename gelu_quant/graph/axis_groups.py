@@ -73,7 +73,7 @@ def axis_grouped_spec(
         tables.append(
             build_lut(
                 in_qparams=in_qp,
-                out_dtype=out_qp.dtype,  # type: ignore[arg-type]
+                out_dtype=out_qp.dtype,
                 out_qparams=out_qp,
                 form=form,
             )

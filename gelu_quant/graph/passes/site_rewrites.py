@@ -1,7 +1,7 @@
 """What replaces one GELU site: a small rule per kind of replacement.
 
-Each rule (:class:`QdqCollapse`, :class:`QdqGroupedCollapse`, :class:`FloatTable`,
-:class:`GroupedFloatTable`, :class:`FloatOp`) turns a site into a :class:`Rewrite`: the nodes to remove, the new nodes and
+Each rule (:class:`QdqCollapse`, :class:`FloatTable`, :class:`GroupedFloatTable`,
+:class:`FloatOp`) turns a site into a :class:`Rewrite`: the nodes to remove, the new nodes and
 initializers (written as ONNX nodes over tensor *names*, so that every name is chosen here,
 deterministically), and which existing tensors the new nodes take over. The pass
 (:mod:`gelu_quant.graph.passes.replace_sites`) applies rewrites to the onnx-ir graph: it wires
