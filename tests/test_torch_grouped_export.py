@@ -327,3 +327,21 @@ def test_a_lone_grouped_module_round_trips_bit_for_bit(tmp_path: Path, opset: in
     with torch.no_grad():
         want = fq(x).numpy()
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_per_tensor_export_reads_the_opset_too(tmp_path: Path) -> None:
+    """The exporter's opset is read from torch's current globals: a per-tensor fake-quant GELU
+    at opset 20 is the Gelu op too, and converts to the module's forward exactly."""
+    from gelu_quant.torch import GeluFakeQuant
+
+    fq = GeluFakeQuant(QParams(0.05, -10, "int8"), QParams(0.04, -100, "int8"), "exact")
+    x = torch.from_numpy(np.random.default_rng(8).normal(0.0, 2.5, (64, 4)).astype(np.float32))
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.gq.onnx"
+    export_qat_onnx(torch.nn.Sequential(fq), (x,), src, opset=20, input_names=["x"])
+    assert "Gelu" in {n.op_type for n in onnx.load(str(src)).graph.node}
+    convert_file(src, dst, ConvertConfig(target="int8-lut"))
+    sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = fq(x).numpy()
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
