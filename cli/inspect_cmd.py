@@ -10,7 +10,7 @@ import click
 
 from gelu_quant.graph.converted_ops import ConvertedOp, converted_ops
 from gelu_quant.graph.discover import Discovery, NearMiss, discover
-from gelu_quant.graph.sites import GeluSite, QuantInfo
+from gelu_quant.graph.sites import AxisQuantInfo, GeluSite, QuantInfo
 from gelu_quant.modelfile import read_model
 
 
@@ -48,6 +48,11 @@ def _qdq_text(q: QuantInfo | None) -> str:
     return f"{q.dtype} s={q.scale:.4g} zp={q.zero_point}"
 
 
+def _axis_text(q: AxisQuantInfo) -> str:
+    distinct = len(set(zip(q.scales, q.zero_points, strict=True)))
+    return f"{q.dtype} per-axis {q.axis}: {len(q.scales)} ch, {distinct} distinct"
+
+
 def _shape_text(site: GeluSite) -> str:
     if site.shape is None:
         return "?"
@@ -64,8 +69,8 @@ def format_table(model: str, found: Discovery, explain: bool) -> str:
             s.spelling + (" +bias" if s.bias else ""),
             s.dtype,
             _shape_text(s),
-            _qdq_text(s.qdq_in),
-            _qdq_text(s.qdq_out),
+            _qdq_text(s.qdq_in) if s.qdq_in_axis is None else _axis_text(s.qdq_in_axis),
+            _qdq_text(s.qdq_out) if s.qdq_out_axis is None else _axis_text(s.qdq_out_axis),
             s.graph or "main",
         )
         for s in found.sites

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -45,7 +46,7 @@ from gelu_quant.graph.irview import (
 )
 from gelu_quant.graph.names import name_nodes_in_place, needs_names
 from gelu_quant.graph.patterns import FORMULAS, QUICK_ALPHA, PatternMatch, match_anchor
-from gelu_quant.graph.sites import GeluSite, QuantInfo
+from gelu_quant.graph.sites import AxisQuantInfo, GeluSite, QuantInfo
 from gelu_quant.modelfile import model_dir, read_model
 from gelu_quant.numerics import GeluForm
 
@@ -340,8 +341,9 @@ def _to_site(site_id: str, f: _Found, path: str, inferred: _Inferred) -> GeluSit
         dtype = "float32"
         notes.append("input dtype unknown; assumed float32")
     shape = shape_of(f.x) or known[1]
-    qdq_in = _qdq_in(f.x, members, notes, inferred)
-    qdq_out = _qdq_out(f.output, notes, inferred)
+    in_axis, out_axis = _qdq_axis(f.x, f.output, members, notes, inferred)
+    qdq_in = None if in_axis is not None else _qdq_in(f.x, members, notes, inferred)
+    qdq_out = None if out_axis is not None else _qdq_out(f.output, notes, inferred)
     return GeluSite(
         id=site_id,
         form=f.form,
@@ -354,6 +356,8 @@ def _to_site(site_id: str, f: _Found, path: str, inferred: _Inferred) -> GeluSit
         shape=shape,
         qdq_in=qdq_in,
         qdq_out=qdq_out,
+        qdq_in_axis=in_axis,
+        qdq_out_axis=out_axis,
         graph=path,
         alpha=f.alpha,
         notes=tuple(notes),
@@ -378,15 +382,7 @@ def _quant_info(
     if ins[2] is not None and (zp is None or zp.size != 1):
         notes.append(f"{node.op_type} {node.name!r} has a non-constant or per-channel zero point")
         return None
-    dtype = (
-        (zp.dtype.name if zp is not None else None)
-        or dtype_name(tensor.dtype)
-        or inferred.get(str(tensor.name), (None, None))[0]
-    )
-    q = node if node.op_type == "QuantizeLinear" else tensor.producer()
-    if dtype is None and q is not None and is_op(q, "QuantizeLinear"):
-        attr = q.attributes.get("output_dtype")
-        dtype = dtype_name(ir.DataType(attr.as_int())) if attr is not None else "uint8"
+    dtype = _code_dtype(node, tensor, zp, inferred)
     if dtype is None:
         notes.append(f"{node.op_type} {node.name!r}: integer dtype unknown")
         return None
@@ -396,6 +392,129 @@ def _quant_info(
         zero_point=0 if zp is None else int(zp.reshape(-1)[0]),
         dtype=dtype,
         node=str(node.name),
+    )
+
+
+def _code_dtype(
+    node: ir.Node, tensor: ir.Value, zp: np.ndarray | None, inferred: _Inferred
+) -> str | None:
+    """The integer type of a Q/DQ's codes: the zero point's, the tensor's, else a Q's
+    ``output_dtype`` (uint8 without one, as ONNX says)."""
+    dtype = (
+        (zp.dtype.name if zp is not None else None)
+        or dtype_name(tensor.dtype)
+        or inferred.get(str(tensor.name), (None, None))[0]
+    )
+    q = node if node.op_type == "QuantizeLinear" else tensor.producer()
+    if dtype is None and q is not None and is_op(q, "QuantizeLinear"):
+        attr = q.attributes.get("output_dtype")
+        dtype = dtype_name(ir.DataType(attr.as_int())) if attr is not None else "uint8"
+    return dtype
+
+
+MAX_AXIS_CHANNELS = 1 << 16
+"""Largest per-axis scale / zero-point vector (elements) discovery reads."""
+
+
+def _axis_vector(v: ir.Value | None) -> np.ndarray | None:
+    """A 1-D per-axis scale or zero point held in the model itself (initializer or ``Constant``
+    node; not external data), at most :data:`MAX_AXIS_CHANNELS` elements; else None."""
+    if v is None or v.is_graph_input():
+        return None
+    tensor = v.const_value
+    producer = v.producer()
+    if tensor is None and is_op(producer, "Constant"):
+        attr = producer.attributes.get("value")  # type: ignore[union-attr]
+        tensor = None if attr is None or attr.is_ref() else attr.as_tensor()
+    if tensor is None or isinstance(tensor, ir.ExternalTensor):
+        return None
+    if len(tensor.shape) != 1 or not 1 <= tensor.size <= MAX_AXIS_CHANNELS:
+        return None
+    try:
+        return np.asarray(tensor.numpy())
+    except (OSError, ValueError, TypeError, AssertionError):  # unreadable or malformed data
+        return None
+
+
+def _axis_quant_info(
+    node: ir.Node, tensor: ir.Value, rank_of: ir.Value, inferred: _Inferred
+) -> AxisQuantInfo | str | None:
+    """A per-axis Q or DQ (constant 1-D scale of more than one element): its record, or why it
+    cannot be read (str); None when the node is not per-axis."""
+    ins = [*node.inputs, None, None, None]
+    if ins[1] is None:
+        return None
+    known = ins[1].shape
+    if known is not None and (len(known) != 1 or known[0] == 1):
+        return None  # per-tensor
+    scale = _axis_vector(ins[1])
+    if scale is None and known is None:
+        return None  # nothing known: left to the per-tensor reading
+    if scale is None:
+        return f"{node.op_type} {node.name!r}: per-axis scale is not a constant in the model"
+    if scale.size == 1:
+        return None
+    zp = _axis_vector(ins[2]) if ins[2] is not None else None
+    if ins[2] is not None and (zp is None or zp.shape != scale.shape):
+        return f"{node.op_type} {node.name!r}: per-axis zero point is not a constant vector"
+    block = node.attributes.get("block_size")
+    if block is not None and (block.is_ref() or block.as_int() != 0):
+        return f"{node.op_type} {node.name!r}: blocked quantization, not per-axis"
+    attr = node.attributes.get("axis")
+    axis = 1 if attr is None or attr.is_ref() else attr.as_int()
+    dtype = _code_dtype(node, tensor, zp, inferred)
+    if dtype is None:
+        return f"{node.op_type} {node.name!r}: integer dtype unknown"
+    shape = shape_of(rank_of) or inferred.get(str(rank_of.name), (None, None))[1]
+    return AxisQuantInfo(
+        tensor=str(tensor.name),
+        node=str(node.name),
+        axis=axis,
+        rank=None if shape is None else len(shape),
+        scales=tuple(float(v) for v in scale.astype(np.float32)),
+        zero_points=tuple(int(v) for v in (np.zeros(scale.size) if zp is None else zp)),
+        dtype=dtype,
+    )
+
+
+def _qdq_axis(
+    x: ir.Value, y: ir.Value, members: set[ir.Node], notes: list[str], inferred: _Inferred
+) -> tuple[AxisQuantInfo | None, AxisQuantInfo | None]:
+    """A per-axis DequantizeLinear before the site and a per-axis QuantizeLinear after it (both,
+    or neither: a site with one per-axis side is left to the per-tensor reading, which notes
+    it)."""
+    dq = x.producer()
+    users = consumers(y)
+    if dq is None or not is_op(dq, "DequantizeLinear") or dq.inputs[0] is None:
+        return None, None
+    if len(users) != 1 or y.is_graph_output() or not is_op(users[0], "QuantizeLinear"):
+        return None, None
+    q = users[0]
+    why: list[str] = []
+    found = []
+    for node, tensor, rank_of in ((dq, dq.inputs[0], x), (q, q.outputs[0], y)):
+        info = _axis_quant_info(node, tensor, rank_of, inferred)
+        if isinstance(info, str):
+            why.append(info)
+        found.append(info)
+    qin, qout = found
+    if why:
+        notes.extend(why)
+        return None, None
+    if not isinstance(qin, AxisQuantInfo) or not isinstance(qout, AxisQuantInfo):
+        return None, None
+    in_bits = _clip_bits(dq.inputs[0].producer(), qin.dtype)
+    after = consumers(q.outputs[0])
+    out_bits = None
+    if len(after) == 1 and not q.outputs[0].is_graph_output():
+        out_bits = _clip_bits(after[0], qout.dtype)
+    outside = [u for u in consumers(x) if u not in members]
+    if outside or x.is_graph_output():
+        names = ", ".join(repr(u.name) for u in outside) or "the graph output"
+        notes.append(f"input {x.name!r} of DequantizeLinear {dq.name!r} is also read by {names}")
+    return (
+        dataclasses.replace(qin, bits=in_bits),
+        dataclasses.replace(qout, bits=out_bits),
     )
 
 

@@ -33,6 +33,33 @@ class QuantInfo:
 
 
 @dataclass(frozen=True)
+class AxisQuantInfo:
+    """A per-axis DequantizeLinear feeding the site or a per-axis QuantizeLinear after it: one
+    scale and zero point per index of ``axis`` (what ``gelu_quant.torch`` exports for a grouped
+    fake-quant GELU, every channel carrying its group's qparams)."""
+
+    tensor: str
+    """The integer tensor: DQ's input, or Q's output."""
+    node: str
+    """Name of the DQ or Q node."""
+    axis: int
+    """The node's ``axis`` attribute as written (negative: counted from the back)."""
+    rank: int | None
+    """Rank of the quantized tensor when known."""
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    dtype: str
+    """"int8" or "uint8"."""
+    bits: int | None = None
+    """Low-bit codes (a ``Clip`` to their range after the Q), as :attr:`QuantInfo.bits`."""
+
+    @property
+    def on_last_axis(self) -> bool:
+        """The axis is the tensor's last one (``-1``, or ``rank - 1`` for a known rank)."""
+        return self.axis == -1 or (self.rank is not None and self.axis == self.rank - 1)
+
+
+@dataclass(frozen=True)
 class GeluSite:
     """One GELU in a model."""
 
@@ -60,6 +87,10 @@ class GeluSite:
     """Shape of the pre-activation when known (symbolic dims as strings)."""
     qdq_in: QuantInfo | None = None
     qdq_out: QuantInfo | None = None
+    qdq_in_axis: AxisQuantInfo | None = None
+    """A per-axis DequantizeLinear feeding the site (then ``qdq_in`` is None)."""
+    qdq_out_axis: AxisQuantInfo | None = None
+    """A per-axis QuantizeLinear after the site (then ``qdq_out`` is None)."""
     graph: str = ""
     """"" for the main graph, else the path of the subgraph (``node/attr``)."""
     alpha: float | None = None
@@ -88,6 +119,12 @@ class GeluSite:
         for key in ("qdq_in", "qdq_out"):
             if d.get(key) is not None:
                 d[key] = QuantInfo(**d[key])
+        for key in ("qdq_in_axis", "qdq_out_axis"):
+            if d.get(key) is not None:
+                a = dict(d[key])
+                a["scales"] = tuple(float(v) for v in a["scales"])
+                a["zero_points"] = tuple(int(v) for v in a["zero_points"])
+                d[key] = AxisQuantInfo(**a)
         d["nodes"] = tuple(d.get("nodes", ()))
         d["notes"] = tuple(d.get("notes", ()))
         if d.get("shape") is not None:
@@ -102,4 +139,10 @@ class GeluSite:
         for key in ("qdq_in", "qdq_out"):  # "bits" only when there are low-bit codes
             if d[key] is not None and d[key].get("bits") is None:
                 d[key].pop("bits", None)
+        for key in ("qdq_in_axis", "qdq_out_axis"):  # only for per-axis Q/DQ
+            if d[key] is None:
+                d.pop(key)
+            else:
+                d[key]["scales"] = list(d[key]["scales"])
+                d[key]["zero_points"] = list(d[key]["zero_points"])
         return d

@@ -14,9 +14,12 @@ per-group scales, summed over the group's channels). With ``lsq_grad_scale`` gro
 gradients are multiplied by ``1 / sqrt(n_g · qmax_g)``, ``n_g`` the number of elements of the
 group's channels. Zero points stay fixed integers.
 
-Training only: ``convert --groups K`` builds grouped tables from per-channel calibration, not from
-an exported graph, so this module has no ONNX export; read the trained per-group qparams with
-:meth:`GroupedGeluFakeQuant.spec`.
+Inside ``torch.onnx.export`` (:func:`~gelu_quant.torch.onnx_export.export_qat_onnx`, opset >= 13)
+it is written as per-axis ``QuantizeLinear -> DequantizeLinear -> GELU -> QuantizeLinear ->
+DequantizeLinear`` on the last axis, every channel carrying its group's scale and zero point
+(``Clip`` after each QuantizeLinear for low-bit codes); ``gelu-quant convert`` collapses that
+into one ``GeluGroupedLut`` with the trained tables, bit for bit. The trained per-group qparams
+are also :meth:`GroupedGeluFakeQuant.spec`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gelu_quant.errors import ModelError, SpecError
+from gelu_quant.errors import SpecError
 from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.table import LutSpec, build_lut
 from gelu_quant.qparams import QParams
@@ -202,10 +205,9 @@ class GroupedGeluFakeQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():
-            raise ModelError(
-                "a grouped fake-quant GELU has no ONNX export: convert --groups builds grouped "
-                "tables from calibration; export with per-tensor GeluFakeQuant modules instead"
-            )
+            from gelu_quant.torch.onnx_export import qdq_grouped_gelu
+
+            return qdq_grouped_gelu(self, x)
         exact = self.table_forward(x)
         if not (torch.is_grad_enabled() and (x.requires_grad or self._learning())):
             return exact.to(x.dtype)

@@ -10,6 +10,12 @@ exporters' erf / tanh pattern (QuickGELU: ``x · sigmoid(1.702 x)``). ``gelu-qua
 graph's scales — the table the module trained with, bit for bit (the ``Clip`` after the output
 ``QuantizeLinear`` saturates the 8-bit table's codes to the low-bit range, which is what the
 low-bit table does).
+
+A :class:`~gelu_quant.torch.grouped.GroupedGeluFakeQuant` is written the same way with per-axis
+``QuantizeLinear`` / ``DequantizeLinear`` (``axis=-1``: the channel axis is the last; opset 13 or
+later), every channel carrying its group's scale and zero point; ``convert`` groups the channels
+by their qparams again and collapses ``DQ → GELU → Q`` into one ``GeluGroupedLut`` with the
+trained tables.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gelu_quant.qparams import qlimits
+from gelu_quant.errors import ModelError, SpecError
+from gelu_quant.qparams import QParams, qlimits
 
 if TYPE_CHECKING:
     from gelu_quant.torch.fakequant import GeluFakeQuant
+    from gelu_quant.torch.grouped import GroupedGeluFakeQuant
 
 _TORCH_ZP = {"int8": torch.int8, "uint8": torch.uint8}
 
@@ -91,12 +99,16 @@ class _QdqGelu(torch.autograd.Function):
 
 
 def _opset() -> int:
-    try:
-        from torch.onnx._globals import GLOBALS
+    """The opset of the export under way (the TorchScript exporter's globals; newer torch keeps
+    them under ``torch.onnx._internal.torchscript_exporter``)."""
+    import importlib
 
-        return int(GLOBALS.export_onnx_opset_version)
-    except (ImportError, AttributeError):  # pragma: no cover - torch internals moved
-        return 17
+    for where in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):
+        try:
+            return int(importlib.import_module(where).GLOBALS.export_onnx_opset_version)
+        except (ImportError, AttributeError):
+            continue
+    return 17  # pragma: no cover - torch internals moved again
 
 
 def _const(g: Any, v: float) -> Any:
@@ -136,6 +148,74 @@ def qdq_gelu(module: GeluFakeQuant, x: torch.Tensor) -> torch.Tensor:
         oq.bits,
         module.form,
     )
+    return out
+
+
+class _QdqGroupedGelu(torch.autograd.Function):
+    """Forward: the grouped module's exact table value; ONNX: per-axis Q/DQ (``axis=-1``, one
+    scale and zero point per channel, each its group's) around GELU. The spec is read from
+    :data:`_LIVE` by ``key`` (vectors cannot go to ``symbolic`` as constants)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, key: int) -> torch.Tensor:
+        y = _LIVE[key].evaluate(x.detach().cpu().numpy())
+        return torch.from_numpy(y).to(x.dtype)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, key: int) -> Any:
+        spec = _LIVE[key]
+        cg = torch.from_numpy(spec.channel_group.copy())
+
+        def quant(v: Any, qps: list[QParams]) -> Any:
+            zdt = _TORCH_ZP[qps[0].dtype]
+            scales = torch.tensor([q.scale for q in qps], dtype=torch.float32)[cg]
+            zps = torch.tensor([q.zero_point for q in qps], dtype=zdt)[cg]
+            s = g.op("Constant", value_t=scales)
+            z = g.op("Constant", value_t=zps)
+            q = g.op("QuantizeLinear", v, s, z, axis_i=-1)
+            bits = qps[0].bits
+            if bits < 8:
+                qmin, qmax = qlimits(qps[0].dtype, bits)
+                lo = g.op("Constant", value_t=torch.tensor(qmin, dtype=zdt))
+                hi = g.op("Constant", value_t=torch.tensor(qmax, dtype=zdt))
+                q = g.op("Clip", q, lo, hi)
+            return g.op("DequantizeLinear", q, s, z, axis_i=-1)
+
+        in_qps = [t.in_qparams for t in spec.groups]
+        out_qps = [t.out_qparams for t in spec.groups]
+        xh = quant(x, in_qps)
+        y = _gelu_nodes(g, xh, spec.form, _opset())
+        return quant(y, out_qps)
+
+
+PER_AXIS_OPSET = 13
+"""The first opset whose QuantizeLinear / DequantizeLinear take per-axis scales."""
+
+
+def qdq_grouped_gelu(module: GroupedGeluFakeQuant, x: torch.Tensor) -> torch.Tensor:
+    """The grouped module's forward inside ``torch.onnx.export``: per-axis ``Q -> DQ -> GELU ->
+    Q -> DQ`` on the last axis (ModelError below opset 13, or for groups of different code
+    widths, which one ``Clip`` cannot express)."""
+    opset = _opset()
+    if opset < PER_AXIS_OPSET:
+        raise ModelError(
+            f"a grouped fake-quant GELU exports per-axis QuantizeLinear, which needs opset "
+            f">= {PER_AXIS_OPSET}; export with opset={PER_AXIS_OPSET} or later (got {opset})"
+        )
+    if len(set(module.in_bits)) != 1 or len(set(module.out_bits)) != 1:
+        raise ModelError(
+            "a grouped fake-quant GELU whose groups have different code widths has no ONNX "
+            f"export (input bits {module.in_bits}, output bits {module.out_bits}); give every "
+            "group the same widths"
+        )
+    c = module.channel_group.numel()
+    if x.ndim == 0 or x.shape[-1] != c:
+        raise SpecError(
+            f"a grouped GELU over {c} channels needs inputs whose last axis has {c} entries, "
+            f"got shape {tuple(x.shape)}"
+        )
+    _LIVE[id(module)] = module.spec()  # the tables of the current scales
+    out: torch.Tensor = _QdqGroupedGelu.apply(x, id(module))
     return out
 
 

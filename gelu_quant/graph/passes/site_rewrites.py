@@ -11,7 +11,8 @@ what the site was.
 Per site:
 
 * **QDQ model**, table targets: ``DequantizeLinear -> GELU -> QuantizeLinear`` collapses into one
-  op from the DQ's codes to the Q's codes, its table built from the graph's scales;
+  op from the DQ's codes to the Q's codes, its table built from the graph's scales (per-axis
+  Q/DQ on the last axis: one grouped-table op, a table per group of channels with equal qparams);
 * **float model**, table targets: ``QuantizeLinear -> op -> DequantizeLinear`` (``Cast`` to
   float32 around it for float16 models; a ``Cast`` instead of the ``DequantizeLinear`` for
   float-output tables; ``Clip`` to the code range for low-bit codes); codes of at most 4 bits
@@ -35,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.errors import BadInputError, ModelError, SpecError
+from gelu_quant.graph.axis_groups import axis_grouped_spec
 from gelu_quant.graph.ops import CustomOp, LutBody, custom_op, onnx_type
 from gelu_quant.graph.ops.grouped_lut_op import dequantize_per_channel, quantize_per_channel
 from gelu_quant.graph.ops.int4_codes import (
@@ -264,6 +266,37 @@ class QdqCollapse:
             s = e.init("out_scale", qout.scale, np.float32)
             z = e.init("out_zero_point", qout.zero_point, out_qp.np_dtype)
             rw.output_tensor = e.node("DequantizeLinear", [qout.tensor, s, z], "", out=site.output)
+        return rw
+
+
+class QdqGroupedCollapse:
+    """Per-axis ``DequantizeLinear -> GELU -> QuantizeLinear`` (one scale and zero point per
+    channel of the last axis) -> one grouped-table op on the codes, a table per group of channels
+    with equal qparams (:mod:`gelu_quant.graph.axis_groups`)."""
+
+    @staticmethod
+    def applies(site: GeluSite, ctx: SiteContext) -> bool:
+        return (
+            ctx.target.kind == "lut"
+            and site.qdq_in_axis is not None
+            and site.qdq_out_axis is not None
+            and site.bias is None
+        )
+
+    @staticmethod
+    def rewrite(site: GeluSite, ctx: SiteContext) -> Rewrite:
+        qin, qout = site.qdq_in_axis, site.qdq_out_axis
+        assert qin is not None and qout is not None
+        channels = site.shape[-1] if site.shape else None
+        spec = axis_grouped_spec(qin, qout, ctx.form, channels)
+        op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
+        ctx.output_of(qout.node)  # both Q/DQ nodes must be in the main graph
+        remove = set(site.nodes) | {qout.node}
+        if not ctx.still_read(ctx.output_of(qin.node), remove):
+            remove.add(qin.node)
+        # discovery took the Q as the GELU's only reader: no float output remains
+        rw = Rewrite(site, remove, op, spec, "qdq", None, "qdq", None)
+        _Emit(rw, ctx).custom(qin.tensor, out=qout.tensor)
         return rw
 
 
@@ -516,7 +549,15 @@ def _gelu_ops(e: _Emit, x: str, out: str | None, form: GeluForm) -> str:
     return e.node("Gelu", [x], "gelu", out=out, approximate=approximate)
 
 
-RULES = (StandardOps, QdqCollapse, FourBitFloatTable, FloatTable, GroupedFloatTable, FloatOp)
+RULES = (
+    StandardOps,
+    QdqGroupedCollapse,
+    QdqCollapse,
+    FourBitFloatTable,
+    FloatTable,
+    GroupedFloatTable,
+    FloatOp,
+)
 """In order: the first rule that applies to a site rewrites it."""
 
 
