@@ -226,6 +226,16 @@ def _biased_input(e: _Emit) -> str:
     return site.input if site.bias is None else e.node("Add", [site.input, site.bias], "biased")
 
 
+def _collapsed_nodes(site: GeluSite, ctx: SiteContext, dq: str, q: str) -> set[str]:
+    """The nodes a QDQ collapse removes: the site's, its Q, and its DQ unless something else
+    reads the DQ's output (both must be main-graph nodes)."""
+    ctx.output_of(q)
+    remove = set(site.nodes) | {q}
+    if not ctx.still_read(ctx.output_of(dq), remove):
+        remove.add(dq)
+    return remove
+
+
 class QdqCollapse:
     """``DequantizeLinear -> GELU -> QuantizeLinear`` of a QDQ model -> one op on the codes."""
 
@@ -245,12 +255,7 @@ class QdqCollapse:
         in_qp, out_qp = _qdq_qparams(site)
         spec = build_spec(ctx.target, ctx.form, in_qparams=in_qp, out_qparams=out_qp)
         op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
-        ctx.output_of(qout.node)  # both Q/DQ nodes must be in the main graph
-        remove = set(site.nodes) | {qout.node}
-        if not ctx.still_read(
-            ctx.output_of(qin.node), remove
-        ):  # the DQ goes too when nobody else reads it
-            remove.add(qin.node)
+        remove = _collapsed_nodes(site, ctx, qin.node, qout.node)
         out_q = {
             "tensor": qout.tensor,
             "scale": qout.scale,
@@ -290,10 +295,7 @@ class QdqGroupedCollapse:
         channels = site.shape[-1] if site.shape else None
         spec = axis_grouped_spec(qin, qout, ctx.form, channels)
         op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
-        ctx.output_of(qout.node)  # both Q/DQ nodes must be in the main graph
-        remove = set(site.nodes) | {qout.node}
-        if not ctx.still_read(ctx.output_of(qin.node), remove):
-            remove.add(qin.node)
+        remove = _collapsed_nodes(site, ctx, qin.node, qout.node)
         # discovery took the Q as the GELU's only reader: no float output remains
         rw = Rewrite(site, remove, op, spec, "qdq", None, "qdq", None)
         _Emit(rw, ctx).custom(qin.tensor, out=qout.tensor)
