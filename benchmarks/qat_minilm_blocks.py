@@ -208,6 +208,66 @@ def block_params(layer: Any, what: str) -> list[dict[str, Any]]:
     return groups
 
 
+def _in_zero_points(fq: nn.Module) -> list[int]:
+    if isinstance(fq, GroupedGeluFakeQuant):
+        return [int(z) for z in fq.in_zero_point]
+    assert isinstance(fq, GeluFakeQuant)
+    return [fq.in_zero_point]
+
+
+def _set_in_zero_point(fq: nn.Module, k: int, z: int) -> None:
+    """Group ``k``'s (or the table's) input zero point ``z``, the scale changed so that the top
+    of the input range, ``(qmax - z) · s``, stays where it is: only the bottom end moves."""
+    with torch.no_grad():
+        if isinstance(fq, GroupedGeluFakeQuant):
+            qmax, z0 = int(fq.in_qmax[k]), int(fq.in_zero_point[k])
+            fq.in_scale[k] = fq.in_scale[k] * (qmax - z0) / (qmax - z)
+            fq.in_zero_point[k] = z
+        else:
+            assert isinstance(fq, GeluFakeQuant)
+            qmax, z0 = fq.in_qmax, fq.in_zero_point
+            fq.in_scale.mul_((qmax - z0) / (qmax - z))
+            fq.in_zero_point = z
+    fq._key = None  # the table is rebuilt from the new qparams on the next forward
+
+
+def search_zero_points(layer: Any, a: torch.Tensor, y: torch.Tensor, tokens: int) -> str:
+    """Choose each table's input zero point (with the scale keeping the range's top fixed) that
+    minimises the block-output MSE on ``tokens`` of the calibration tokens, group by group
+    (one coordinate-descent sweep): where the bottom of each 6-bit input range lies decides how
+    the 64 codes split between GELU's flat negative tail and its positive part."""
+    fq = layer.intermediate.intermediate_act_fn
+    idx = torch.randperm(a.shape[0], generator=torch.Generator().manual_seed(1))[:tokens]
+    a, y = a[idx], y[idx]
+    out = []
+    with torch.no_grad():
+        h = layer.intermediate.dense(a)
+
+        def err() -> float:
+            return float(nn.functional.mse_loss(layer.output(fq(h), a), y))
+
+        best = err()
+        for k, z0 in enumerate(_in_zero_points(fq)):
+            if isinstance(fq, GroupedGeluFakeQuant):
+                qmin, qmax = int(fq.in_qmin[k]), int(fq.in_qmax[k])
+                s0 = float(fq.in_scale[k])
+            else:
+                qmin, qmax, s0 = fq.in_qmin, fq.in_qmax, float(fq.in_scale)
+            top = (qmax - z0) * s0
+            zk = z0
+            for z in range(qmin + 1, qmax):
+                lo = -(z - qmin) * top / (qmax - z)
+                if z == zk or not -4.0 <= lo <= -0.2:
+                    continue
+                _set_in_zero_point(fq, k, z)
+                e = err()
+                if e < best:
+                    best, zk = e, z
+                _set_in_zero_point(fq, k, zk)
+            out.append(f"{z0}->{zk}")
+    return " ".join(out)
+
+
 def reconstruct(
     student: nn.Module,
     teacher: nn.Module,
@@ -235,6 +295,9 @@ def reconstruct(
         a = torch.cat(got)
         with torch.no_grad():
             y = t_out[i] if args.target == "teacher" else ffn(layers(teacher)[i], a)
+        if args.zp_search:
+            zps = search_zero_points(layer, a, y, args.zp_search)
+            print(f"  block {i}: input zero points {zps}", flush=True)
         groups = block_params(layer, args.train)
         for p in layer.parameters():
             p.requires_grad_(False)
@@ -325,6 +388,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--groups", type=int, default=0, help="K-group tables per GELU (0: one table per site)"
+    )
+    ap.add_argument(
+        "--zp-search",
+        type=int,
+        default=0,
+        help="before training each block, search every table's input zero point on this many "
+        "calibration tokens (0: keep the calibrated zero points)",
     )
     ap.add_argument(
         "--select",
