@@ -1,26 +1,39 @@
 """QAT recipe without labels, block by block: all-MiniLM-L6-v2 with low-bit GELU tables.
 
-Distillation from the fp32 model on the calibration text only, done per feed-forward block
-(block reconstruction, as in AdaRound / BRECQ) instead of through the whole network:
+The defaults are the documented 6-bit recipe (docs/qat.md, "6-bit MiniLM"): 6-bit codes in and
+out, GROUPS_DEFAULT tables of 64 entries per GELU site, block reconstruction of every
+feed-forward block. Distillation from the fp32 model on the calibration text only, done per
+feed-forward block (block reconstruction, as in AdaRound / BRECQ) instead of through the whole
+network:
 
-1. ranges: ``--method`` (default ``mse``, scored at ``--bits``) calibrated in PyTorch on the
-   calibration text, GELU's negative tail cut as ``convert`` does (``tail_cut=True``); the int8
-   default row is ``entropy`` with the tail cut, i.e. ``convert --target int8-lut``'s tables;
+1. tables: ``--groups K`` > 0 (default) partitions each site's 1536 channels into K groups by
+   their calibrated ranges (``partition_channels``, as ``convert --groups K``), each group a
+   ``--bits``-bit table over its min/max with GELU's negative tail cut at ``--bits``
+   (``GroupedGeluFakeQuant``); ``--groups 0``: one table per site, ``--method`` ranges (default
+   ``mse``, scored at ``--bits``) with the tail cut. The int8 default row is ``entropy`` with
+   the tail cut, i.e. ``convert --target int8-lut``'s tables;
 2. for each layer ``l`` in order: run the *student* (layers ``< l`` already quantized and
-   trained) over the calibration text and keep the input ``a`` of layer ``l``'s feed-forward
-   block on every real token (no padding); the target is the fp32 block on that same input,
-   ``LN(W2 GELU(W1 a + b1) + b2 + a)`` (``--target local``) or the teacher's own block output
-   on the teacher's input (``--target teacher``: also undoes upstream error); train the block's
-   GELU scales (LSQ, Adam with a learning rate relative to each scale) and ``--train`` more of
-   the block on the MSE of the block output, minibatches of tokens, cosine schedule;
+   trained) over the first ``--train-sentences`` calibration sentences and keep the input ``a``
+   of layer ``l``'s feed-forward block on every real token (no padding); the target is the
+   teacher's own block output on the teacher's input (``--target teacher``, default: also
+   undoes upstream error) or the fp32 block on the student's input (``--target local``);
+   optionally (``--zp-search N``) pick each table's input zero point on N tokens; train the
+   block's GELU scales (LSQ, Adam with a learning rate relative to each scale) and ``--train``
+   more of the block (default ``w2``: both FFN biases, the output LayerNorm and ``W2``) on the
+   MSE of the block output ``LN(W2 GELU(W1 a + b1) + b2 + a)``, ``--block-steps`` minibatches of
+   ``--tokens`` tokens, cosine schedule;
 3. optionally ``--e2e-steps`` of whole-model distillation (``1 - cos`` of the sentence
-   embeddings) afterwards.
+   embeddings) afterwards (measured harmful; off by default).
 
-A block step costs two 384x1536 matmuls per token, not a whole MiniLM forward/backward, so
-hundreds of steps per block take a minute on 2 cores. Reported: ``1 - mean cos`` against fp32
-on the first 256 evaluation sentences (a disjoint half of the corpus, never trained on).
+Reported, per row: ``1 - mean cos`` and the worst cos against fp32 on the first 256 evaluation
+sentences (the disjoint half of the corpus, never trained or calibrated on), and the selection
+score: ``1 - mean cos`` on the ``--select`` calibration sentences after the training ones (never
+trained on either) -- choose hyper-parameters on that, not on the evaluation text.
 
-    python benchmarks/qat_minilm_blocks.py --bits 6            # 3.21e-3 measured (docs/qat.md)
+Runtime of the defaults on 2 shared cores: RUNTIME_DEFAULT.
+
+    python benchmarks/qat_minilm_blocks.py                 # RESULT_DEFAULT (docs/qat.md)
+    python benchmarks/qat_minilm_blocks.py --bits 4        # the same recipe at 4 bits
 """
 
 from __future__ import annotations
@@ -366,16 +379,37 @@ def e2e(student: nn.Module, teacher: nn.Module, cal: list[Batch], args: argparse
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bits", type=int, default=6)
-    ap.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"), default="mse")
-    ap.add_argument("--train", choices=("ranges", "norms", "w2", "all"), default="all")
-    ap.add_argument("--target", choices=("local", "teacher"), default="teacher")
-    ap.add_argument("--block-steps", type=int, default=200)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--bits", type=int, default=6, help="input and output code width")
+    ap.add_argument(
+        "--method",
+        choices=("minmax", "percentile", "entropy", "mse"),
+        default="mse",
+        help="range method of the one-table-per-site student and its post-training row",
+    )
+    ap.add_argument(
+        "--train",
+        choices=("ranges", "norms", "w2", "all"),
+        default="w2",
+        help="what each block trains besides the GELU scales: nothing (ranges), FFN biases and "
+        "output LayerNorm (norms), + W2 (w2), + W1 (all)",
+    )
+    ap.add_argument(
+        "--target",
+        choices=("local", "teacher"),
+        default="teacher",
+        help="block target: the teacher's block output (teacher) or the fp32 block on the "
+        "student's input (local)",
+    )
+    ap.add_argument("--block-steps", type=int, default=150, help="training steps per block")
     ap.add_argument("--tokens", type=int, default=512, help="tokens per block step")
     ap.add_argument("--lr", type=float, default=1e-4, help="weights, biases, LayerNorms (Adam)")
     ap.add_argument("--lr-scales", type=float, default=1e-2, help="relative to each scale")
-    ap.add_argument("--e2e-steps", type=int, default=0)
+    ap.add_argument(
+        "--e2e-steps", type=int, default=0, help="whole-model 1 - cos steps after the blocks"
+    )
     ap.add_argument("--batch", type=int, default=16, help="sentences per e2e step")
     ap.add_argument(
         "--calibration", type=int, default=512, help="sentences the ranges are calibrated on"
@@ -387,7 +421,10 @@ def main() -> None:
         help="calibration sentences the blocks are trained on (the first N of the same half)",
     )
     ap.add_argument(
-        "--groups", type=int, default=0, help="K-group tables per GELU (0: one table per site)"
+        "--groups",
+        type=int,
+        default=16,
+        help="K-group tables per GELU site, each 2^bits entries (0: one table per site)",
     )
     ap.add_argument(
         "--zp-search",
@@ -472,6 +509,7 @@ def main() -> None:
         print(f"  {name:40s} {m:.3e}  {w:.5f}    {sc:.3e}")
     d = rows[0][1]
     print(f"  QAT {args.bits}-bit / int8 default: {final[1] / d:.2f}")
+
 
 if __name__ == "__main__":
     main()
