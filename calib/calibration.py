@@ -43,6 +43,7 @@ def collect_stats(
     progress: bool = False,
     threads: int | None = None,
     workers: int | None = None,
+    channel_histograms: bool = True,
 ) -> StatsFile:
     """One streaming pass of ``data`` through ``model``: the raw per-site statistics."""
     path = Path(os.fspath(model))
@@ -90,6 +91,7 @@ def collect_stats(
         progress=progress,
         total_batches=total,
         workers=workers,
+        channel_histograms=channel_histograms,
     )
     return StatsFile(
         model_name=path.name,
@@ -115,8 +117,11 @@ def calibrate_model(
     save_stats: str | os.PathLike[str] | None = None,
     progress: bool = False,
     threads: int | None = None,
+    channel_histograms: bool = True,
 ) -> RangesFile:
-    """Calibrate ``model`` on ``data``: write ``output`` (and ``save_stats``) if given."""
+    """Calibrate ``model`` on ``data``: write ``output`` (and ``save_stats``) if given;
+    ``channel_histograms=False`` leaves out the per-channel histograms (grouped tables then take
+    ``minmax`` group ranges only)."""
     for out in (output, save_stats):
         if out is not None:
             refuse_overwriting_inputs(out, model, data, tokenizer)
@@ -130,6 +135,7 @@ def calibrate_model(
         max_length=max_length,
         progress=progress,
         threads=threads,
+        channel_histograms=channel_histograms,
     )
     if save_stats is not None:
         sf.save(save_stats)

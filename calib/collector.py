@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from gelu_quant.calib.channel_hist import CHANNEL_BINS
 from gelu_quant.calib.data import Feed, _batch_of
 from gelu_quant.calib.protowire import replace_graph_outputs
 from gelu_quant.calib.stats import TensorStats
@@ -259,8 +260,10 @@ def collect(
     progress: bool = False,
     total_batches: int | None = None,
     workers: int | None = None,
+    channel_histograms: bool = True,
 ) -> Collected:
-    """Run ``data`` through the probe model once and accumulate per-site statistics.
+    """Run ``data`` through the probe model once and accumulate per-site statistics
+    (``channel_histograms=False``: per-channel min/max without the per-channel histograms).
 
     ``model`` is a model (path, loaded or bytes, see :func:`open_probe`) or an opened
     :class:`Probe`.
@@ -274,7 +277,10 @@ def collect(
     probe = model if isinstance(model, Probe) else open_probe(model, sites, threads=threads)
     del model
     session, names = probe.session, probe.names
-    result = Collected(stats={sid: TensorStats() for sid in names}, skipped=dict(probe.skipped))
+    bins = CHANNEL_BINS if channel_histograms else 0
+    result = Collected(
+        stats={sid: TensorStats(channel_bins=bins) for sid in names}, skipped=dict(probe.skipped)
+    )
     del probe
     if session is None:
         return result

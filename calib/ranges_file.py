@@ -253,9 +253,9 @@ class RangesFile:
             return float(lo[m].min()), float(hi[m].max())
         if "hist" not in ch:
             raise BadInputError(
-                f"site {site_id!r}: the ranges file has no per-channel histograms (written by "
-                "an older gelu-quant); calibrate again to choose group ranges by "
-                f"{method!r}, or use minmax"
+                f"site {site_id!r}: the ranges file has no per-channel histograms (calibrated "
+                "with --no-channel-histograms, or by an older gelu-quant); calibrate again "
+                f"with them to choose group ranges by {method!r}, or use minmax"
             )
         hist = unpack_counts(ch["hist"])
         if hist.shape[0] != lo.size:

@@ -88,6 +88,9 @@ class TensorStats:
     channel_max: FloatArray | None = None
     channel_mismatch: bool = False
     """True once batches with different last-axis sizes were seen (per-channel data dropped)."""
+    channel_bins: int = chist.CHANNEL_BINS
+    """Bins of each channel's histogram; 0 keeps per-channel min/max only (less memory and time:
+    grouped tables then take only ``minmax`` group ranges)."""
     channel_hist: IntArray | None = None
     """Per-channel histograms ``[channels, CHANNEL_BINS]`` on each channel's own grid
     (:mod:`gelu_quant.calib.channel_hist`; the grid follows from ``channel_min``/``channel_max``);
@@ -231,6 +234,7 @@ class TensorStats:
             channel_min=None if self.channel_min is None else self.channel_min.copy(),
             channel_max=None if self.channel_max is None else self.channel_max.copy(),
             channel_mismatch=self.channel_mismatch,
+            channel_bins=self.channel_bins,
             channel_hist=None if self.channel_hist is None else self.channel_hist.copy(),
         )
 
@@ -289,14 +293,19 @@ class TensorStats:
         the grown grids (their counts of the new data are added by the caller)."""
         if self.channel_min is None or self.channel_max is None:
             self.channel_min, self.channel_max = cmin.copy(), cmax.copy()
-            self.channel_hist = np.zeros((cmin.size, chist.CHANNEL_BINS), np.int64)
+            if self.channel_bins:
+                self.channel_hist = np.zeros((cmin.size, self.channel_bins), np.int64)
             return
         hist = self.channel_hist
-        old = None if hist is None else chist.channel_grids(self.channel_min, self.channel_max)
+        bins = 0 if hist is None else hist.shape[1]
+        old = (
+            None if hist is None else chist.channel_grids(self.channel_min, self.channel_max, bins)
+        )
         np.minimum(self.channel_min, cmin, out=self.channel_min)
         np.maximum(self.channel_max, cmax, out=self.channel_max)
         if hist is not None and old is not None:
-            chist.regrid(hist, old, chist.channel_grids(self.channel_min, self.channel_max))
+            new = chist.channel_grids(self.channel_min, self.channel_max, bins)
+            chist.regrid(hist, old, new)
 
     def _update_channels(self, x: npt.NDArray[np.floating]) -> tuple[float, float] | None:
         """Fold ``x`` into the per-channel extremes; returns the batch's ``(min, max)`` (NaN or
@@ -316,8 +325,9 @@ class TensorStats:
         self._fold_channels(cmin, cmax)
         if self.channel_hist is not None and self.channel_min is not None:
             assert self.channel_max is not None
-            grids = chist.channel_grids(self.channel_min, self.channel_max)
-            self.channel_hist += chist.bin_channels(x, grids, self.channel_hist.shape[1])
+            bins = self.channel_hist.shape[1]
+            grids = chist.channel_grids(self.channel_min, self.channel_max, bins)
+            self.channel_hist += chist.bin_channels(x, grids, bins)
         return extremes
 
     def _merge_channels(self, other: TensorStats) -> None:
@@ -337,16 +347,19 @@ class TensorStats:
         if fresh:
             self.channel_hist = None if other.channel_hist is None else other.channel_hist.copy()
             return
-        if mine is None or other.channel_hist is None:  # one side predates channel histograms
+        if (
+            mine is None or other.channel_hist is None or mine.shape != other.channel_hist.shape
+        ):  # one side has none (turned off, or written before they existed)
             self.channel_hist = None
             return
         assert self.channel_min is not None and self.channel_max is not None
         assert other.channel_max is not None
         theirs = other.channel_hist.copy()
+        bins = theirs.shape[1]
         chist.regrid(
             theirs,
-            chist.channel_grids(other.channel_min, other.channel_max),
-            chist.channel_grids(self.channel_min, self.channel_max),
+            chist.channel_grids(other.channel_min, other.channel_max, bins),
+            chist.channel_grids(self.channel_min, self.channel_max, bins),
         )
         mine += theirs
 
@@ -412,6 +425,7 @@ class TensorStats:
                 channel_max=None if cmax is None else np.array([_fj(v) for v in cmax]),
                 channel_mismatch=bool(d.get("channel_mismatch", False)),
                 channel_hist=_hist_from_json(d.get("channel_hist"), cmin),
+                channel_bins=int((d.get("channel_hist") or {}).get("bins", 0)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise BadInputError(
@@ -473,6 +487,11 @@ class TensorStats:
                     np.asarray(arrays[prefix + "channel_hist"], dtype=np.int64).copy()
                     if prefix + "channel_hist" in arrays and cmin_key in arrays
                     else None
+                ),
+                channel_bins=(
+                    int(arrays[prefix + "channel_hist"].shape[1])
+                    if prefix + "channel_hist" in arrays
+                    else 0
                 ),
             )
         except (KeyError, IndexError) as e:

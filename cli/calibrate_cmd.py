@@ -96,6 +96,12 @@ def _summary(r: RangesFile, as_json: bool, quiet: bool) -> None:
     default=None,
     help="ONNX Runtime intra-op threads (default: ORT's choice).",
 )
+@click.option(
+    "--no-channel-histograms",
+    is_flag=True,
+    help="Keep per-channel min/max but not the per-channel histograms (channels x 512 x 8 bytes "
+    "per GELU; without them grouped tables take --group-method minmax only).",
+)
 @_method_options
 def calibrate(
     model: str,
@@ -107,6 +113,7 @@ def calibrate(
     max_length: int | None,
     save_stats: str | None,
     threads: int | None,
+    no_channel_histograms: bool,
     method: str,
     percentile: float,
     quiet: bool,
@@ -127,6 +134,7 @@ def calibrate(
         save_stats=save_stats,
         progress=progress,
         threads=threads,
+        channel_histograms=not no_channel_histograms,
     )
     _summary(r, as_json, quiet)
 

@@ -204,3 +204,46 @@ def test_group_methods_need_histograms(tmp_path: Path) -> None:
     assert not (tmp_path / "b.onnx").exists()
     with pytest.raises(BadInputError, match="unknown group range method"):
         ConvertConfig("int8-lut", groups=2, group_method="median")
+
+
+def test_calibrate_without_channel_histograms(tmp_path: Path) -> None:
+    """``calibrate --no-channel-histograms`` keeps the per-channel extremes (the minmax grouped
+    tables are the same as with histograms) and writes no histograms; other group methods are
+    then refused with what to do."""
+    model = _model(tmp_path / "m.onnx", 17)
+    np.savez(tmp_path / "cal.npz", x=_data(512, 0))
+    res = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            str(model),
+            "--data",
+            str(tmp_path / "cal.npz"),
+            "-o",
+            str(tmp_path / "lean.json"),
+            "--no-channel-histograms",
+            "--save-stats",
+            str(tmp_path / "lean.npz"),
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    calibrate_model(model, tmp_path / "cal.npz", tmp_path / "full.json")
+    lean, full = load_ranges(tmp_path / "lean.json"), load_ranges(tmp_path / "full.json")
+    site = lean.site_ids[0]
+    assert "hist" not in lean._site(site)["channels"] and "hist" in full._site(site)["channels"]
+    assert not any(k.endswith("channel_hist") for k in np.load(tmp_path / "lean.npz").files)
+    specs = []
+    for name, r in (("lean", lean), ("full", full)):
+        out = convert_file(
+            model, tmp_path / f"{name}.onnx", ConvertConfig("int8-lut", groups=3), ranges=r
+        )
+        specs.append(out.manifest.converted[0].spec)
+    assert specs[0] == specs[1]
+    with pytest.raises(BadInputError, match="no per-channel histograms"):
+        convert_file(
+            model,
+            tmp_path / "x.onnx",
+            ConvertConfig("int8-lut", groups=3, group_method="mse"),
+            ranges=lean,
+        )
