@@ -182,9 +182,9 @@ class TensorStats:
         cmin, cmax = np.empty(width), np.empty(width)
         nonfinite = _kernel.channel_extremes(x, is_double, width, cmin, cmax)
         if c:
-            self._fold_channels(cmin, cmax)
-            if self.channel_hist is not None:
-                self._bin_channels_compiled(x, is_double, c)
+            grids = self._fold_channels(cmin, cmax)
+            if self.channel_hist is not None and grids is not None:
+                self._bin_channels_compiled(x, is_double, c, grids)
         self.nonfinite += nonfinite
         finite = int(x.size) - nonfinite
         if finite == 0:
@@ -198,10 +198,15 @@ class TensorStats:
             raise AssertionError(f"{outside} values fell outside the histogram window")
         self.count += finite
 
-    def _bin_channels_compiled(self, x: npt.NDArray[np.floating], is_double: bool, c: int) -> None:
+    def _bin_channels_compiled(
+        self,
+        x: npt.NDArray[np.floating],
+        is_double: bool,
+        c: int,
+        grids: tuple[IntArray, IntArray],
+    ) -> None:
         assert _kernel is not None and self.channel_hist is not None
-        assert self.channel_min is not None and self.channel_max is not None
-        k, off = chist.channel_grids(self.channel_min, self.channel_max, self.channel_hist.shape[1])
+        k, off = grids
         scales = np.ldexp(1.0, -k)
         outside = _kernel.channel_histograms(x, is_double, c, scales, off, self.channel_hist)
         if outside:
@@ -288,14 +293,18 @@ class TensorStats:
             return 0
         return c
 
-    def _fold_channels(self, cmin: FloatArray, cmax: FloatArray) -> None:
+    def _fold_channels(
+        self, cmin: FloatArray, cmax: FloatArray
+    ) -> tuple[IntArray, IntArray] | None:
         """Fold a batch's (or a shard's) channel extremes in; the channel histograms move to
-        the grown grids (their counts of the new data are added by the caller)."""
+        the grown grids (their counts of the new data are added by the caller). Returns those
+        grids (None without channel histograms)."""
         if self.channel_min is None or self.channel_max is None:
             self.channel_min, self.channel_max = cmin.copy(), cmax.copy()
-            if self.channel_bins:
-                self.channel_hist = np.zeros((cmin.size, self.channel_bins), np.int64)
-            return
+            if not self.channel_bins:
+                return None
+            self.channel_hist = np.zeros((cmin.size, self.channel_bins), np.int64)
+            return chist.channel_grids(self.channel_min, self.channel_max, self.channel_bins)
         hist = self.channel_hist
         bins = 0 if hist is None else hist.shape[1]
         old = (
@@ -303,9 +312,11 @@ class TensorStats:
         )
         np.minimum(self.channel_min, cmin, out=self.channel_min)
         np.maximum(self.channel_max, cmax, out=self.channel_max)
-        if hist is not None and old is not None:
-            new = chist.channel_grids(self.channel_min, self.channel_max, bins)
-            chist.regrid(hist, old, new)
+        if hist is None or old is None:
+            return None
+        new = chist.channel_grids(self.channel_min, self.channel_max, bins)
+        chist.regrid(hist, old, new)
+        return new
 
     def _update_channels(self, x: npt.NDArray[np.floating]) -> tuple[float, float] | None:
         """Fold ``x`` into the per-channel extremes; returns the batch's ``(min, max)`` (NaN or
@@ -322,12 +333,9 @@ class TensorStats:
             finite = np.isfinite(flat)
             cmin = np.where(finite, flat, np.inf).min(axis=0).astype(np.float64)
             cmax = np.where(finite, flat, -np.inf).max(axis=0).astype(np.float64)
-        self._fold_channels(cmin, cmax)
-        if self.channel_hist is not None and self.channel_min is not None:
-            assert self.channel_max is not None
-            bins = self.channel_hist.shape[1]
-            grids = chist.channel_grids(self.channel_min, self.channel_max, bins)
-            self.channel_hist += chist.bin_channels(x, grids, bins)
+        grids = self._fold_channels(cmin, cmax)
+        if self.channel_hist is not None and grids is not None:
+            self.channel_hist += chist.bin_channels(x, grids, self.channel_hist.shape[1])
         return extremes
 
     def _merge_channels(self, other: TensorStats) -> None:
@@ -343,7 +351,7 @@ class TensorStats:
             return
         fresh = self.channel_min is None
         mine = self.channel_hist
-        self._fold_channels(other.channel_min, other.channel_max)
+        merged = self._fold_channels(other.channel_min, other.channel_max)
         if fresh:
             self.channel_hist = None if other.channel_hist is None else other.channel_hist.copy()
             return
@@ -352,14 +360,11 @@ class TensorStats:
         ):  # one side has none (turned off, or written before they existed)
             self.channel_hist = None
             return
-        assert self.channel_min is not None and self.channel_max is not None
-        assert other.channel_max is not None
+        assert other.channel_max is not None and merged is not None
         theirs = other.channel_hist.copy()
         bins = theirs.shape[1]
         chist.regrid(
-            theirs,
-            chist.channel_grids(other.channel_min, other.channel_max, bins),
-            chist.channel_grids(self.channel_min, self.channel_max, bins),
+            theirs, chist.channel_grids(other.channel_min, other.channel_max, bins), merged
         )
         mine += theirs
 

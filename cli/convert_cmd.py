@@ -10,7 +10,12 @@ import click
 from gelu_quant.calib.ranges_file import load_ranges
 from gelu_quant.cli.options import text_data_options
 from gelu_quant.errors import BadInputError
-from gelu_quant.graph.convert import ConvertConfig, convert_file, default_manifest_path
+from gelu_quant.graph.convert import (
+    GROUP_METHODS,
+    ConvertConfig,
+    convert_file,
+    default_manifest_path,
+)
 from gelu_quant.graph.ops import LUT_BODIES
 from gelu_quant.graph.ops.int4_codes import CODE_CONTAINERS
 from gelu_quant.graph.targets import TARGETS
@@ -99,7 +104,7 @@ from gelu_quant.graph.targets import TARGETS
 )
 @click.option(
     "--group-method",
-    type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
+    type=click.Choice(list(GROUP_METHODS)),
     default="minmax",
     show_default=True,
     help="Grouped tables: the range method of each group, on its members' per-channel "
