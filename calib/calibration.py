@@ -18,6 +18,7 @@ from gelu_quant.calib.ranges_file import (
     StatsFile,
     refuse_overwriting_inputs,
 )
+from gelu_quant.calib.row_sample import DEFAULT_SAMPLE_ROWS
 from gelu_quant.errors import BadInputError, ModelError
 from gelu_quant.fingerprint import model_fingerprint
 from gelu_quant.graph.sites import GeluSite
@@ -44,6 +45,7 @@ def collect_stats(
     threads: int | None = None,
     workers: int | None = None,
     channel_histograms: bool = True,
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
 ) -> StatsFile:
     """One streaming pass of ``data`` through ``model``: the raw per-site statistics."""
     path = Path(os.fspath(model))
@@ -92,6 +94,7 @@ def collect_stats(
         total_batches=total,
         workers=workers,
         channel_histograms=channel_histograms,
+        sample_rows=sample_rows,
     )
     return StatsFile(
         model_name=path.name,
@@ -118,10 +121,12 @@ def calibrate_model(
     progress: bool = False,
     threads: int | None = None,
     channel_histograms: bool = True,
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
 ) -> RangesFile:
     """Calibrate ``model`` on ``data``: write ``output`` (and ``save_stats``) if given;
     ``channel_histograms=False`` leaves out the per-channel histograms (grouped tables then take
-    ``minmax`` group ranges only)."""
+    ``minmax`` group ranges only); ``sample_rows``: input rows sampled per site for the
+    consumer correction (0: none; the ranges file then has no sample beside it)."""
     for out in (output, save_stats):
         if out is not None:
             refuse_overwriting_inputs(out, model, data, tokenizer)
@@ -136,6 +141,7 @@ def calibrate_model(
         progress=progress,
         threads=threads,
         channel_histograms=channel_histograms,
+        sample_rows=sample_rows,
     )
     if save_stats is not None:
         sf.save(save_stats)

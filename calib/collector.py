@@ -32,6 +32,7 @@ import onnxruntime as ort
 from gelu_quant.calib.channel_hist import CHANNEL_BINS
 from gelu_quant.calib.data import Feed, _batch_of
 from gelu_quant.calib.protowire import replace_graph_outputs
+from gelu_quant.calib.row_sample import DEFAULT_SAMPLE_ROWS, RowSample, token_mask
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import DataError, ModelError
 from gelu_quant.graph.sites import GeluSite
@@ -57,6 +58,8 @@ class Collected:
     """Observed GELU output range per site id (NaN-free batches only)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Site id -> why it was not calibrated."""
+    samples_of: dict[str, RowSample] = field(default_factory=dict)
+    """Site id -> a bounded uniform sample of its input rows (real tokens only)."""
     batches: int = 0
     samples: int = 0
     seconds: float = 0.0
@@ -74,6 +77,11 @@ class Collected:
             self.output_max[sid] = max(self.output_max.get(sid, -math.inf), v)
         for sid, why in other.skipped.items():
             self.skipped.setdefault(sid, why)
+        for sid, rs in other.samples_of.items():
+            if sid in self.samples_of:
+                self.samples_of[sid].merge(rs)
+            else:
+                self.samples_of[sid] = rs.copy()
         self.batches += other.batches
         self.samples += other.samples
         self.seconds += other.seconds
@@ -173,9 +181,16 @@ def make_session(
         raise ModelError(f"ONNX Runtime cannot load the calibration probe model: {e}") from None
 
 
-def _update_sites(stats: Sequence[TensorStats], tensors: Sequence[np.ndarray]) -> None:
-    for st, t in zip(stats, tensors, strict=True):
+def _update_sites(
+    stats: Sequence[TensorStats],
+    tensors: Sequence[np.ndarray],
+    samples: Sequence[tuple[RowSample, np.random.Generator] | None],
+    feed: Feed,
+) -> None:
+    for st, t, sample in zip(stats, tensors, samples, strict=True):
         st.update(t)
+        if sample is not None:
+            sample[0].update(t, sample[1], token_mask(feed, t.shape))
 
 
 def _default_workers(n_sites: int) -> int:
@@ -261,9 +276,11 @@ def collect(
     total_batches: int | None = None,
     workers: int | None = None,
     channel_histograms: bool = True,
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
 ) -> Collected:
     """Run ``data`` through the probe model once and accumulate per-site statistics
-    (``channel_histograms=False``: per-channel min/max without the per-channel histograms).
+    (``channel_histograms=False``: per-channel min/max without the per-channel histograms) and
+    a uniform sample of at most ``sample_rows`` input rows per site (0: none).
 
     ``model`` is a model (path, loaded or bytes, see :func:`open_probe`) or an opened
     :class:`Probe`.
@@ -279,8 +296,13 @@ def collect(
     session, names = probe.session, probe.names
     bins = CHANNEL_BINS if channel_histograms else 0
     result = Collected(
-        stats={sid: TensorStats(channel_bins=bins) for sid in names}, skipped=dict(probe.skipped)
+        stats={sid: TensorStats(channel_bins=bins) for sid in names},
+        skipped=dict(probe.skipped),
+        samples_of={sid: RowSample(sample_rows) for sid in names} if sample_rows > 0 else {},
     )
+    # one generator per site, seeded by its position: each site's rows are offered in batch
+    # order by one task at a time, so the sample does not depend on thread timing
+    rngs = {sid: np.random.default_rng([0x6E1C, i]) for i, sid in enumerate(names)}
     del probe
     if session is None:
         return result
@@ -314,10 +336,14 @@ def collect(
             for group in groups:
                 st = [result.stats[sid] for sid in group]
                 tensors = [outs[pos[names[sid][0]]] for sid in group]
+                samples = [
+                    (result.samples_of[sid], rngs[sid]) if sid in result.samples_of else None
+                    for sid in group
+                ]
                 if pool is None:
-                    _update_sites(st, tensors)
+                    _update_sites(st, tensors, samples, feed)
                 else:
-                    pending.append(pool.submit(_update_sites, st, tensors))
+                    pending.append(pool.submit(_update_sites, st, tensors, samples, feed))
                 del tensors
             for sid, (_, lo, hi) in names.items():
                 if lo is not None and hi is not None:

@@ -18,6 +18,12 @@ Ranges file, schema ``gelu-quant/ranges`` version 1::
 
 A method whose range cannot be computed has ``null`` in ``ranges``.
 
+**Row sample** (for the consumer correction): when calibrate sampled input rows, they go to a
+file beside the ranges file, ``<stem>.sample.npz`` (one float16 array per site id, compressed),
+and the ranges file records it as ``"sample": {"file", "sha256", "dtype", "rows": {id: n},
+"population": {id: rows seen}}``. The sample is read (and its digest checked) only when asked
+for; a ranges file whose sample is missing still converts, without the correction.
+
 **Model fingerprint**: :func:`gelu_quant.fingerprint.model_fingerprint`.
 
 Statistics file (``--save-stats``): ``.npz`` (or ``.json``) with the exact per-site
@@ -28,6 +34,8 @@ description; ``merge-stats`` combines such shards into exactly the statistics of
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 import os
 import zlib
@@ -54,6 +62,7 @@ from gelu_quant.calib.methods import (
     output_range,
     percentile_range,
 )
+from gelu_quant.calib.row_sample import RowSample
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import BadInputError, GeluQuantError, ModelError
 from gelu_quant.fileio import write_bytes_atomic
@@ -195,6 +204,50 @@ class RangesFile:
     schema_version: int = SCHEMA_VERSION
     source_name: str | None = None
     """File name it was loaded from (None when built in memory); manifests record it."""
+    samples: dict[str, npt.NDArray[np.float16]] | None = None
+    """Site id -> sampled input rows (in memory: from calibrate; loaded: read on first use)."""
+    sample_info: dict[str, Any] | None = None
+    """The ``sample`` entry (which file, its digest, rows per site); None without a sample."""
+    sample_dir: Path | None = None
+    """Where a loaded ranges file's sample file is looked for."""
+    _sample_problem: str | None = None
+
+    def sample_for(self, site_id: str) -> npt.NDArray[np.float16] | None:
+        """The site's sampled input rows, None when there are none (:meth:`sample_problem`
+        says why)."""
+        if self.samples is None and self.sample_info is not None and self._sample_problem is None:
+            self._load_sample()
+        return None if self.samples is None else self.samples.get(site_id)
+
+    def sample_problem(self) -> str:
+        """Why :meth:`sample_for` has nothing (for messages and manifests)."""
+        if self._sample_problem is not None:
+            return self._sample_problem
+        if self.sample_info is None and self.samples is None:
+            return "the ranges file has no row sample (calibrate with --sample-rows > 0)"
+        return "the row sample has no rows for this site"
+
+    def _load_sample(self) -> None:
+        info = self.sample_info or {}
+        name = str(info.get("file", ""))
+        path = (self.sample_dir or Path(".")) / name
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            self._sample_problem = f"row sample {str(path)!r} cannot be read ({e.strerror})"
+            return
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if digest != info.get("sha256"):
+            self._sample_problem = (
+                f"row sample {str(path)!r} does not match the ranges file (digest {digest[:19]}…, "
+                f"expected {str(info.get('sha256'))[:19]}…): calibrate again"
+            )
+            return
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                self.samples = {str(k): np.asarray(z[k], np.float16) for k in z.files}
+        except (OSError, ValueError) as e:
+            self._sample_problem = f"row sample {str(path)!r} is unreadable ({e!r})"
 
     @property
     def site_ids(self) -> list[str]:
@@ -297,6 +350,7 @@ class RangesFile:
             )
 
     def to_json(self) -> dict[str, Any]:
+        extra = {} if self.sample_info is None else {"sample": self.sample_info}
         return {
             "schema": RANGES_SCHEMA,
             "schema_version": self.schema_version,
@@ -307,13 +361,30 @@ class RangesFile:
             "params": self.params,
             "sites": self.sites,
             "skipped": self.skipped,
+            **extra,
         }
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        write_bytes_atomic(path, self.dumps().encode())
+        """Write the ranges file, and its row sample beside it (``<stem>.sample.npz``) first."""
+        p = Path(os.fspath(path))
+        if self.samples:
+            sample_path = p.with_name(p.stem + ".sample.npz")
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **self.samples)  # type: ignore[arg-type]
+            raw = buf.getvalue()
+            write_bytes_atomic(sample_path, raw)
+            info = dict(self.sample_info or {})
+            info.update(
+                file=sample_path.name,
+                sha256="sha256:" + hashlib.sha256(raw).hexdigest(),
+                dtype="float16",
+                rows={k: int(v.shape[0]) for k, v in self.samples.items()},
+            )
+            self.sample_info = info
+        write_bytes_atomic(p, self.dumps().encode())
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "ranges file") -> RangesFile:
@@ -338,6 +409,7 @@ class RangesFile:
                 skipped=dict(d.get("skipped", {})),
                 tool_version=str(d.get("tool_version", "")),
                 schema_version=int(d["schema_version"]),
+                sample_info=dict(d["sample"]) if isinstance(d.get("sample"), dict) else None,
             )
         except (KeyError, TypeError) as e:
             raise BadInputError(
@@ -358,6 +430,7 @@ def load_ranges(path: str | os.PathLike[str]) -> RangesFile:
         raise BadInputError(f"{p} is not a gelu-quant ranges file")
     rf = RangesFile.from_json(d, str(p))
     rf.source_name = p.name
+    rf.sample_dir = p.resolve().parent
     return rf
 
 
@@ -396,9 +469,9 @@ class StatsFile:
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write as ``.json`` or ``.npz`` (by extension; exact either way)."""
+        """Write as ``.json`` or ``.npz`` (by extension; exact either way; only ``.npz`` keeps
+        the row samples)."""
         meta = self._meta()
-        import io
 
         if str(path).endswith(".json"):
             meta["stats"] = {sid: st.to_json() for sid, st in self.collected.stats.items()}
@@ -408,6 +481,9 @@ class StatsFile:
         for i, (sid, st) in enumerate(self.collected.stats.items()):
             arrays[f"site{i}/id"] = np.array(sid)
             arrays.update(st.to_arrays(f"site{i}/"))
+            sample = self.collected.samples_of.get(sid)
+            if sample is not None:
+                arrays.update(sample.to_arrays(f"site{i}/sample/"))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         write_bytes_atomic(path, buf.getvalue())
@@ -415,6 +491,7 @@ class StatsFile:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> StatsFile:
         p = Path(os.fspath(path))
+        samples: dict[str, RowSample] = {}
         try:
             if p.suffix == ".json":
                 meta = json.loads(p.read_text())
@@ -426,7 +503,11 @@ class StatsFile:
                 stats = {}
                 i = 0
                 while f"site{i}/id" in arrays:
-                    stats[str(arrays[f"site{i}/id"])] = TensorStats.from_arrays(arrays, f"site{i}/")
+                    sid = str(arrays[f"site{i}/id"])
+                    stats[sid] = TensorStats.from_arrays(arrays, f"site{i}/")
+                    sample = RowSample.from_arrays(arrays, f"site{i}/sample/")
+                    if sample is not None:
+                        samples[sid] = sample
                     i += 1
         except FileNotFoundError:
             raise BadInputError(f"statistics file {str(p)!r} not found") from None
@@ -443,6 +524,7 @@ class StatsFile:
             output_min=dict(meta["output_min"]),
             output_max=dict(meta["output_max"]),
             skipped=dict(meta["skipped"]),
+            samples_of=samples,
             batches=int(meta["batches"]),
             samples=int(meta["samples"]),
         )
@@ -498,6 +580,10 @@ class StatsFile:
         for e in entries:
             if e["ranges"][method] is None:
                 skipped.setdefault(e["id"], "no finite values observed")
+        kept = {e["id"] for e in entries}
+        samples = {
+            sid: rs.rows for sid, rs in c.samples_of.items() if sid in kept and rs.rows.shape[0]
+        }
         return RangesFile(
             model_name=self.model_name,
             fingerprint=self.fingerprint,
@@ -506,6 +592,12 @@ class StatsFile:
             params=params.to_json(),
             sites=entries,
             skipped=skipped,
+            samples=samples or None,
+            sample_info=(
+                {"population": {sid: c.samples_of[sid].seen for sid in samples}}
+                if samples
+                else None
+            ),
         )
 
 

@@ -11,6 +11,7 @@ import click
 from gelu_quant.calib.calibration import DEFAULT_METHOD, calibrate_model, merge_stats
 from gelu_quant.calib.methods import DEFAULT_PERCENTILE, METHODS, MethodName
 from gelu_quant.calib.ranges_file import MethodParams, RangesFile
+from gelu_quant.calib.row_sample import DEFAULT_SAMPLE_ROWS
 from gelu_quant.cli.options import text_data_options
 
 
@@ -102,6 +103,15 @@ def _summary(r: RangesFile, as_json: bool, quiet: bool) -> None:
     help="Keep per-channel min/max but not the per-channel histograms (channels x 512 x 8 bytes "
     "per GELU; without them grouped tables take --group-method minmax only).",
 )
+@click.option(
+    "--sample-rows",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SAMPLE_ROWS,
+    show_default=True,
+    help="Input rows (tokens; real tokens only for text) sampled per GELU for convert's "
+    "consumer correction, written beside the ranges file as <stem>.sample.npz (float16). "
+    "0: no sample, no correction.",
+)
 @_method_options
 def calibrate(
     model: str,
@@ -114,6 +124,7 @@ def calibrate(
     save_stats: str | None,
     threads: int | None,
     no_channel_histograms: bool,
+    sample_rows: int,
     method: str,
     percentile: float,
     quiet: bool,
@@ -135,6 +146,7 @@ def calibrate(
         progress=progress,
         threads=threads,
         channel_histograms=not no_channel_histograms,
+        sample_rows=sample_rows,
     )
     _summary(r, as_json, quiet)
 

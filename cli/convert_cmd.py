@@ -116,6 +116,12 @@ from gelu_quant.graph.targets import TARGETS
     help="Grouped tables: fold the per-channel input scales into the producing MatMul and the "
     "output scales into the consuming MatMul (int8 pipelines; see the manifest's `folded`).",
 )
+@click.option(
+    "--no-consumer-correction",
+    is_flag=True,
+    help="Leave the MatMul after each GELU as it is (default: refit it to the table's error "
+    "from the ranges file's row sample; see the manifest's `corrected`).",
+)
 @click.option("--site", "sites", multiple=True, help="Convert only this site id. Repeatable.")
 @click.option(
     "--segments",
@@ -161,6 +167,7 @@ def convert(
     groups: int,
     group_method: str,
     fold_scales: bool,
+    no_consumer_correction: bool,
     segments: int | None,
     degree: int | None,
     lut_body: Any,
@@ -224,6 +231,7 @@ def convert(
         groups=groups,
         group_method=group_method,
         fold_scales=fold_scales,
+        correct_consumers=not no_consumer_correction,
         site_choices=choices,
         decision=decision,
         code_container=code_container,

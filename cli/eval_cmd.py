@@ -129,6 +129,12 @@ from gelu_quant.graph.convert import default_manifest_path
     help="Write per-site plots here (needs matplotlib).",
 )
 @click.option("--no-sites", is_flag=True, help="Skip the per-GELU-site comparison.")
+@click.option(
+    "--include-padding",
+    is_flag=True,
+    help="Compare padded positions too (default: [batch, seq, C] outputs and GELU sites are "
+    "compared on the real tokens of the data's attention_mask).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--max-batches", type=click.IntRange(min=1), default=None)
 @click.option(
@@ -162,6 +168,7 @@ def eval_cmd(
     junit: Path | None,
     plots_dir: Path | None,
     no_sites: bool,
+    include_padding: bool,
     batch_size: int | None,
     max_batches: int | None,
     threads: int,
@@ -217,6 +224,7 @@ def eval_cmd(
         max_batches=max_batches,
         threads=threads,
         progress=not quiet and sys.stderr.isatty(),
+        include_padding=include_padding,
     )
     report = evaluate(reference, candidate, source, config)
 

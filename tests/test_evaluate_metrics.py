@@ -103,3 +103,24 @@ def test_adaptive_histogram_doubling_is_exact() -> None:
     np.maximum.at(want, idx, np.abs(x))
     assert h.max_value is not None and h.max_value.tolist() == want.tolist()
     assert h.min_seen == x.min() and h.max_seen == 37.0
+
+
+def test_masked_update_compares_real_tokens_only() -> None:
+    rng = np.random.default_rng(4)
+    r = rng.standard_normal((2, 5, 4))
+    c = r + 0.01 * rng.standard_normal(r.shape)
+    c[0, 3:] = 50.0  # padding positions: garbage that must not count
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    acc = OutputAccumulator("h")
+    acc.update(r, c, mask=mask)
+    m = acc.result()
+    # oracle: each sample's cosine over its real tokens only, the errors over real tokens
+    want = []
+    for i in range(2):
+        a, b = r[i][mask[i]].ravel(), c[i][mask[i]].ravel()
+        want.append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert m.samples == 2
+    assert m.cosine_min == pytest.approx(min(want), rel=1e-12)
+    assert m.cosine_mean == pytest.approx(np.mean(want), rel=1e-12)
+    assert m.errors.elements == 8 * 4
+    assert m.errors.max_abs_error == pytest.approx(np.abs(r[mask] - c[mask]).max(), rel=1e-12)

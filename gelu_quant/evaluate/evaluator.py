@@ -35,6 +35,7 @@ from gelu_quant.evaluate.site_comparison import (
     rank_worst_first,
 )
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.token_mask import token_mask
 
 _FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 
@@ -66,6 +67,9 @@ class EvalConfig:
     """ORT intra-op threads per session (0: ORT's default)."""
     progress: bool = False
     """Show a progress bar on stderr."""
+    include_padding: bool = False
+    """Compare padded positions too (default: outputs and sites shaped ``[batch, seq, …]``
+    are compared on the real tokens of the feed's ``attention_mask`` only)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -260,9 +264,15 @@ def evaluate(
         accs = {o.name: OutputAccumulator(o.name, kinds[o.name]) for o in ref_sess.outputs}
         site_accs = [SiteAccumulator(s, p, with_plot_data=plot_data) for s, p in live]
 
+        masked: set[str] = set()
         batches, offset = _stream(
-            data, config, ref_sess, cand_sess, accs, site_accs, labels, label_output
+            data, config, ref_sess, cand_sess, accs, site_accs, labels, label_output, masked
         )
+        if masked:
+            notes.append(
+                f"padding excluded: {', '.join(sorted(masked))} (and the GELU sites) compared on "
+                "the real tokens of attention_mask only; --include-padding compares every position"
+            )
 
     if batches == 0:
         raise DataError("the data source yielded no batches; nothing was evaluated")
@@ -321,8 +331,10 @@ def _stream(
     site_accs: list[SiteAccumulator],
     labels: npt.NDArray[np.int64] | None,
     label_output: str | None,
+    masked: set[str],
 ) -> tuple[int, int]:
-    """Run both models batch by batch, updating the accumulators: ``(batches, samples)``."""
+    """Run both models batch by batch, updating the accumulators: ``(batches, samples)``;
+    ``masked`` collects the outputs compared on real tokens only."""
     input_names = [i.name for i in ref_sess.inputs]
     first_output = ref_sess.outputs[0].name
     batches = 0
@@ -350,19 +362,26 @@ def _stream(
                     "samples; labels must align one per sample with the data"
                 )
             batch_labels = labels[offset : offset + n]
+        masks = None if config.include_padding else f
         for name, acc in accs.items():
-            acc.update(
-                ref_out[name],
-                cand_out[name],
-                batch_labels if name == label_output else None,
-            )
+            r = np.asarray(ref_out[name])
+            mask = None if masks is None else _output_mask(masks, r.shape)
+            if mask is not None:
+                masked.add(name)
+            acc.update(r, cand_out[name], batch_labels if name == label_output else None, mask)
         for sa in site_accs:
-            sa.update(ref_out, cand_out)
+            sa.update(ref_out, cand_out, masks)
         offset += n
         batches += 1
         del ref_out, cand_out, f
 
     return batches, offset
+
+
+def _output_mask(feed: Feed, shape: tuple[int, ...]) -> npt.NDArray[np.bool_] | None:
+    """The real-token mask of an output ``[batch, seq, C]`` (rank 3 only: a rank-4 output's
+    second axis is not the sequence in general)."""
+    return token_mask(feed, tuple(shape))
 
 
 def _site_metrics(

@@ -173,11 +173,19 @@ class OutputAccumulator:
         reference: npt.ArrayLike,
         candidate: npt.ArrayLike,
         labels: npt.ArrayLike | None = None,
+        mask: npt.NDArray[np.bool_] | None = None,
     ) -> None:
+        """``mask`` (the leading axes' shape): the positions compared; the others (padding)
+        count neither in the errors nor in each sample's cosine."""
         r = np.asarray(reference, dtype=np.float64)
         c = np.asarray(candidate, dtype=np.float64)
-        self.errors.update(r, c)
-        cos = sample_cosines(r, c)
+        if mask is not None:
+            self.errors.update(r[mask], c[mask])
+            keep = mask.reshape(mask.shape + (1,) * (r.ndim - mask.ndim))
+            cos = sample_cosines(np.where(keep, r, 0.0), np.where(keep, c, 0.0))
+        else:
+            self.errors.update(r, c)
+            cos = sample_cosines(r, c)
         self.samples += int(cos.size)
         self.cos_sum += float(cos.sum())
         if cos.size:

@@ -24,6 +24,7 @@ from gelu_quant.evaluate.probe import produced_tensors
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.numerics import gelu_exact, gelu_tanh, quick_gelu
 from gelu_quant.qparams import QParams
+from gelu_quant.token_mask import token_mask
 
 #: Elements per batch and site used for the error curve (strided subsample; plots only).
 ERROR_CURVE_SAMPLES = 65536
@@ -157,16 +158,29 @@ class SiteAccumulator:
             if site.bias is None:
                 self.error_curve = AdaptiveHistogram(bins=512, track_max=True)
 
-    def update(self, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> None:
+    def update(
+        self,
+        ref: Mapping[str, np.ndarray],
+        cand: Mapping[str, np.ndarray],
+        feed: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """``feed``: the batch's inputs; with an ``attention_mask`` matching a ``[batch, seq,
+        C]`` tensor, only its real tokens are compared (:mod:`gelu_quant.token_mask`)."""
         s, p = self.site, self.plan
+
+        def real(x: np.ndarray) -> np.ndarray:
+            m = None if feed is None else token_mask(feed, x.shape)
+            return x if m is None else x[m]
+
         self.errors.update(
-            _dequantized(ref[p.ref_tensor], p.ref_q), _dequantized(cand[p.cand_tensor], p.cand_q)
+            real(_dequantized(ref[p.ref_tensor], p.ref_q)),
+            real(_dequantized(cand[p.cand_tensor], p.cand_q)),
         )
         if self.histogram is not None and s.input in ref:
-            self.histogram.update(ref[s.input])
+            self.histogram.update(real(ref[s.input]))
         if self.error_curve is not None and s.input in cand and s.output in cand:
-            x = np.asarray(cand[s.input]).ravel()
-            y = np.asarray(cand[s.output]).ravel()
+            x = np.asarray(real(cand[s.input])).ravel()
+            y = np.asarray(real(cand[s.output])).ravel()
             if x.shape == y.shape:
                 step = max(1, x.size // ERROR_CURVE_SAMPLES)
                 xs, ys = x[::step].astype(np.float64), y[::step].astype(np.float64)

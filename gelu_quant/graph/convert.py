@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import onnx
@@ -53,6 +53,7 @@ from gelu_quant.graph.ops.int4_codes import (
     four_bit_target,
 )
 from gelu_quant.graph.passes.add_functions import AddGeluFunctions
+from gelu_quant.graph.passes.correct_consumers import CorrectConsumers, SampleSource
 from gelu_quant.graph.passes.fold_scales import FoldGroupScales
 from gelu_quant.graph.passes.ir_version import LoadableIrVersion
 from gelu_quant.graph.passes.replace_sites import ReplaceGeluSites, all_names, restore_value_info
@@ -131,6 +132,10 @@ class ConvertConfig:
     """Grouped tables: the range method of each group, run on its members' summed per-channel
     histograms (``minmax``: the members' min/max, the best measured on MiniLM)."""
 
+    correct_consumers: bool = True
+    """Refit the linear layer after each converted site to its table's error, from the ranges
+    file's row sample (:mod:`gelu_quant.graph.passes.correct_consumers`); sites without a
+    sample or a MatMul consumer stay as they are (the manifest says why)."""
     fold_scales: bool = False
     """Grouped tables: fold the per-channel scales into the producing and consuming MatMul
     weights where the graph allows (:mod:`gelu_quant.graph.passes.fold_scales`)."""
@@ -311,6 +316,21 @@ def convert_model(
         choices={c.site: c for c in config.site_choices},
     )
     replace(irm)
+    if config.correct_consumers and ranges is not None and hasattr(ranges, "sample_for"):
+        CorrectConsumers(
+            replace.records,
+            replace.specs,
+            cast(SampleSource, ranges),
+            taken=all_names(irm.graph),
+        )(irm)
+        missing = {
+            str(r.corrected.get("reason"))
+            for r in replace.records
+            if r.corrected
+            and not r.corrected.get("applied")
+            and "row sample" in str(r.corrected.get("reason"))
+        }
+        notes.extend(f"consumer correction not applied: {m}" for m in sorted(missing))
     if config.fold_scales:
         FoldGroupScales(replace.records, taken=all_names(irm.graph))(irm)
     named = set(config.sites or ()) | {c.site for c in config.site_choices}

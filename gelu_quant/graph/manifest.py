@@ -77,6 +77,9 @@ class SiteRecord:
     """The site's own target when it differs by site (``convert --target auto``)."""
     folded: dict[str, Any] | None = None
     """``--fold-scales``: what was folded into the producer and consumer weights, per side."""
+    corrected: dict[str, Any] | None = None
+    """The consumer correction (:mod:`gelu_quant.graph.passes.correct_consumers`): applied or
+    not and why, the weights it rewrote, the ridge and the held-out errors that chose it."""
     code_container: str | None = None
     """Low-bit table codes (2-7 bits): the element type holding them in the graph, ``int4`` /
     ``uint4`` (ONNX 4-bit tensors) or ``int8`` / ``uint8`` (8-bit container, clipped)."""
@@ -125,6 +128,7 @@ class SiteRecord:
             "error": self.error,
             **({} if self.target is None else {"target": self.target}),
             **({} if self.folded is None else {"folded": self.folded}),
+            **({} if self.corrected is None else {"corrected": self.corrected}),
             **({} if self.code_container is None else {"code_container": self.code_container}),
         }
 

@@ -87,6 +87,8 @@ class ReplaceGeluSites(ir.passes.InPlacePass):
     """Per-site target, method and groups over ``context``'s (site id -> choice)."""
     records: list[SiteRecord] = field(default_factory=list)
     functions: dict[str, CustomOp] = field(default_factory=dict)
+    specs: dict[str, GeluApprox] = field(default_factory=dict)
+    """Converted site id -> its approximation (the numpy reference of what the graph runs)."""
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -144,6 +146,7 @@ class ReplaceGeluSites(ir.passes.InPlacePass):
                 continue
             claimed |= rw.remove
             rewrites.append(rw)
+            self.specs[site.id] = rw.spec
             rec = _converted(rw, by_name, order)
             if site.id in self.choices:
                 rec = replace(rec, target=self.choices[site.id].target)

@@ -1,0 +1,117 @@
+"""The consumer correction's numerics: refit the linear layer after a table to the table's error.
+
+A converted site computes ``ŷ = table(x)`` where the model computed ``y = GELU(x)``; the next
+layer computes ``z = y·V + c``. On sampled input rows ``x`` (calibration data), the correction
+finds ``ΔV``, ``Δc`` so that ``ŷ·(V + ΔV) + (c + Δc)`` is as close as possible to ``y·V + c``:
+
+    minimise  ‖(y − ŷ)·V − (ŷ − μ)·ΔV − e₀‖² + λ·d·‖ΔV‖²,   Δc = e₀ − μ·ΔV
+
+(``μ`` the mean of ``ŷ``, ``e₀`` the mean target, ``d`` the mean diagonal of the centred Gram
+matrix, so ``λ`` is relative; without a bias in the graph, no intercept). It is the
+least-squares generalisation of bias correction (Nagel et al. 2019, Finkelstein et al. 2019:
+the ``ΔV = 0`` case) to the layer's weights, as in layer-wise reconstruction (AdaQuant,
+Hubara et al. 2021) but in closed form. It corrects what is *linearly predictable* about the
+table's error from the table's own output, across the channels: in transformers that is mostly
+the clipped outlier channels of the few tokens that carry them, whose other channels identify
+them.
+
+``λ`` is chosen on held-out rows (every fourth row of the sample, which is in random order):
+the candidate with the least held-out error wins if it beats "no correction" by
+:data:`MIN_GAIN`, so a site where the fit does not generalise keeps its layer unchanged. The
+final fit uses every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+RIDGES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+"""Candidate relative ridge strengths ``λ``."""
+HOLDOUT_EVERY = 4
+"""Every ``HOLDOUT_EVERY``-th sampled row is held out to choose ``λ``."""
+MIN_ROWS = 64
+"""Fewer sampled rows than this: no correction."""
+MIN_GAIN = 0.02
+"""A ridge must lower the held-out error by at least this fraction to be applied: smaller
+gains are within what fitting pure noise reaches by chance (one in a few seeds reaches 0.5 %)
+and would move the layer's weights for nothing."""
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class ConsumerFit:
+    """The chosen correction (``delta_w`` None: none) and what chose it."""
+
+    delta_w: F64 | None
+    """``ΔV``, shape of ``V`` (channels × outputs)."""
+    delta_b: F64 | None
+    """``Δc`` (outputs); None without an intercept."""
+    ridge: float | None
+    rows: int
+    heldout_error: dict[str, float]
+    """Held-out ``‖target − fit‖² / ‖target‖²`` per candidate (``none`` = 1)."""
+
+    @property
+    def applied(self) -> bool:
+        return self.delta_w is not None
+
+
+def _solve(q: F64, e: F64, intercept: bool, ridges: tuple[float, ...]) -> list[tuple[F64, F64]]:
+    """Ridge solutions ``(ΔV, Δc)`` on rows ``q`` → targets ``e`` for each relative ridge."""
+    if intercept:
+        mu, e0 = q.mean(axis=0), e.mean(axis=0)
+        qc, ec = q - mu, e - e0
+    else:
+        mu, e0 = np.zeros(q.shape[1]), np.zeros(e.shape[1])
+        qc, ec = q, e
+    a = qc.T @ qc
+    b = qc.T @ ec
+    d = float(np.trace(a)) / a.shape[0] or 1.0
+    evals, evecs = np.linalg.eigh(a)
+    ub = evecs.T @ b
+    out = []
+    for lam in ridges:
+        dw = evecs @ (ub / (np.maximum(evals, 0.0) + lam * d)[:, None])
+        out.append((dw, e0 - mu @ dw))
+    return out
+
+
+def fit_consumer(
+    y_hat: npt.ArrayLike,
+    y_true: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    *,
+    intercept: bool,
+    ridges: tuple[float, ...] = RIDGES,
+) -> ConsumerFit:
+    """Choose and fit the correction of ``weight`` (``V``, channels × outputs) for sampled rows
+    whose table output is ``y_hat`` and exact output ``y_true`` (rows × channels)."""
+    q = np.asarray(y_hat, np.float64)
+    y = np.asarray(y_true, np.float64)
+    v = np.asarray(weight, np.float64)
+    if q.ndim != 2 or q.shape != y.shape or v.ndim != 2 or v.shape[0] != q.shape[1]:
+        raise ValueError(f"rows {q.shape} / {y.shape} do not match a weight of shape {v.shape}")
+    n = q.shape[0]
+    if n < MIN_ROWS:
+        return ConsumerFit(None, None, None, n, {"none": 1.0})
+    e = (y - q) @ v
+    held = np.arange(n) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+    e_h = e[held]
+    norm = float(np.sum(e_h * e_h))
+    scores = {"none": 1.0}
+    if norm > 0.0:
+        for lam, (dw, db) in zip(
+            ridges, _solve(q[~held], e[~held], intercept, ridges), strict=True
+        ):
+            r = e_h - (q[held] @ dw + db)
+            scores[f"{lam:g}"] = float(np.sum(r * r)) / norm
+    best = min(scores, key=lambda k: scores[k])
+    if best == "none" or scores[best] > 1.0 - MIN_GAIN:
+        return ConsumerFit(None, None, None, n, scores)
+    lam = float(best)
+    dw, db = _solve(q, e, intercept, (lam,))[0]
+    return ConsumerFit(dw, db if intercept else None, lam, n, scores)
