@@ -10,8 +10,9 @@ most similar other sentence is the same as with fp32).
     python benchmarks/accuracy_minilm.py --configs int8-lut:minmax:1 int8-lut:entropy:8
     python benchmarks/accuracy_minilm.py --json results.json
 
-A configuration is ``TARGET:METHOD:GROUPS[:nocut]`` (GROUPS > 1: grouped tables; ``nocut``: the
-calibrated range as it is, without cutting GELU's negative tail).
+A configuration is ``TARGET:METHOD:GROUPS[:nocut][:nocorr]`` (GROUPS > 1: grouped tables;
+``nocut``: the calibrated range as it is, without cutting GELU's negative tail; ``nocorr``: the
+MatMul after each table as it is, without the consumer correction).
 """
 
 from __future__ import annotations
@@ -33,15 +34,21 @@ from gelu_quant.models.corpus import stdlib_sentences
 from gelu_quant.models.minilm import minilm_onnx, minilm_tokenizer_dir, tokenize
 
 DEFAULT_CONFIGS = [
-    "int8-lut:minmax:1:nocut",
-    "int8-lut:entropy:1:nocut",
+    "int8-lut:minmax:1:nocut:nocorr",
+    "int8-lut:entropy:1:nocut:nocorr",
+    "int8-lut:minmax:1:nocorr",
+    "int8-lut:mse:1:nocorr",
+    "int8-lut:entropy:1:nocorr",
     "int8-lut:minmax:1",
     "int8-lut:percentile:1",
     "int8-lut:mse:1",
     "int8-lut:entropy:1",
+    "int8-lut:minmax:8:nocorr",
     "int8-lut:minmax:2",
     "int8-lut:minmax:4",
     "int8-lut:minmax:8",
+    "int8-lut-fp16out:mse:1:nocorr",
+    "int8-lut-fp16out:minmax:8:nocorr",
     "int8-lut-fp16out:minmax:1",
     "int8-lut-fp16out:mse:1",
     "int8-lut-fp16out:minmax:8",
@@ -102,6 +109,7 @@ def main() -> int:
                 method=method,
                 groups=int(groups),
                 tail_cut="nocut" not in flags,
+                correct_consumers="nocorr" not in flags,
             )
             convert_file(model, out, cc, ranges=load_ranges(ranges))
             m = metrics(ref, embeddings(out, ev))

@@ -16,7 +16,6 @@ most ``capacity`` rows per site, memory flat in the amount of data:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,33 +29,67 @@ DEFAULT_SAMPLE_ROWS = 8192
 """Rows kept per site by default (MiniLM: 8192 × 1536 float16 = 25 MB per site)."""
 
 
-@dataclass
 class RowSample:
-    """At most ``capacity`` rows of one site's input, a uniform sample of every row seen."""
+    """At most ``capacity`` rows of one site's input, a uniform sample of every row seen.
 
-    capacity: int
-    rows: npt.NDArray[np.float16] = field(default_factory=lambda: np.zeros((0, 0), np.float16))
-    keys: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    seen: int = 0
-    """Rows offered so far (the sample's population)."""
+    Rows live in a preallocated buffer; once it is full, a batch's accepted rows overwrite the
+    rows whose keys they beat, so a batch costs its accepted rows, not a copy of the sample.
+    :attr:`rows` / :attr:`keys` are ordered by key (the same arrays whatever the merge order).
+    """
 
-    def __post_init__(self) -> None:
-        if self.capacity < 0:
+    def __init__(
+        self,
+        capacity: int,
+        rows: npt.NDArray[np.float16] | None = None,
+        keys: npt.NDArray[np.float64] | None = None,
+        seen: int = 0,
+    ) -> None:
+        if capacity < 0:
             raise ValueError("capacity must be >= 0")
+        self.capacity = capacity
+        self.seen = seen
+        """Rows offered so far (the sample's population)."""
+        self._buf: npt.NDArray[np.float16] | None = None
+        self._keys = np.zeros(0)
+        if rows is not None and keys is not None and keys.size:
+            self._offer(np.asarray(rows, np.float16), np.asarray(keys, np.float64))
 
-    def _keep(self, rows: npt.NDArray[np.float16], keys: npt.NDArray[np.float64]) -> None:
-        if self.rows.size and rows.shape[1] != self.rows.shape[1]:
+    @property
+    def rows(self) -> npt.NDArray[np.float16]:
+        if self._buf is None:
+            return np.zeros((0, 0), np.float16)
+        order = np.argsort(self._keys, kind="stable")
+        return self._buf[: self._keys.size][order]
+
+    @property
+    def keys(self) -> npt.NDArray[np.float64]:
+        return np.sort(self._keys, kind="stable")
+
+    def _offer(self, rows: npt.NDArray[np.float16], keys: npt.NDArray[np.float64]) -> None:
+        if self._buf is None:
+            self._buf = np.empty((self.capacity, rows.shape[1]), np.float16)
+        elif rows.shape[1] != self._buf.shape[1]:
             raise ValueError(
-                f"rows of width {rows.shape[1]} offered to a sample of width {self.rows.shape[1]}"
+                f"rows of width {rows.shape[1]} offered to a sample of width {self._buf.shape[1]}"
             )
-        if self.rows.shape[0]:
-            rows = np.concatenate([self.rows, rows])
-            keys = np.concatenate([self.keys, keys])
-        if keys.size > self.capacity:
-            idx = np.argpartition(keys, self.capacity - 1)[: self.capacity]
-            idx = idx[np.argsort(keys[idx], kind="stable")]
-            rows, keys = rows[idx], keys[idx]
-        self.rows, self.keys = np.ascontiguousarray(rows), keys
+        n = self._keys.size
+        free = self.capacity - n
+        if free > 0:  # fill the free slots first
+            take = min(free, keys.size)
+            self._buf[n : n + take] = rows[:take]
+            self._keys = np.concatenate([self._keys, keys[:take]])
+            rows, keys = rows[take:], keys[take:]
+        if not keys.size:
+            return
+        # full: keep the `capacity` smallest of (held keys, new keys); new winners overwrite
+        # the held losers' slots
+        both = np.concatenate([self._keys, keys])
+        keep = np.zeros(both.size, bool)
+        keep[np.argpartition(both, self.capacity - 1)[: self.capacity]] = True
+        losers = np.flatnonzero(~keep[: self.capacity])
+        winners = np.flatnonzero(keep[self.capacity :])
+        self._buf[losers] = rows[winners]
+        self._keys[losers] = keys[winners]
 
     def update(
         self,
@@ -73,23 +106,23 @@ class RowSample:
             flat = flat[np.asarray(row_mask, bool).reshape(-1)]
         self.seen += flat.shape[0]
         keys = rng.random(flat.shape[0])
-        if self.keys.size >= self.capacity:  # only rows that beat the current largest key
-            worst = float(self.keys.max())
-            take = keys < worst
+        if self._keys.size >= self.capacity:  # only rows that beat the current largest key
+            take = keys < float(self._keys.max())
             flat, keys = flat[take], keys[take]
         finite = np.isfinite(flat).all(axis=1)
-        flat, keys = flat[finite], keys[finite]
+        if not finite.all():
+            flat, keys = flat[finite], keys[finite]
         if keys.size:
-            self._keep(flat.astype(np.float16), keys)
+            self._offer(flat.astype(np.float16), keys)
 
     def merge(self, other: RowSample) -> None:
         """The sample of both populations (the smallest keys of the union)."""
         self.seen += other.seen
-        if other.keys.size:
-            self._keep(other.rows, other.keys)
+        if other._keys.size:
+            self._offer(other.rows, other.keys)
 
     def copy(self) -> RowSample:
-        return RowSample(self.capacity, self.rows.copy(), self.keys.copy(), self.seen)
+        return RowSample(self.capacity, self.rows, self.keys, self.seen)
 
     def to_arrays(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
         return {

@@ -60,22 +60,33 @@ class ConsumerFit:
         return self.delta_w is not None
 
 
-def _solve(q: F64, e: F64, intercept: bool, ridges: tuple[float, ...]) -> list[tuple[F64, F64]]:
-    """Ridge solutions ``(ΔV, Δc)`` on rows ``q`` → targets ``e`` for each relative ridge."""
-    if intercept:
-        mu, e0 = q.mean(axis=0), e.mean(axis=0)
-        qc, ec = q - mu, e - e0
+_Moments = tuple[int, F64, F64, F64, F64]
+
+
+def _moments(q: F64, e: F64) -> _Moments:
+    """``(n, Σq, Σe, qᵀq, qᵀe)``: what the fits need of some rows (sums: rows add up)."""
+    return q.shape[0], q.sum(axis=0), e.sum(axis=0), q.T @ q, q.T @ e
+
+
+def _add(a: _Moments, b: _Moments) -> _Moments:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4]
+
+
+def _solve(mom: _Moments, intercept: bool, ridges: tuple[float, ...]) -> list[tuple[F64, F64]]:
+    """Ridge solutions ``(ΔV, Δc)`` from the rows' moments, one per relative ridge."""
+    n, sq, se, qq, qe = mom
+    if intercept:  # centre: Σ(q − μ)(q − μ)ᵀ = qᵀq − n μμᵀ
+        mu, e0 = sq / n, se / n
+        a = qq - n * np.outer(mu, mu)
+        b = qe - n * np.outer(mu, e0)
     else:
-        mu, e0 = np.zeros(q.shape[1]), np.zeros(e.shape[1])
-        qc, ec = q, e
-    a = qc.T @ qc
-    b = qc.T @ ec
+        mu, e0 = np.zeros(qq.shape[0]), np.zeros(qe.shape[1])
+        a, b = qq, qe
     d = float(np.trace(a)) / a.shape[0] or 1.0
-    evals, evecs = np.linalg.eigh(a)
-    ub = evecs.T @ b
+    eye = np.eye(a.shape[0])
     out = []
     for lam in ridges:
-        dw = evecs @ (ub / (np.maximum(evals, 0.0) + lam * d)[:, None])
+        dw = np.linalg.solve(a + lam * d * eye, b)
         out.append((dw, e0 - mu @ dw))
     return out
 
@@ -103,15 +114,14 @@ def fit_consumer(
     e_h = e[held]
     norm = float(np.sum(e_h * e_h))
     scores = {"none": 1.0}
+    fit_rows = _moments(q[~held], e[~held])
     if norm > 0.0:
-        for lam, (dw, db) in zip(
-            ridges, _solve(q[~held], e[~held], intercept, ridges), strict=True
-        ):
+        for lam, (dw, db) in zip(ridges, _solve(fit_rows, intercept, ridges), strict=True):
             r = e_h - (q[held] @ dw + db)
             scores[f"{lam:g}"] = float(np.sum(r * r)) / norm
     best = min(scores, key=lambda k: scores[k])
     if best == "none" or scores[best] > 1.0 - MIN_GAIN:
         return ConsumerFit(None, None, None, n, scores)
     lam = float(best)
-    dw, db = _solve(q, e, intercept, (lam,))[0]
+    dw, db = _solve(_add(fit_rows, _moments(q[held], e[held])), intercept, (lam,))[0]
     return ConsumerFit(dw, db if intercept else None, lam, n, scores)

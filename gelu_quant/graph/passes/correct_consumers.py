@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
-from gelu_quant.graph.consumer_fit import fit_consumer
+from gelu_quant.graph.consumer_fit import MIN_GAIN, fit_consumer
 from gelu_quant.graph.manifest import SiteRecord
 from gelu_quant.graph.passes.fold_scales import int8_weight_error
 from gelu_quant.lut.spec import GeluApprox
@@ -153,7 +153,7 @@ class CorrectConsumers(ir.passes.InPlacePass):
             info["reason"] = (
                 f"too few sampled rows ({fit.rows})"
                 if len(fit.heldout_error) == 1
-                else "no ridge beats the uncorrected layer on the held-out rows"
+                else f"no ridge lowers the held-out error by {MIN_GAIN:.0%} (the layer is kept)"
             )
             return info
         assert fit.delta_w is not None and v_v is not None
