@@ -1,7 +1,7 @@
 """QAT recipe without labels, block by block: all-MiniLM-L6-v2 with low-bit GELU tables.
 
 The defaults are the documented 6-bit recipe (docs/qat.md, "6-bit MiniLM"): 6-bit codes in and
-out, 16 tables of 64 entries per GELU site, block reconstruction of every feed-forward block.
+out, 32 tables of 64 entries per GELU site, block reconstruction of every feed-forward block.
 Distillation from the fp32 model on the calibration text only, done per
 feed-forward block (block reconstruction, as in AdaRound / BRECQ) instead of through the whole
 network:
@@ -30,10 +30,10 @@ sentences (the disjoint half of the corpus, never trained or calibrated on), and
 score: ``1 - mean cos`` on the ``--select`` calibration sentences after the training ones (never
 trained on either) -- choose hyper-parameters on that, not on the evaluation text.
 
-Runtime of the defaults on 2 shared cores: 164 s on the quiet machine, about 10 min at load 5
-(setup and every report row included).
+Runtime of the defaults on 2 shared cores: 277 s on the quiet machine (16 groups: 164 s; about
+10 min at load 5; setup and every report row included).
 
-    python benchmarks/qat_minilm_blocks.py                 # 6-bit: 1.612e-3 (int8 default 1.466e-3)
+    python benchmarks/qat_minilm_blocks.py                 # 6-bit: 1.496e-3 (int8 tables 1.466e-3)
     python benchmarks/qat_minilm_blocks.py --bits 4 --train w2   # 4 bits: 1.440e-2
 """
 
@@ -424,7 +424,7 @@ def main() -> None:
     ap.add_argument(
         "--groups",
         type=int,
-        default=16,
+        default=32,
         help="K-group tables per GELU site, each 2^bits entries (0: one table per site)",
     )
     ap.add_argument(

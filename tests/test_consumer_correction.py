@@ -72,6 +72,27 @@ def test_fit_equals_the_ridge_oracle() -> None:
     assert after < 0.05 * before
 
 
+def test_fit_on_some_channels_changes_only_their_rows() -> None:
+    q, y, v = _linear_error_case(600, 4)
+    cols = np.array([3, 17, 40])
+    fit = fit_consumer(q, y, v, intercept=True, ridges=(0.01,), predictors=cols)
+    assert fit.applied and fit.delta_w is not None and fit.delta_b is not None
+    others = np.setdiff1d(np.arange(C), cols)
+    assert np.all(fit.delta_w[others] == 0.0)
+    # oracle: the ridge on the chosen channels' outputs alone, against the whole error
+    qc = q[:, cols] - q[:, cols].mean(axis=0)
+    d = np.trace(qc.T @ qc) / cols.size
+    n = q.shape[0]
+    a = np.block(
+        [[q[:, cols], np.ones((n, 1))], [math.sqrt(0.01 * d) * np.eye(3), np.zeros((3, 1))]]
+    )
+    b = np.vstack([(y - q) @ v, np.zeros((3, C_OUT))])
+    sol = np.linalg.lstsq(a, b, rcond=None)[0]
+    np.testing.assert_allclose(fit.delta_w[cols], sol[:-1], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fit.delta_b, sol[-1], rtol=1e-7, atol=1e-9)
+    assert not fit_consumer(q, y, v, intercept=True, predictors=np.array([], int)).applied
+
+
 def test_fit_without_intercept_has_no_bias() -> None:
     q, y, v = _linear_error_case(600, 1)
     fit = fit_consumer(q, y, v, intercept=False, ridges=(0.03,))
@@ -256,6 +277,10 @@ def test_correction_brings_the_layer_back_on_held_out_inputs(
     assert off.corrected is None
     assert on.corrected is not None and on.corrected["applied"] is True
     assert on.corrected["weight"] == "w2" and on.corrected["bias"] == "b2"
+    # the channels with values outside the range include the ones input 0 drives far out;
+    # only their rows of W2 move
+    channels = on.corrected["channels"]
+    assert {0, 1} <= set(channels)
     assert on.spec == off.spec  # the same table: only the next layer moved
     x = _inputs(2048, 99)  # never calibrated on
     ref = _run(model, x)
@@ -264,8 +289,12 @@ def test_correction_brings_the_layer_back_on_held_out_inputs(
     assert err_on < 0.5 * err_off
     # the corrected model's weights are the fp32 weights plus the fit: the rest is untouched
     m = onnx.load(tmp_path / "on.onnx")
-    names = {t.name for t in m.graph.initializer}
-    assert "w2" not in names and "b2" not in names and "w1" in names and "b1" in names
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert "w2" not in inits and "b2" not in inits and "w1" in inits and "b1" in inits
+    w2 = numpy_helper.to_array(next(t for t in _ffn_model().graph.initializer if t.name == "w2"))
+    kept = np.setdiff1d(np.arange(C), channels)
+    np.testing.assert_array_equal(inits["w2_gq_corrected"][kept], w2[kept])
+    assert np.any(inits["w2_gq_corrected"][:2] != w2[:2])
 
 
 def test_missing_or_foreign_sample_converts_without_correction(
@@ -356,5 +385,6 @@ def test_cli_sample_rows_and_no_correction(tmp_path: Path) -> None:
         got = man["sites"][0].get("corrected")
         if flag:
             assert got is None
-        else:  # fitted on the 300 sampled rows (applied or not, the manifest says)
-            assert got["rows"] == 300 and isinstance(got["applied"], bool)
+        else:  # fitted on the 300 sampled rows, or not fitted: the manifest says which, and why
+            assert got.get("rows", 300) == 300 and isinstance(got["applied"], bool)
+            assert got["applied"] or got["reason"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-RIDGES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+RIDGES = (1e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 """Candidate relative ridge strengths ``λ``."""
 HOLDOUT_EVERY = 4
 """Every ``HOLDOUT_EVERY``-th sampled row is held out to choose ``λ``."""
@@ -84,10 +84,10 @@ def _solve(mom: _Moments, intercept: bool, ridges: tuple[float, ...]) -> list[tu
         a, b = qq, qe
     d = float(np.trace(a)) / a.shape[0] or 1.0
     eye = np.eye(a.shape[0])
-    out = []
+    out: list[tuple[F64, F64]] = []
     for lam in ridges:
-        dw = np.linalg.solve(a + lam * d * eye, b)
-        out.append((dw, e0 - mu @ dw))
+        dw = np.asarray(np.linalg.solve(a + lam * d * eye, b), np.float64)
+        out.append((dw, np.asarray(e0 - mu @ dw, np.float64)))
     return out
 
 
@@ -98,9 +98,13 @@ def fit_consumer(
     *,
     intercept: bool,
     ridges: tuple[float, ...] = RIDGES,
+    predictors: npt.ArrayLike | None = None,
 ) -> ConsumerFit:
     """Choose and fit the correction of ``weight`` (``V``, channels × outputs) for sampled rows
-    whose table output is ``y_hat`` and exact output ``y_true`` (rows × channels)."""
+    whose table output is ``y_hat`` and exact output ``y_true`` (rows × channels).
+
+    ``predictors``: the channels whose rows of ``V`` may change (None: all); the others keep
+    their weights, and only the chosen channels' table outputs predict the error."""
     q = np.asarray(y_hat, np.float64)
     y = np.asarray(y_true, np.float64)
     v = np.asarray(weight, np.float64)
@@ -110,6 +114,10 @@ def fit_consumer(
     if n < MIN_ROWS:
         return ConsumerFit(None, None, None, n, {"none": 1.0})
     e = (y - q) @ v
+    cols = np.arange(q.shape[1]) if predictors is None else np.asarray(predictors, np.int64)
+    if cols.size == 0:
+        return ConsumerFit(None, None, None, n, {"none": 1.0})
+    q = q[:, cols]
     held = np.arange(n) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
     e_h = e[held]
     norm = float(np.sum(e_h * e_h))
@@ -124,4 +132,6 @@ def fit_consumer(
         return ConsumerFit(None, None, None, n, scores)
     lam = float(best)
     dw, db = _solve(_add(fit_rows, _moments(q[held], e[held])), intercept, (lam,))[0]
-    return ConsumerFit(dw, db if intercept else None, lam, n, scores)
+    full = np.zeros(v.shape)
+    full[cols] = dw
+    return ConsumerFit(full, db if intercept else None, lam, n, scores)

@@ -140,10 +140,18 @@ class CorrectConsumers(ir.passes.InPlacePass):
         x = sample.astype(np.float32)
         form: GeluForm = spec.form
         y_hat = np.asarray(spec.evaluate(x), np.float64)
-        fit = fit_consumer(y_hat, gelu(x.astype(np.float64), form), v, intercept=add is not None)
+        y_true = gelu(x.astype(np.float64), form)
+        # the channels with a sampled value outside the table's range: an error above twice
+        # the proven in-range bound (the float16 sample can move a value by a code)
+        bound = 2.0 * float((rec.error or {}).get("max_abs", 0.0))
+        outside = np.flatnonzero((np.abs(y_hat - y_true) > bound).any(axis=0))
+        if outside.size == 0:
+            raise _NoCorrection("no sampled value lies outside the table's range")
+        fit = fit_consumer(y_hat, y_true, v, intercept=add is not None, predictors=outside)
         info: dict[str, Any] = {
             "applied": fit.applied,
             "rows": fit.rows,
+            "channels": [int(c) for c in outside],
             "weight": v_v.name if v_v is not None else None,
             "bias": c_v.name if c_v is not None else None,
             "ridge": fit.ridge,
