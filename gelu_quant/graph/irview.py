@@ -219,3 +219,22 @@ def shape_of(v: ir.Value) -> tuple[int | str | None, ...] | None:
             # "unk__N": a placeholder made up by shape inference, not a name the model chose
             dims.append(None if name is None or name.startswith("unk__") else name)
     return tuple(dims)
+
+
+def float32_initializer(v: ir.Value | None) -> np.ndarray:
+    """The float32 array of a constant value (a weight or bias to rewrite); ValueError saying
+    why not otherwise."""
+    t = None if v is None else v.const_value
+    name = v.name if v is not None else "?"
+    if t is None:
+        raise ValueError(f"{name} is not a constant")
+    a = np.asarray(t.numpy())
+    if a.dtype != np.float32:
+        raise ValueError(f"{name} is {a.dtype}, not float32")
+    return a
+
+
+def drop_if_unused(graph: ir.Graph, v: ir.Value) -> None:
+    """Remove initializer ``v`` when no node reads it any more and it is no graph input."""
+    if v.is_initializer() and not list(v.uses()) and not v.is_graph_input():
+        graph.initializers.pop(v.name or "", None)

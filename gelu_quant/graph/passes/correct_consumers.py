@@ -24,6 +24,7 @@ import numpy.typing as npt
 import onnx_ir as ir
 
 from gelu_quant.graph.consumer_fit import MIN_GAIN, fit_consumer
+from gelu_quant.graph.irview import drop_if_unused, float32_initializer
 from gelu_quant.graph.manifest import SiteRecord
 from gelu_quant.graph.passes.fold_scales import int8_weight_error
 from gelu_quant.lut.spec import GeluApprox
@@ -43,13 +44,10 @@ class _NoCorrection(Exception):
 
 
 def _const_f32(v: ir.Value | None) -> npt.NDArray[np.float32]:
-    t = None if v is None else v.const_value
-    if t is None:
-        raise _NoCorrection(f"{v.name if v is not None else '?'} is not a constant")
-    a = np.asarray(t.numpy())
-    if a.dtype != np.float32:
-        raise _NoCorrection(f"{v.name if v is not None else '?'} is {a.dtype}, not float32")
-    return a
+    try:
+        return float32_initializer(v)
+    except ValueError as e:
+        raise _NoCorrection(str(e)) from None
 
 
 @dataclass
@@ -169,17 +167,12 @@ class CorrectConsumers(ir.passes.InPlacePass):
         info["int8_weight_error_before"] = int8_weight_error(v, axis=1)
         info["int8_weight_error_after"] = int8_weight_error(v2, axis=1)
         mm.replace_input_with(1, self._init(graph, v_v.name or "w", v2))
-        _drop_if_unused(graph, v_v)
+        drop_if_unused(graph, v_v)
         if add is not None and c_v is not None and fit.delta_b is not None:
             c = np.asarray(c_v.const_value.numpy(), np.float64)  # type: ignore[union-attr]
             c2 = (c + fit.delta_b).astype(np.float32)
             add.replace_input_with(
                 list(add.inputs).index(c_v), self._init(graph, c_v.name or "c", c2)
             )
-            _drop_if_unused(graph, c_v)
+            drop_if_unused(graph, c_v)
         return info
-
-
-def _drop_if_unused(graph: ir.Graph, v: ir.Value) -> None:
-    if v.is_initializer() and not list(v.uses()) and not v.is_graph_input():
-        graph.initializers.pop(v.name or "", None)

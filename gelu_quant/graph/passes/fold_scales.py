@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
+from gelu_quant.graph.irview import drop_if_unused, float32_initializer
 from gelu_quant.graph.manifest import SiteRecord
 
 _OP = "GeluGroupedLut"  # op types carry a hash of the spec's attributes: GeluGroupedLut_<hash>
@@ -54,13 +55,10 @@ def _only_reader(v: ir.Value) -> ir.Node:
 
 
 def _const(v: ir.Value | None) -> npt.NDArray[np.float32]:
-    t = None if v is None else v.const_value
-    if t is None:
-        raise _NoFold(f"{v.name if v is not None else '?'} is not a constant")
-    a = np.asarray(t.numpy())
-    if a.dtype != np.float32:
-        raise _NoFold(f"{v.name if v is not None else '?'} is {a.dtype}, not float32")
-    return a
+    try:
+        return float32_initializer(v)
+    except ValueError as e:
+        raise _NoFold(str(e)) from None
 
 
 def int8_weight_error(w: npt.NDArray[Any], axis: int) -> dict[str, float]:
@@ -105,10 +103,6 @@ class FoldGroupScales(ir.passes.InPlacePass):
         v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(a), name=name))
         graph.register_initializer(v)
         return v
-
-    def _drop_if_unused(self, graph: ir.Graph, v: ir.Value) -> None:
-        if v.is_initializer() and not list(v.uses()) and not v.is_graph_input():
-            graph.initializers.pop(v.name or "", None)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -168,7 +162,7 @@ class FoldGroupScales(ir.passes.InPlacePass):
         }
         mm.replace_input_with(1, self._init(graph, w_v.name or "w", w2))  # type: ignore[union-attr]
         assert w_v is not None
-        self._drop_if_unused(graph, w_v)
+        drop_if_unused(graph, w_v)
         rnd.replace_input_with(0, x)
         graph.remove(div, safe=True)
         if bias_v is not None and bias_node is not None:
@@ -176,7 +170,7 @@ class FoldGroupScales(ir.passes.InPlacePass):
             b2 = (bias.astype(np.float64) / s + z).astype(np.float32)
             idx = list(bias_node.inputs).index(bias_v)
             bias_node.replace_input_with(idx, self._init(graph, bias_v.name or "b", b2))
-            self._drop_if_unused(graph, bias_v)
+            drop_if_unused(graph, bias_v)
             # QuantizeLinear(·, 1, 0) rounds half to even itself: Round goes too
             sat.replace_input_with(0, x)
             graph.remove([add_z, rnd], safe=True)
@@ -186,7 +180,7 @@ class FoldGroupScales(ir.passes.InPlacePass):
             out["zero_point"] = "kept (no producer bias)"
         for p in params:
             if p is not None:
-                self._drop_if_unused(graph, p)
+                drop_if_unused(graph, p)
         return out
 
     def _fold_output(self, graph: ir.Graph, lut: ir.Node) -> dict[str, Any]:
@@ -224,7 +218,7 @@ class FoldGroupScales(ir.passes.InPlacePass):
             if c_v is None or c_v.const_value is None:
                 c_v = None
         mm.replace_input_with(1, self._init(graph, v_v.name or "w", v2))
-        self._drop_if_unused(graph, v_v)
+        drop_if_unused(graph, v_v)
         if c_v is not None and add is not None:
             c = _const(c_v)
             shift = (z.astype(np.float64) * s.astype(np.float64)) @ v.astype(np.float64)
@@ -232,7 +226,7 @@ class FoldGroupScales(ir.passes.InPlacePass):
             add.replace_input_with(
                 list(add.inputs).index(c_v), self._init(graph, c_v.name or "c", c2)
             )
-            self._drop_if_unused(graph, c_v)
+            drop_if_unused(graph, c_v)
             mm.replace_input_with(0, cast.outputs[0])
             graph.remove([mul, sub], safe=True)
             out["bias"] = c_v.name
@@ -243,5 +237,5 @@ class FoldGroupScales(ir.passes.InPlacePass):
             out["zero_point"] = "kept (no consumer bias)"
         for t in params:
             if t is not None:
-                self._drop_if_unused(graph, t)
+                drop_if_unused(graph, t)
         return out
