@@ -9,8 +9,9 @@ most ``capacity`` rows per site, memory flat in the amount of data:
   without replacement of every row seen;
 * merging two samples keeps the smallest keys of their union: the same rows in any merge
   order (ties are impossible in practice; they break by row content order);
-* rows are stored as float16 (the fit needs the tables' codes of the rows, which float16
-  moves only at code boundaries; see the fit's tolerance);
+* rows are written as float16 (the fit needs the tables' codes of the rows, which float16
+  moves only at code boundaries; see the fit's tolerance); in memory they stay float32, since
+  converting each batch to float16 cost more than everything else the sample does;
 * text models: only real tokens (``attention_mask`` = 1) are sampled, never padding.
 """
 
@@ -26,7 +27,8 @@ from gelu_quant.token_mask import token_mask
 __all__ = ["DEFAULT_SAMPLE_ROWS", "RowSample", "token_mask"]
 
 DEFAULT_SAMPLE_ROWS = 8192
-"""Rows kept per site by default (MiniLM: 8192 × 1536 float16 = 25 MB per site)."""
+"""Rows kept per site by default (MiniLM: 8192 × 1536 values, 50 MB per site in memory as
+float32, 25 MB written as float16)."""
 
 
 class RowSample:
@@ -49,7 +51,7 @@ class RowSample:
         self.capacity = capacity
         self.seen = seen
         """Rows offered so far (the sample's population)."""
-        self._buf: npt.NDArray[np.float16] | None = None
+        self._buf: npt.NDArray[np.float32] | None = None
         self._keys = np.zeros(0)
         if rows is not None and keys is not None and keys.size:
             self._offer(np.asarray(rows, np.float16), np.asarray(keys, np.float64))
@@ -59,15 +61,15 @@ class RowSample:
         if self._buf is None:
             return np.zeros((0, 0), np.float16)
         order = np.argsort(self._keys, kind="stable")
-        return self._buf[: self._keys.size][order]
+        return self._buf[: self._keys.size][order].astype(np.float16)
 
     @property
     def keys(self) -> npt.NDArray[np.float64]:
         return np.sort(self._keys, kind="stable")
 
-    def _offer(self, rows: npt.NDArray[np.float16], keys: npt.NDArray[np.float64]) -> None:
+    def _offer(self, rows: npt.NDArray[Any], keys: npt.NDArray[np.float64]) -> None:
         if self._buf is None:
-            self._buf = np.empty((self.capacity, rows.shape[1]), np.float16)
+            self._buf = np.empty((self.capacity, rows.shape[1]), np.float32)
         elif rows.shape[1] != self._buf.shape[1]:
             raise ValueError(
                 f"rows of width {rows.shape[1]} offered to a sample of width {self._buf.shape[1]}"
@@ -113,7 +115,7 @@ class RowSample:
         if not finite.all():
             flat, keys = flat[finite], keys[finite]
         if keys.size:
-            self._offer(flat.astype(np.float16), keys)
+            self._offer(flat, keys)
 
     def merge(self, other: RowSample) -> None:
         """The sample of both populations (the smallest keys of the union)."""

@@ -21,7 +21,11 @@ Schema ``gelu-quant/manifest`` version 1, written beside the converted model
                 "quantized_output": {"tensor", "scale", "zero_point", "dtype"} | null,
                 "code_container": "int4" | "uint4" | "int8" | "uint8",  # low-bit tables only
                 "spec": {…spec.to_json()…},
-                "error": {…ErrorReport.to_json(): max_abs, mean_abs, worst_x, …}}]}
+                "error": {…ErrorReport.to_json(): max_abs, mean_abs, worst_x, …},
+                "corrected": {"applied", "reason", "rows", "weight", "bias", "channels",
+                              "ridge", "heldout_error": {ridge | "none": error},
+                              "int8_weight_error_before", "int8_weight_error_after"},
+                "folded": {"input": {…}, "output": {…}}}]}   # --fold-scales only
 
 ``output_tensor`` is the site's own output name whenever the converted model still has that
 float tensor (always for float models); for collapsed QDQ sites it is null unless the float
