@@ -57,6 +57,14 @@ def _summary(r: RangesFile, as_json: bool, quiet: bool) -> None:
         )
     for sid, why in r.skipped.items():
         click.echo(f"  {sid}: skipped ({why})", err=True)
+    info = r.sample_info
+    if info and info.get("file"):
+        rows = info.get("rows", {})
+        click.echo(
+            f"row sample for the consumer correction: {info['file']} "
+            f"({min(rows.values(), default=0)}-{max(rows.values(), default=0)} rows per site)",
+            err=True,
+        )
 
 
 @click.command("calibrate")
