@@ -21,8 +21,10 @@ the machine) and the batch loop alone; beside the wall ratio, the median of the 
 pairs' ratios. Targets: calibrate <= 1.3x plain inference (per-channel histograms included);
 peak memory at 2048 samples <= 1.1x that at 512.
 
-``--numpy-stats`` adds a calibrate run with the numpy statistics instead of the compiled kernel
-(``GELU_QUANT_STATS_BACKEND=numpy``). Fast mode: ``--sizes 64,128 --repeats 1 --ort-sizes 64``.
+``--no-sample`` adds a calibrate run without the row sample (``--sample-rows 0``), to see what
+the consumer correction's sample costs. ``--numpy-stats`` adds a calibrate run with the numpy
+statistics instead of the compiled kernel (``GELU_QUANT_STATS_BACKEND=numpy``). Fast mode:
+``--sizes 64,128 --repeats 1 --ort-sizes 64``.
 
 Usage: ``python benchmarks/bench_calibrate.py [--sizes 512,2048] [--threads 2] [--json]``
 """
@@ -86,14 +88,15 @@ def child_plain(model: str, data: str, threads: int) -> dict[str, Any]:
 
 
 def child_calibrate(
-    model: str, data: str, threads: int, workers: int | None = None
+    model: str, data: str, threads: int, workers: int | None = None, sample_rows: int | None = None
 ) -> dict[str, Any]:
     from gelu_quant.calib.calibration import collect_stats
     from gelu_quant.calib.ranges_file import MethodParams
     from gelu_quant.calib.stats import backend
 
     t0, c0 = time.perf_counter(), time.process_time()
-    sf = collect_stats(model, data, batch_size=BATCH, threads=threads, workers=workers)
+    extra = {} if sample_rows is None else {"sample_rows": sample_rows}
+    sf = collect_stats(model, data, batch_size=BATCH, threads=threads, workers=workers, **extra)
     t1 = time.perf_counter()
     ranges = sf.to_ranges("minmax", MethodParams())
     t2 = time.perf_counter()
@@ -185,6 +188,11 @@ def main() -> int:
         help="also run calibrate with the numpy statistics instead of the compiled kernel",
     )
     ap.add_argument(
+        "--no-sample",
+        action="store_true",
+        help="also run calibrate without the row sample (--sample-rows 0), side by side",
+    )
+    ap.add_argument(
         "--sequential",
         action="store_true",
         help="also run calibrate with the statistics updated in the calling thread",
@@ -202,6 +210,8 @@ def main() -> int:
             res = child_calibrate(a.model, a.data_file, a.threads)
         elif a.child == "calibrate-sequential":
             res = child_calibrate(a.model, a.data_file, a.threads, workers=0)
+        elif a.child == "calibrate-nosample":
+            res = child_calibrate(a.model, a.data_file, a.threads, sample_rows=0)
         elif a.child == "calibrate-numpy":
             os.environ["GELU_QUANT_STATS_BACKEND"] = "numpy"
             res = child_calibrate(a.model, a.data_file, a.threads)
@@ -232,6 +242,7 @@ def main() -> int:
             _data(Path(data), n)
             kinds = ["plain", "calibrate"] + (["calibrate-sequential"] if a.sequential else [])
             kinds += ["calibrate-numpy"] if a.numpy_stats else []
+            kinds += ["calibrate-nosample"] if a.no_sample else []
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
             for _ in range(a.repeats):
                 for kind in kinds:
@@ -249,6 +260,9 @@ def main() -> int:
                 cpu_ratio = min(r["cpu_seconds"] for r in runs["calibrate"]) / min(
                     r["cpu_seconds"] for r in runs["plain"]
                 )
+                if a.no_sample:
+                    ns = runs["calibrate-nosample"]
+                    entry["nosample_time_ratio"] = min(r["seconds"] for r in ns) / plain
                 if a.numpy_stats:
                     npy = runs["calibrate-numpy"]
                     entry["numpy_stats_time_ratio"] = min(r["seconds"] for r in npy) / plain
@@ -325,6 +339,11 @@ def main() -> int:
                 f"(target <= 1.3; median of the {a.repeats} side-by-side pairs "
                 f"{e['paired_time_ratio_median']:.2f}x), CPU {e['cpu_time_ratio']:.2f}x, batch "
                 f"loop only {e['loop_time_ratio']:.2f}x"
+            )
+        if "nosample_time_ratio" in e:
+            print(
+                f"[{n} samples] without the row sample (--sample-rows 0): wall "
+                f"{e['nosample_time_ratio']:.2f}x"
             )
         if "numpy_stats_time_ratio" in e:
             print(
