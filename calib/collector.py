@@ -32,11 +32,12 @@ import onnxruntime as ort
 from gelu_quant.calib.channel_hist import CHANNEL_BINS
 from gelu_quant.calib.data import Feed, _batch_of
 from gelu_quant.calib.protowire import replace_graph_outputs
-from gelu_quant.calib.row_sample import DEFAULT_SAMPLE_ROWS, RowSample, token_mask
+from gelu_quant.calib.row_sample import DEFAULT_SAMPLE_ROWS, RowSample
 from gelu_quant.calib.stats import TensorStats
 from gelu_quant.errors import DataError, ModelError
 from gelu_quant.graph.sites import GeluSite
 from gelu_quant.modelfile import read_model_bytes, uses_external_data
+from gelu_quant.token_mask import token_mask
 
 _ELEM = {
     "float32": onnx.TensorProto.FLOAT,

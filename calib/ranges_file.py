@@ -212,7 +212,7 @@ class RangesFile:
     """The ``sample`` entry (which file, its digest, rows per site); None without a sample."""
     sample_dir: Path | None = None
     """Where a loaded ranges file's sample file is looked for."""
-    _sample_problem: str | None = None
+    _sample_problem: str | None = field(default=None, init=False, repr=False)
 
     def sample_for(self, site_id: str) -> npt.NDArray[np.float16] | None:
         """The site's sampled input rows, None when there are none (:meth:`sample_problem`

@@ -22,10 +22,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gelu_quant.token_mask import token_mask
-
-__all__ = ["DEFAULT_SAMPLE_ROWS", "RowSample", "token_mask"]
-
 DEFAULT_SAMPLE_ROWS = 8192
 """Rows kept per site by default (MiniLM: 8192 × 1536 values, 50 MB per site in memory as
 float32, 25 MB written as float16)."""

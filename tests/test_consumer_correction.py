@@ -22,10 +22,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gelu_quant.calib.calibration import calibrate_model
 from gelu_quant.calib.ranges_file import MethodParams, StatsFile, load_ranges
-from gelu_quant.calib.row_sample import RowSample, token_mask
+from gelu_quant.calib.row_sample import RowSample
 from gelu_quant.cli.main import main
 from gelu_quant.graph.consumer_fit import HOLDOUT_EVERY, MIN_GAIN, fit_consumer
 from gelu_quant.graph.convert import ConvertConfig, convert_file
+from gelu_quant.token_mask import token_mask
 
 C_IN, C, C_OUT = 12, 48, 10
 

@@ -238,3 +238,18 @@ def drop_if_unused(graph: ir.Graph, v: ir.Value) -> None:
     """Remove initializer ``v`` when no node reads it any more and it is no graph input."""
     if v.is_initializer() and not list(v.uses()) and not v.is_graph_input():
         graph.initializers.pop(v.name or "", None)
+
+
+def add_initializer(
+    graph: ir.Graph, taken: set[str], base: str, suffix: str, a: np.ndarray
+) -> ir.Value:
+    """Register ``a`` as a new initializer named ``<base>_<suffix>`` (``_1``, ``_2``, … when
+    taken); the name joins ``taken``."""
+    name, k = f"{base}_{suffix}", 1
+    while name in taken:
+        name = f"{base}_{suffix}_{k}"
+        k += 1
+    taken.add(name)
+    v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(a), name=name))
+    graph.register_initializer(v)
+    return v

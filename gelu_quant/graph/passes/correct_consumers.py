@@ -15,7 +15,7 @@ Every site gets a ``corrected`` entry in the manifest: applied or not, and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ import numpy.typing as npt
 import onnx_ir as ir
 
 from gelu_quant.graph.consumer_fit import MIN_GAIN, fit_consumer
-from gelu_quant.graph.irview import drop_if_unused, float32_initializer
+from gelu_quant.graph.irview import add_initializer, drop_if_unused, float32_initializer
 from gelu_quant.graph.manifest import SiteRecord
 from gelu_quant.graph.passes.fold_scales import int8_weight_error
 from gelu_quant.lut.spec import GeluApprox
@@ -59,20 +59,12 @@ class CorrectConsumers(ir.passes.InPlacePass):
     specs: Mapping[str, GeluApprox]
     samples: SampleSource
     taken: set[str] = field(default_factory=set)
-    progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         super().__init__()
 
     def _init(self, graph: ir.Graph, base: str, a: npt.NDArray[Any]) -> ir.Value:
-        name, k = f"{base}_gq_corrected", 1
-        while name in self.taken:
-            name = f"{base}_gq_corrected_{k}"
-            k += 1
-        self.taken.add(name)
-        v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(a), name=name))
-        graph.register_initializer(v)
-        return v
+        return add_initializer(graph, self.taken, base, "gq_corrected", a)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -132,8 +124,6 @@ class CorrectConsumers(ir.passes.InPlacePass):
                     c = np.asarray(other.const_value.numpy())
                     if c.dtype == np.float32 and c.shape == (v.shape[1],):
                         add, c_v = cand, other
-        if self.progress is not None:
-            self.progress(rec.id)
         spec = self.specs[rec.id]
         x = sample.astype(np.float32)
         form: GeluForm = spec.form

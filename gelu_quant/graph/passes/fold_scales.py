@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
-from gelu_quant.graph.irview import drop_if_unused, float32_initializer
+from gelu_quant.graph.irview import add_initializer, drop_if_unused, float32_initializer
 from gelu_quant.graph.manifest import SiteRecord
 
 _OP = "GeluGroupedLut"  # op types carry a hash of the spec's attributes: GeluGroupedLut_<hash>
@@ -90,19 +90,8 @@ class FoldGroupScales(ir.passes.InPlacePass):
     def __post_init__(self) -> None:
         super().__init__()
 
-    def _name(self, base: str) -> str:
-        name, k = f"{base}_gq_folded", 1
-        while name in self.taken:
-            name = f"{base}_gq_folded_{k}"
-            k += 1
-        self.taken.add(name)
-        return name
-
     def _init(self, graph: ir.Graph, base: str, a: npt.NDArray[Any]) -> ir.Value:
-        name = self._name(base)
-        v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(a), name=name))
-        graph.register_initializer(v)
-        return v
+        return add_initializer(graph, self.taken, base, "gq_folded", a)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
