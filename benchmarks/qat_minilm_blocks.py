@@ -176,14 +176,19 @@ def channel_ranges(model: nn.Module, data: list[Batch]) -> list[tuple[np.ndarray
 
 
 def grouped_student(
-    teacher: nn.Module, ch: list[tuple[np.ndarray, np.ndarray]], k: int, bits: int
+    teacher: nn.Module,
+    ch: list[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    bits: int,
+    out_bits: int | None = None,
 ) -> nn.Module:
-    """The teacher with every GELU a K-group table of ``bits``-bit codes: channels partitioned by
-    ``partition_channels`` on their tail-cut ranges, each group its min/max with the tail cut (as
-    ``convert --groups`` builds them, at ``bits``)."""
+    """The teacher with every GELU a K-group table of ``bits``-bit input codes (``out_bits``-bit
+    output codes, default ``bits``): channels partitioned by ``partition_channels`` on their
+    tail-cut ranges, each group its min/max with the tail cut (as ``convert --groups`` builds
+    them, at these widths)."""
     student = copy.deepcopy(teacher)
     for layer, (lo, hi) in zip(layers(student), ch, strict=True):
-        kw: dict[str, Any] = {"in_bits": bits, "out_bits": bits}
+        kw: dict[str, Any] = {"in_bits": bits, "out_bits": out_bits or bits}
         hi = np.maximum(hi, 1e-3)
         cut = np.array([negative_tail_cut(float(h), **kw) for h in hi])
         part = partition_channels(np.maximum(lo, cut), hi, k)
@@ -383,7 +388,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--bits", type=int, default=6, help="input and output code width")
+    ap.add_argument("--bits", type=int, default=6, help="input (and output) code width")
+    ap.add_argument(
+        "--out-bits",
+        type=int,
+        default=None,
+        help="output code width, when it differs from --bits (8: a 2^bits-entry table of int8 "
+        "entries, convert --target int{bits}-lut-int8out)",
+    )
     ap.add_argument(
         "--method",
         choices=("minmax", "percentile", "entropy", "mse"),
@@ -454,6 +466,8 @@ def main() -> None:
     sel = batches(all_cal[n_train:], 32, 128)
     ref, sel_ref = embed(teacher, ev), embed(teacher, sel)
     rows: list[tuple[str, float, float, float]] = []
+    out_bits = args.out_bits or args.bits
+    width = f"{args.bits}-bit" if out_bits == args.bits else f"{args.bits}-in/{out_bits}-out"
 
     def report(name: str, model: nn.Module) -> tuple[str, float, float, float]:
         """Evaluation 1 - mean cos, evaluation worst cos, selection 1 - mean cos."""
@@ -469,19 +483,27 @@ def main() -> None:
     stats = collect_stats(teacher, batches(cal_texts, 32, 128, trim=False))
     for name, method, bits in (
         ("post-training int8 entropy (the default)", "entropy", 8),
-        (f"post-training {args.bits}-bit {args.method}", args.method, args.bits),
+        (f"post-training {width} {args.method}", args.method, args.bits),
     ):
+        ob = 8 if bits == 8 else out_bits
         r = calibrate_ranges(teacher, [], method, stats=stats, bits=bits)  # type: ignore[arg-type]
-        s = prepare_qat(copy.deepcopy(teacher), r, bits=bits, learn_ranges=False, tail_cut=True)
+        s = prepare_qat(
+            copy.deepcopy(teacher), r, bits=bits, out_bits=ob, learn_ranges=False, tail_cut=True
+        )
         report(name, s)
     ranges = calibrate_ranges(teacher, [], args.method, stats=stats, bits=args.bits)  # type: ignore[arg-type]
     if args.groups:
         ch = channel_ranges(teacher, batches(cal_texts, 32, 128, trim=False))
-        student = grouped_student(teacher, ch, args.groups, args.bits)
-        report(f"post-training {args.bits}-bit, {args.groups} groups", student)
+        student = grouped_student(teacher, ch, args.groups, args.bits, out_bits)
+        report(f"post-training {width}, {args.groups} groups", student)
     else:
         student = prepare_qat(
-            copy.deepcopy(teacher), ranges, bits=args.bits, learn_ranges=True, tail_cut=True
+            copy.deepcopy(teacher),
+            ranges,
+            bits=args.bits,
+            out_bits=out_bits,
+            learn_ranges=True,
+            tail_cut=True,
         )
     print(f"  setup {time.perf_counter() - t0:.0f} s", flush=True)
     student.eval()  # no dropout: the student must see the deployed function
@@ -498,8 +520,8 @@ def main() -> None:
         t_e2e = time.perf_counter() - t2
         final = report(f"after {args.e2e_steps} e2e distillation steps", student)
     print(
-        f"all-MiniLM-L6-v2, GELU tables {args.bits}-bit in and out, 1 - cos on 256 held-out "
-        f"sentences; start {args.method}, train={args.train}, target={args.target}, "
+        f"all-MiniLM-L6-v2, GELU tables {args.bits}-bit in, {out_bits}-bit out, 1 - cos on 256 "
+        f"held-out sentences; start {args.method}, train={args.train}, target={args.target}, "
         f"groups={args.groups}, {len(train_texts)} training sentences, "
         f"{args.block_steps} steps x {args.tokens} tokens per block ({t_blocks:.0f} s), "
         f"{args.e2e_steps} e2e steps ({t_e2e:.0f} s), lr={args.lr}, lr-scales={args.lr_scales}; "
@@ -509,7 +531,7 @@ def main() -> None:
     for name, m, w, sc in rows:
         print(f"  {name:40s} {m:.3e}  {w:.5f}    {sc:.3e}")
     d = rows[0][1]
-    print(f"  QAT {args.bits}-bit / int8 default: {final[1] / d:.2f}")
+    print(f"  QAT {width} / int8 tables-only default: {final[1] / d:.2f}")
 
 
 if __name__ == "__main__":

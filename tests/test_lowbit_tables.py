@@ -69,6 +69,10 @@ def test_low_bit_targets_listed() -> None:
         assert TARGETS[f"int{b}-lut"].bits == b
         assert TARGETS[f"uint{b}-lut"].bits == b
     assert TARGETS["int8-lut"].bits == 8
+    for b in range(2, 8):  # small tables of int8 / uint8 entries
+        for sign in ("int", "uint"):
+            t = TARGETS[f"{sign}{b}-lut-{sign}8out"]
+            assert (t.bits, t.entry_bits, t.in_dtype, t.out_dtype) == (b, 8, f"{sign}8", f"{sign}8")
 
 
 MODELS = {
@@ -92,7 +96,10 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("target", ["int4-lut", "uint4-lut", "int6-lut", "int2-lut"])
+@pytest.mark.parametrize(
+    "target",
+    ["int4-lut", "uint4-lut", "int6-lut", "int2-lut", "int6-lut-int8out", "uint3-lut-uint8out"],
+)
 @pytest.mark.parametrize("spelling", list(MODELS))
 def test_convert_low_bit_target(target: str, spelling: str) -> None:
     import onnxruntime as ort
@@ -101,8 +108,15 @@ def test_convert_low_bit_target(target: str, spelling: str) -> None:
     assert len(find_gelu_sites(model)) == 1
     res = convert_model(model, ConvertConfig(target, range=(-5.0, 6.0)))
     spec = spec_from_json(res.manifest.converted[0].spec)
-    bits = TARGETS[target].bits
+    bits, out_bits = TARGETS[target].bits, TARGETS[target].entry_bits
     assert spec.table.size == 2**bits  # type: ignore[attr-defined]
+    oq = spec.out_qparams  # type: ignore[attr-defined]
+    lo_code, hi_code = (-(2 ** (out_bits - 1)), 2 ** (out_bits - 1) - 1)
+    if TARGETS[target].out_dtype == "uint8":
+        lo_code, hi_code = 0, 2**out_bits - 1
+    assert (oq.qmin, oq.qmax) == (lo_code, hi_code)
+    # the output codes use their whole width: the table's top entry is the top code
+    assert int(spec.table.max()) == hi_code  # type: ignore[attr-defined]
     assert "Clip" in [nd.op_type for nd in res.model.graph.node]
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-8, 9, 3000), np.linspace(-6, 7, 2001)]).astype(np.float32)
@@ -120,6 +134,9 @@ def test_c_header_of_a_low_bit_table() -> None:
     assert "#define G4_IN_QPARAMS_QMIN (-8)" in h and "#define G4_IN_QPARAMS_QMAX 7" in h
     assert "#define G4_OUT_QPARAMS_BITS 4" in h
     assert "static const int8_t g4_table[16]" in h
+    mixed = c_header(build_lut(in_range=(-4.0, 4.0), in_bits=6, out_bits=8), "g6")
+    assert "#define G6_IN_QPARAMS_BITS 6" in mixed and "G6_OUT_QPARAMS_BITS" not in mixed
+    assert "static const int8_t g6_table[64]" in mixed
     full = c_header(build_lut(in_range=(-4.0, 4.0)), "g8")
     assert "BITS" not in full and "g8_table[256]" in full
 

@@ -48,7 +48,9 @@ def _channel_ranges(model: torch.nn.Module, x: np.ndarray) -> dict[str, tuple[np
     return {n: (a.min(0).astype(np.float64), a.max(0).astype(np.float64)) for n, a in seen.items()}
 
 
-def _grouped_qat_model(bits: int) -> tuple[torch.nn.Module, list[GroupedGeluFakeQuant]]:
+def _grouped_qat_model(
+    bits: int, out_bits: int | None = None
+) -> tuple[torch.nn.Module, list[GroupedGeluFakeQuant]]:
     """The seeded digits ViT with each GELU a K-group table (channels partitioned by their
     calibrated ranges), trained a few steps so that every group's scales move."""
     torch.manual_seed(0)
@@ -65,7 +67,7 @@ def _grouped_qat_model(bits: int) -> tuple[torch.nn.Module, list[GroupedGeluFake
                 out_dtype="int8",
                 form="tanh",  # the digits ViT's GELU
                 in_bits=bits,
-                out_bits=bits,
+                out_bits=out_bits or bits,
             )
             for g in range(int(part.max()) + 1)
         ]
@@ -124,9 +126,11 @@ def _with_site_outputs(path: Path) -> tuple[bytes, list[tuple[str, str, str]]]:
     return m.SerializeToString(), sites
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_grouped_export_convert_ort_reproduces_every_gelu_site(tmp_path: Path, bits: int) -> None:
-    model, fqs = _grouped_qat_model(bits)
+@pytest.mark.parametrize(("bits", "out_bits"), [(8, 8), (4, 4), (6, 8)])
+def test_grouped_export_convert_ort_reproduces_every_gelu_site(
+    tmp_path: Path, bits: int, out_bits: int
+) -> None:
+    model, fqs = _grouped_qat_model(bits, out_bits)
     x = digits_train_data()[0][256:512]
     src, dst = tmp_path / "qat.onnx", tmp_path / "qat.gq.onnx"
     export_qat_onnx(
@@ -156,6 +160,7 @@ def test_grouped_export_convert_ort_reproduces_every_gelu_site(tmp_path: Path, b
         assert isinstance(got, GroupedLutSpec)
         assert _per_channel(got) == _per_channel(fq.spec())
         assert got.groups[0].table.size == 2**bits
+        assert {(g.in_qparams.bits, g.out_qparams.bits) for g in got.groups} == {(bits, out_bits)}
     blob, sites = _with_site_outputs(dst)
     assert len(sites) == 2
     sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])

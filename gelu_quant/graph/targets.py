@@ -32,8 +32,18 @@ class Target:
     baseline: Literal["tanh", "quick", "igelu"] | None = None
     help: str = ""
     bits: int = 8
-    """LUT targets: width of the input and output codes (2..8; below 8 they live in an 8-bit
-    container, ``Clip`` after the ``QuantizeLinear``, a ``2**bits``-entry table)."""
+    """LUT targets: width of the input codes (2..8; below 8 they live in an 8-bit container,
+    ``Clip`` after the ``QuantizeLinear``, a ``2**bits``-entry table) and, unless
+    :attr:`out_bits` says otherwise, of the output codes."""
+    out_bits: int | None = None
+    """LUT targets: width of the output codes when it differs from :attr:`bits`
+    (``int6-lut-int8out``: 64 entries of int8 codes)."""
+
+    @property
+    def entry_bits(self) -> int:
+        """Width of the output codes (the table's entries)."""
+        return self.bits if self.out_bits is None else self.out_bits
+
     breakpoints: Literal["uniform", "optimized"] = "uniform"
     """Interpolated tables: uniform knots (``InterpLutSpec``) or optimised non-uniform
     breakpoints (``PwlLutSpec``, :mod:`gelu_quant.lut.pwl`)."""
@@ -120,6 +130,22 @@ TARGETS.update(
         for sign in ("int", "uint")
     }
 )
+# Small tables of full-width entries: 2..7-bit input codes, 8-bit output codes (a 64-entry
+# table of int8 for int6-lut-int8out): the lookup unit is small, the next layer reads int8.
+TARGETS.update(
+    {
+        f"{sign}{b}-lut-{sign}8out": Target(
+            "lut",
+            f"{sign}8",
+            f"{sign}8",
+            bits=b,
+            out_bits=8,
+            help=f"{2**b}-entry table, {b}-bit {sign} codes in, {sign}8 out",
+        )
+        for b in range(7, 1, -1)
+        for sign in ("int", "uint")
+    }
+)
 
 
 def build_spec(
@@ -145,6 +171,7 @@ def build_spec(
         out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
         in_dtype: Any = target.in_dtype
         low = target.bits if target.bits < 8 else None
+        low_out = target.entry_bits if target.entry_bits < 8 else None
         return build_lut(
             in_range=in_range if in_qparams is None else None,
             in_qparams=in_qparams,
@@ -153,7 +180,7 @@ def build_spec(
             out_qparams=out_qparams,
             form=form,
             in_bits=low if in_qparams is None else None,
-            out_bits=low if out_qparams is None else None,
+            out_bits=low_out if out_qparams is None else None,
         )
     if target.kind == "interp" and target.breakpoints == "optimized":
         from gelu_quant.lut.pwl import build_pwl_lut

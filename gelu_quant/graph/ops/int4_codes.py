@@ -68,6 +68,7 @@ def four_bit_target(target: Any) -> bool:
     return (
         target.kind == "lut"
         and target.bits <= 4
+        and target.entry_bits <= 4
         and target.in_dtype in FOUR_BIT_TYPES
         and target.out_dtype in FOUR_BIT_TYPES
     )
