@@ -189,11 +189,15 @@ def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float],
         ):
             in_dt: Any = t.in_dtype
             out_dt: Any = t.out_dtype or "int8"
-            low = {  # low-bit tables cut where their own codes stop resolving the tail
-                "in_bits": t.bits if t.kind == "lut" and t.bits < 8 else None,
-                "out_bits": t.entry_bits if t.kind == "lut" and t.entry_bits < 8 else None,
-            }
-            cut = cut_range(*rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form, **low)
+            lut = t.kind == "lut"  # low-bit tables: cut where their own codes stop resolving
+            cut = cut_range(
+                *rng,
+                in_dtype=in_dt,
+                out_dtype=out_dt,
+                form=ctx.form,
+                in_bits=t.bits if lut and t.bits < 8 else None,
+                out_bits=t.entry_bits if lut and t.entry_bits < 8 else None,
+            )
             if cut != rng:
                 rng, source = cut, source + ", tail cut"
         return rng, source
