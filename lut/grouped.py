@@ -247,10 +247,13 @@ def build_grouped_lut(
     in_dtype: QDType = "int8",
     out_dtype: OutDType = "int8",
     form: GeluForm = "exact",
+    in_bits: int | None = None,
+    out_bits: int | None = None,
 ) -> GroupedLutSpec:
     """One :func:`~gelu_quant.lut.table.build_lut` table per group: ``group_range`` gives each
     group's input range, either as a list (one per group) or as a function of the group's
-    channel indices. Output qparams follow GELU's output range over each group's input codes."""
+    channel indices. Output qparams follow GELU's output range over each group's input codes.
+    ``in_bits`` / ``out_bits``: low-bit codes, as :func:`~gelu_quant.lut.table.build_lut`."""
     cg = np.asarray(channel_group, dtype=np.int64)
     k = int(cg.max()) + 1 if cg.size else 0
     specs = []
@@ -261,7 +264,12 @@ def build_grouped_lut(
         lo, hi = group_range(members) if callable(group_range) else group_range[g]
         specs.append(
             build_lut(
-                in_range=(float(lo), float(hi)), in_dtype=in_dtype, out_dtype=out_dtype, form=form
+                in_range=(float(lo), float(hi)),
+                in_dtype=in_dtype,
+                out_dtype=out_dtype,
+                form=form,
+                in_bits=in_bits,
+                out_bits=out_bits,
             )
         )
     return GroupedLutSpec(groups=tuple(specs), channel_group=cg)

@@ -105,12 +105,51 @@ def test_grouped_model_is_the_grouped_spec(tmp_path: Path, opset: int, target: s
     assert err_g < 0.8 * err_p  # measured: 0.58x (int8 out), lower with float16 out
 
 
+@pytest.mark.parametrize("opset", [17, 21])
+@pytest.mark.parametrize("target", ["int6-lut-int8out", "int4-lut", "uint6-lut"])
+def test_grouped_low_bit_tables(tmp_path: Path, opset: int, target: str) -> None:
+    """Small grouped tables: every group a 2^b-entry table of b-bit input codes (Clip after
+    the per-channel quantize), the converted model is the grouped spec on held-out data, and
+    it beats one table of the same target on the outlier channels."""
+    model = _model(tmp_path / "m.onnx", 20 if opset == 21 else opset)
+    if opset == 21:  # INT4-capable opset: grouped codes stay in their 8-bit container
+        m = onnx.load(str(model))
+        m.opset_import[0].version = 21
+        onnx.save(m, str(model))
+    np.savez(tmp_path / "cal.npz", x=_data(512, 0))
+    calibrate_model(model, tmp_path / "cal.npz", tmp_path / "r.json")
+    ranges = load_ranges(tmp_path / "r.json")
+    res = convert_file(model, tmp_path / "g.onnx", ConvertConfig(target, groups=4), ranges=ranges)
+    rec = res.manifest.converted[0]
+    spec = spec_from_json(rec.spec or {})
+    assert isinstance(spec, GroupedLutSpec) and len(spec.groups) == 4
+    in_bits = int(target.split("-")[0].lstrip("uint"))
+    out_bits = 8 if target.endswith("8out") else in_bits
+    for g in spec.groups:
+        assert g.table.size == 2**in_bits
+        assert g.in_qparams.bits == in_bits
+        assert g.out_qparams is not None and g.out_qparams.bits == out_bits
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "g.onnx")).graph.node]
+    assert "Clip" in ops
+    x = _data(300, 1)  # held out from calibration
+    x[:5] *= 4.0  # and beyond every range: the Clip saturates the codes
+    got = _run(tmp_path / "g.onnx", x)
+    assert np.array_equal(got, spec.evaluate(x).astype(np.float32))
+    convert_file(model, tmp_path / "p.onnx", ConvertConfig(target), ranges=ranges)
+    x, got = x[5:], got[5:]  # the accuracy claim is about data like the calibration data
+    ref = gelu(x.astype(np.float64))
+    err_p = np.mean((_run(tmp_path / "p.onnx", x) - ref) ** 2)
+    assert np.mean((got - ref) ** 2) < 0.8 * err_p
+
+
 def test_groups_refusals(tmp_path: Path) -> None:
     model = _model(tmp_path / "m.onnx", 20)
-    with pytest.raises(BadInputError, match="8-bit table targets"):
+    with pytest.raises(BadInputError, match="int8/uint8 input codes"):
         ConvertConfig("fp16-poly", groups=4)
-    with pytest.raises(BadInputError, match="8-bit table targets"):  # low-bit codes: no groups
-        ConvertConfig("int6-lut", groups=4)
+    with pytest.raises(BadInputError, match="int8/uint8 input codes"):
+        ConvertConfig("int16-lut", groups=4)
+    with pytest.raises(BadInputError, match="8-bit container"):  # INT4 storage: one table
+        ConvertConfig("int4-lut", groups=4, code_container="int4")
     with pytest.raises(BadInputError, match="from 1 to 64"):
         ConvertConfig("int8-lut", groups=0)
     with pytest.raises(BadInputError, match="per-channel ranges"):

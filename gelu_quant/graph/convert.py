@@ -77,18 +77,19 @@ GROUP_METHODS = ("minmax", "percentile", "entropy", "mse")
 """Range methods of a group of channels (``gelu_quant.calib.methods``)."""
 
 
-def _check_groups(g: object, target: str) -> None:
+def _check_groups(g: object, target: str, code_container: str = "auto") -> None:
     if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GROUPS:
         raise BadInputError(f"--groups must be an integer from 1 to {MAX_GROUPS}, got {g!r}")
     t = TARGETS.get(target)
-    if (
-        g > 1
-        and t is not None
-        and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8") or t.bits != 8)
-    ):
+    if g > 1 and t is not None and (t.kind != "lut" or t.in_dtype not in ("int8", "uint8")):
         raise BadInputError(
-            f"--groups applies to 8-bit table targets (int8-lut, uint8-lut, int8-lut-fp16out, "
-            f"…), not {target}"
+            f"--groups applies to table targets with int8/uint8 input codes (int8-lut, "
+            f"uint8-lut, int8-lut-fp16out, int6-lut-int8out, int4-lut, …), not {target}"
+        )
+    if g > 1 and code_container == "int4":
+        raise BadInputError(
+            "grouped tables keep their codes in an 8-bit container: --code-container int4 "
+            "needs --groups 1"
         )
 
 
@@ -126,7 +127,7 @@ class ConvertConfig:
     groups: int = 1
     """Tables per float site: > 1 gives grouped tables (channels of the last axis partitioned
     by their calibrated ranges, each group its own qparams and table; needs a ranges file with
-    per-channel extremes). 8-bit table targets only."""
+    per-channel extremes). Table targets with int8/uint8 input codes (low-bit ones too)."""
 
     group_method: str = "minmax"
     """Grouped tables: the range method of each group, run on its members' summed per-channel
@@ -150,7 +151,7 @@ class ConvertConfig:
     tensors (refused below opset 21 and for targets with wider codes)."""
 
     def __post_init__(self) -> None:
-        _check_groups(self.groups, self.target)
+        _check_groups(self.groups, self.target, self.code_container)
         if self.group_method not in GROUP_METHODS:
             raise BadInputError(
                 f"unknown group range method {self.group_method!r}; one of "
@@ -169,7 +170,7 @@ class ConvertConfig:
             t = TARGETS.get(c.target)
             if t is None or t.kind == "standard":
                 raise BadInputError(f"site {c.site}: {c.target!r} is not a gelu_quant target")
-            _check_groups(c.groups, c.target)
+            _check_groups(c.groups, c.target, self.code_container)
         if len({c.site for c in self.site_choices}) != len(self.site_choices):
             raise BadInputError("a site has more than one choice")
         if self.target not in TARGETS:

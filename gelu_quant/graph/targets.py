@@ -148,6 +148,17 @@ TARGETS.update(
 )
 
 
+def low_bits(target: Target) -> dict[str, int | None]:
+    """``in_bits`` / ``out_bits`` of a table target's low-bit codes (None: the dtype's width), as
+    :func:`~gelu_quant.lut.table.build_lut` and :func:`~gelu_quant.lut.tails.cut_range` take
+    them."""
+    lut = target.kind in ("lut", "standard")
+    return {
+        "in_bits": target.bits if lut and target.bits < 8 else None,
+        "out_bits": target.entry_bits if lut and target.entry_bits < 8 else None,
+    }
+
+
 def build_spec(
     target: Target,
     form: GeluForm,
@@ -170,8 +181,7 @@ def build_spec(
 
         out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
         in_dtype: Any = target.in_dtype
-        low = target.bits if target.bits < 8 else None
-        low_out = target.entry_bits if target.entry_bits < 8 else None
+        widths = low_bits(target)
         return build_lut(
             in_range=in_range if in_qparams is None else None,
             in_qparams=in_qparams,
@@ -179,8 +189,8 @@ def build_spec(
             out_dtype=out_dtype,
             out_qparams=out_qparams,
             form=form,
-            in_bits=low if in_qparams is None else None,
-            out_bits=low_out if out_qparams is None else None,
+            in_bits=widths["in_bits"] if in_qparams is None else None,
+            out_bits=widths["out_bits"] if out_qparams is None else None,
         )
     if target.kind == "interp" and target.breakpoints == "optimized":
         from gelu_quant.lut.pwl import build_pwl_lut
@@ -294,9 +304,13 @@ def grouped_spec(
         )
     in_dt: Any = target.in_dtype
     out_dt: Any = target.out_dtype
+    widths = low_bits(target)
     hi = np.maximum(hi, 1e-3)  # a channel that never went positive still needs a range
     cut = np.array(
-        [negative_tail_cut(float(h), in_dtype=in_dt, out_dtype=out_dt, form=form) for h in hi]
+        [
+            negative_tail_cut(float(h), in_dtype=in_dt, out_dtype=out_dt, form=form, **widths)
+            for h in hi
+        ]
     )
     part = partition_channels(np.maximum(lo, cut), hi, groups)
 
@@ -306,7 +320,9 @@ def grouped_spec(
         else:
             glo, ghi = group_range(members)
         return cut_range(
-            min(glo, -1e-3), max(ghi, 1e-3), in_dtype=in_dt, out_dtype=out_dt, form=form
+            min(glo, -1e-3), max(ghi, 1e-3), in_dtype=in_dt, out_dtype=out_dt, form=form, **widths
         )
 
-    return build_grouped_lut(part, cut_group_range, in_dtype=in_dt, out_dtype=out_dt, form=form)
+    return build_grouped_lut(
+        part, cut_group_range, in_dtype=in_dt, out_dtype=out_dt, form=form, **widths
+    )

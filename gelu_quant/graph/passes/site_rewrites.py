@@ -49,7 +49,7 @@ from gelu_quant.graph.ops.int4_codes import (
     type_name,
 )
 from gelu_quant.graph.sites import GeluSite
-from gelu_quant.graph.targets import Target, build_spec, grouped_spec
+from gelu_quant.graph.targets import Target, build_spec, grouped_spec, low_bits
 from gelu_quant.lut.grouped import GroupedLutSpec
 from gelu_quant.lut.spec import GeluApprox
 from gelu_quant.lut.tails import cut_range
@@ -189,15 +189,9 @@ def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float],
         ):
             in_dt: Any = t.in_dtype
             out_dt: Any = t.out_dtype or "int8"
-            lut = t.kind == "lut"  # low-bit tables: cut where their own codes stop resolving
-            cut = cut_range(
-                *rng,
-                in_dtype=in_dt,
-                out_dtype=out_dt,
-                form=ctx.form,
-                in_bits=t.bits if lut and t.bits < 8 else None,
-                out_bits=t.entry_bits if lut and t.entry_bits < 8 else None,
-            )
+            # low-bit tables: cut where their own codes stop resolving the tail
+            widths = low_bits(t) if t.kind == "lut" else {}
+            cut = cut_range(*rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form, **widths)
             if cut != rng:
                 rng, source = cut, source + ", tail cut"
         return rng, source
@@ -450,6 +444,11 @@ class GroupedFloatTable:
         codes = e.name("codes")
         p_in = e.name("quant") + "_"
         e.protos(quantize_per_channel(x, s, z, codes, qps[0].np_dtype, prefix=p_in))
+        if qps[0].code_bits is not None:  # low-bit codes (every group the same width)
+            rw.code_container = qps[0].dtype
+            lo = e.init("in_qmin", qps[0].qmin, qps[0].np_dtype)
+            hi = e.init("in_qmax", qps[0].qmax, qps[0].np_dtype)
+            codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
         y = e.custom(codes, base="out_codes")
         oqs = [g.out_qparams for g in spec.groups if g.out_qparams is not None]
         if not oqs:  # float-output tables
