@@ -148,15 +148,15 @@ TARGETS.update(
 )
 
 
-def low_bits(target: Target) -> dict[str, int | None]:
-    """``in_bits`` / ``out_bits`` of a table target's low-bit codes (None: the dtype's width), as
+def low_bits(target: Target) -> tuple[int | None, int | None]:
+    """``(in_bits, out_bits)`` of a table target's low-bit codes (None: the dtype's width), as
     :func:`~gelu_quant.lut.table.build_lut` and :func:`~gelu_quant.lut.tails.cut_range` take
     them."""
     lut = target.kind in ("lut", "standard")
-    return {
-        "in_bits": target.bits if lut and target.bits < 8 else None,
-        "out_bits": target.entry_bits if lut and target.entry_bits < 8 else None,
-    }
+    return (
+        target.bits if lut and target.bits < 8 else None,
+        target.entry_bits if lut and target.entry_bits < 8 else None,
+    )
 
 
 def build_spec(
@@ -181,7 +181,7 @@ def build_spec(
 
         out_dtype: Any = out_qparams.dtype if out_qparams is not None else target.out_dtype
         in_dtype: Any = target.in_dtype
-        widths = low_bits(target)
+        ib, ob = low_bits(target)
         return build_lut(
             in_range=in_range if in_qparams is None else None,
             in_qparams=in_qparams,
@@ -189,8 +189,8 @@ def build_spec(
             out_dtype=out_dtype,
             out_qparams=out_qparams,
             form=form,
-            in_bits=widths["in_bits"] if in_qparams is None else None,
-            out_bits=widths["out_bits"] if out_qparams is None else None,
+            in_bits=ib if in_qparams is None else None,
+            out_bits=ob if out_qparams is None else None,
         )
     if target.kind == "interp" and target.breakpoints == "optimized":
         from gelu_quant.lut.pwl import build_pwl_lut
@@ -304,11 +304,13 @@ def grouped_spec(
         )
     in_dt: Any = target.in_dtype
     out_dt: Any = target.out_dtype
-    widths = low_bits(target)
+    ib, ob = low_bits(target)
     hi = np.maximum(hi, 1e-3)  # a channel that never went positive still needs a range
     cut = np.array(
         [
-            negative_tail_cut(float(h), in_dtype=in_dt, out_dtype=out_dt, form=form, **widths)
+            negative_tail_cut(
+                float(h), in_dtype=in_dt, out_dtype=out_dt, form=form, in_bits=ib, out_bits=ob
+            )
             for h in hi
         ]
     )
@@ -320,9 +322,15 @@ def grouped_spec(
         else:
             glo, ghi = group_range(members)
         return cut_range(
-            min(glo, -1e-3), max(ghi, 1e-3), in_dtype=in_dt, out_dtype=out_dt, form=form, **widths
+            min(glo, -1e-3),
+            max(ghi, 1e-3),
+            in_dtype=in_dt,
+            out_dtype=out_dt,
+            form=form,
+            in_bits=ib,
+            out_bits=ob,
         )
 
     return build_grouped_lut(
-        part, cut_group_range, in_dtype=in_dt, out_dtype=out_dt, form=form, **widths
+        part, cut_group_range, in_dtype=in_dt, out_dtype=out_dt, form=form, in_bits=ib, out_bits=ob
     )

@@ -190,8 +190,10 @@ def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float],
             in_dt: Any = t.in_dtype
             out_dt: Any = t.out_dtype or "int8"
             # low-bit tables: cut where their own codes stop resolving the tail
-            widths = low_bits(t) if t.kind == "lut" else {}
-            cut = cut_range(*rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form, **widths)
+            ib, ob = low_bits(t) if t.kind == "lut" else (None, None)
+            cut = cut_range(
+                *rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form, in_bits=ib, out_bits=ob
+            )
             if cut != rng:
                 rng, source = cut, source + ", tail cut"
         return rng, source
