@@ -35,6 +35,10 @@ Runtime of the defaults on 2 shared cores: 277 s on the quiet machine (16 groups
 
     python benchmarks/qat_minilm_blocks.py                 # 6-bit: 1.496e-3 (int8 tables 1.466e-3)
     python benchmarks/qat_minilm_blocks.py --bits 4 --train w2   # 4 bits: 1.440e-2
+    python benchmarks/qat_minilm_blocks.py --out-bits 8 --train norms   # 64 int8 entries: 7.139e-4
+
+``--out-bits 8``: 64-entry tables of int8 entries (``convert --target int6-lut-int8out``);
+``--export DIR``: the trained student exported, converted and scored in ONNX Runtime too.
 """
 
 from __future__ import annotations
