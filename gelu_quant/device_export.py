@@ -14,7 +14,7 @@ Layout of ``DIR``::
     DIR/README.md                        how to build and call them
 
 The folder is built beside ``DIR`` and moved into place at the end: a failure leaves nothing
-half-written. Sites whose spec has no C kernel (baselines, low-bit grouped tables) get their
+half-written. Sites whose spec has no C kernel (baselines) get their
 header only (where ``c_header`` can write one) or nothing, and ``export.json`` says so.
 """
 

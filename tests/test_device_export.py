@@ -110,9 +110,11 @@ def test_site_without_kernel_is_said(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(find_c_compiler() is None, reason="needs a C compiler")
-def test_grouped_site_kernel_from_the_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["int8-lut", "int6-lut-int8out"])
+def test_grouped_site_kernel_from_the_folder(tmp_path: Path, target: str) -> None:
     """A `convert --groups 4` site gets a kernel; compiled from the folder alone it gives the
-    spec's table of every channel's group on every code of every channel."""
+    spec's table of every channel's group on every code of every channel (low-bit codes: the
+    model's Clip to their range, then the entry)."""
     from onnx import TensorProto, helper
 
     from gelu_quant.calib.calibration import calibrate_model
@@ -136,7 +138,7 @@ def test_grouped_site_kernel_from_the_folder(tmp_path: Path) -> None:
     calibrate_model(src, tmp_path / "cal.npz", tmp_path / "r.json")
     model = tmp_path / "m.gq.onnx"
     convert_file(
-        src, model, ConvertConfig("int8-lut", groups=4), ranges=load_ranges(tmp_path / "r.json")
+        src, model, ConvertConfig(target, groups=4), ranges=load_ranges(tmp_path / "r.json")
     )
     out = tmp_path / "device"
     doc = export_folder(model, out)
@@ -175,12 +177,17 @@ def test_grouped_site_kernel_from_the_folder(tmp_path: Path) -> None:
     codes = ((np.arange(256)[:, None] + 37 * np.arange(channels)[None, :]) % 256 - 128).astype(
         np.int8
     )
+    qp = spec.groups[0].in_qparams
+    clipped = np.clip(codes.astype(np.int64), qp.qmin, qp.qmax)
     want = np.stack(
         [
-            spec.groups[int(spec.channel_group[c])].table[codes[:, c].astype(np.int64) + 128]
+            spec.groups[int(spec.channel_group[c])].table[clipped[:, c] - qp.qmin]
             for c in range(channels)
         ],
         axis=1,
     )
     np.testing.assert_array_equal(got, want.astype(np.int64))
-    np.testing.assert_array_equal(got, spec.lookup(codes).astype(np.int64))
+    inside = (codes >= qp.qmin) & (codes <= qp.qmax)
+    assert inside.all() == (target == "int8-lut")
+    lookup = spec.lookup(np.where(inside, codes, qp.qmin).astype(np.int8)).astype(np.int64)
+    np.testing.assert_array_equal(got[inside], lookup[inside])

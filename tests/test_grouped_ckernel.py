@@ -226,8 +226,44 @@ def test_generated_files(tmp_path: Path) -> None:
     assert np.array_equal(bits(got), bits(f16.lookup(x)))
 
 
-def test_low_bit_groups_are_refused() -> None:
+@pytest.mark.parametrize(("in_dtype", "bits", "out_bits"), [("int8", 6, 8), ("uint8", 4, 4)])
+def test_low_bit_groups_run_on_every_container_code(
+    tmp_path: Path, in_dtype: str, bits: int, out_bits: int
+) -> None:
+    """Grouped low-bit tables (convert --target int6-lut-int8out --groups K): the generated
+    kernel, fed every code of the 8-bit container in every channel, gives what the model
+    computes -- the Clip to the low-bit range, then the group's entry (oracle by hand)."""
+    rng = np.random.default_rng(11)
+    groups = tuple(
+        build_lut(
+            in_range=(-float(rng.uniform(0.5, 5.0)), float(rng.uniform(0.5, 12.0))),
+            in_dtype=in_dtype,  # type: ignore[arg-type]
+            out_dtype=in_dtype,  # type: ignore[arg-type]
+            in_bits=bits,
+            out_bits=out_bits,
+        )
+        for _ in range(3)
+    )
+    spec = GroupedLutSpec(groups=groups, channel_group=random_map(10, 3, 12))
+    assert kernel_call(spec, "small").args[-1] == "&small_tables_8bit[0][0]"
+    cmin = -128 if in_dtype == "int8" else 0
+    x = np.repeat(np.arange(cmin, cmin + 256)[:, None], spec.channels, 1)
+    x = x.astype(groups[0].in_qparams.np_dtype)
+    qp = groups[0].in_qparams
+    want = np.empty(x.shape, dtype=groups[0].table.dtype)
+    for c in range(spec.channels):
+        t = groups[int(spec.channel_group[c])].table
+        want[:, c] = t[np.clip(x[:, c].astype(int), qp.qmin, qp.qmax) - qp.qmin]
+    got = _run_generated(tmp_path / "a", spec, "small", x)
+    assert np.array_equal(got, want)
+    # on the low-bit codes themselves that is the spec's own lookup
+    inside = (x[:, 0].astype(int) >= qp.qmin) & (x[:, 0].astype(int) <= qp.qmax)
+    assert np.array_equal(got[inside], spec.lookup(x[inside]))
+
+
+def test_groups_of_different_widths_are_refused() -> None:
     g4 = build_lut(in_range=(-3.0, 3.0), in_bits=4)
-    spec = GroupedLutSpec(groups=(g4, g4), channel_group=np.array([0, 1]))
-    with pytest.raises(BadInputError, match="low-bit"):
+    g8 = build_lut(in_range=(-3.0, 3.0))
+    spec = GroupedLutSpec(groups=(g4, g8), channel_group=np.array([0, 1]))
+    with pytest.raises(BadInputError, match="different input code widths"):
         kernel_call(spec)
