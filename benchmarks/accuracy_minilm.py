@@ -53,6 +53,7 @@ DEFAULT_CONFIGS = [
     "int8-lut-fp16out:mse:1",
     "int8-lut-fp16out:minmax:8",
     "int8-interp32:minmax:1",
+    "int6-lut-int8out:minmax:32",
 ]
 
 
