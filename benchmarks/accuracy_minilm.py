@@ -10,7 +10,8 @@ most similar other sentence is the same as with fp32).
     python benchmarks/accuracy_minilm.py --configs int8-lut:minmax:1 int8-lut:entropy:8
     python benchmarks/accuracy_minilm.py --json results.json
 
-A configuration is ``TARGET:METHOD:GROUPS[:nocut][:nocorr]`` (GROUPS > 1: grouped tables;
+A configuration is ``TARGET:METHOD:GROUPS[:nocut][:nocorr]`` (GROUPS > 1: grouped tables, METHOD
+each group's range method, ``convert --group-method``;
 ``nocut``: the calibrated range as it is, without cutting GELU's negative tail; ``nocorr``: the
 MatMul after each table as it is, without the consumer correction).
 """
@@ -105,10 +106,12 @@ def main() -> int:
         for cfg in args.configs:
             target, method, groups, *flags = cfg.split(":")
             out = tmp / "m.gq.onnx"
-            cc = ConvertConfig(
+            k = int(groups)
+            cc = ConvertConfig(  # grouped tables: METHOD is each group's range method
                 target=target,
-                method=method,
-                groups=int(groups),
+                method=method if k == 1 else None,
+                groups=k,
+                group_method=method if k > 1 else "minmax",
                 tail_cut="nocut" not in flags,
                 correct_consumers="nocorr" not in flags,
             )
