@@ -38,15 +38,14 @@ class Target:
     out_bits: int | None = None
     """LUT targets: width of the output codes when it differs from :attr:`bits`
     (``int6-lut-int8out``: 64 entries of int8 codes)."""
+    breakpoints: Literal["uniform", "optimized"] = "uniform"
+    """Interpolated tables: uniform knots (``InterpLutSpec``) or optimised non-uniform
+    breakpoints (``PwlLutSpec``, :mod:`gelu_quant.lut.pwl`)."""
 
     @property
     def entry_bits(self) -> int:
         """Width of the output codes (the table's entries)."""
         return self.bits if self.out_bits is None else self.out_bits
-
-    breakpoints: Literal["uniform", "optimized"] = "uniform"
-    """Interpolated tables: uniform knots (``InterpLutSpec``) or optimised non-uniform
-    breakpoints (``PwlLutSpec``, :mod:`gelu_quant.lut.pwl`)."""
 
 
 @dataclass(frozen=True)
