@@ -3,6 +3,7 @@ data (the ONNX export of the same model, run by ONNX Runtime, is the oracle)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,67 @@ def test_site_order_follows_execution(tmp_path: Path) -> None:
     prepare_qat(m, {"gelu0": (-1.0, 2.0), "gelu1": (-3.0, 3.0)}, example_inputs=(torch.zeros(2),))
     assert isinstance(m.first, GeluFakeQuant) and m.first.site_id == "gelu0"
     assert m.first.in_qparams.real_range[1] == pytest.approx(2.0, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("target", "bits", "out_bits", "method"),
+    [("int8-lut", 8, 8, "minmax"), ("int8-lut", 8, 8, "mse"), ("int6-lut-int8out", 6, 8, "mse")],
+)
+def test_grouped_tables_from_a_ranges_file_are_converts(
+    vit_calibrated: tuple[nn.Module, Path, np.ndarray],
+    tmp_path: Path,
+    target: str,
+    bits: int,
+    out_bits: int,
+    method: str,
+) -> None:
+    """prepare_qat(groups=K) starts from exactly the tables `convert --groups K --group-method M`
+    writes for the exported model (oracle: the converter's manifest specs), and the modules
+    compute them."""
+    import copy
+
+    from gelu_quant.graph.convert import ConvertConfig, convert_file
+    from gelu_quant.lut.spec import spec_from_json
+    from gelu_quant.torch import GroupedGeluFakeQuant
+
+    vit, path, _ = vit_calibrated
+    rf = load_ranges(path)
+    res = convert_file(
+        path.parent / "vit.onnx",
+        tmp_path / "g.onnx",
+        ConvertConfig(target, groups=4, group_method=method),
+        ranges=rf,
+    )
+    want = {r.id: spec_from_json(r.spec or {}) for r in res.manifest.converted}
+    model = prepare_qat(
+        copy.deepcopy(vit), rf, bits=bits, out_bits=out_bits, groups=4, group_method=method
+    )
+    mods = [m for m in model.modules() if isinstance(m, GroupedGeluFakeQuant)]
+    assert sorted(m.site_id for m in mods) == sorted(want) == ["gelu0", "gelu1"]
+    plain = prepare_qat(copy.deepcopy(vit), rf, bits=bits, out_bits=out_bits, groups=4)
+    minmax = {m.site_id: m.spec() for m in plain.modules() if isinstance(m, GroupedGeluFakeQuant)}
+    for m in mods:
+        assert m.spec() == want[m.site_id]
+        assert (m.spec() == minmax[m.site_id]) == (method == "minmax")  # the method is used
+        assert m.in_scale.requires_grad  # learnable per-group scales by default
+        h = torch.from_numpy(np.random.default_rng(3).normal(0, 3, (64, m.spec().channels)))
+        with torch.no_grad():
+            got = m(h.float()).numpy()
+        assert np.array_equal(got, want[m.site_id].evaluate(h.float().numpy()))
+
+
+def test_grouped_prepare_refusals(vit_calibrated: tuple[nn.Module, Path, np.ndarray]) -> None:
+    import copy
+
+    vit, path, _ = vit_calibrated
+    with pytest.raises(BadInputError, match="ranges file with per-channel"):
+        prepare_qat(copy.deepcopy(vit), {"gelu0": (-3.0, 3.0)}, groups=4)
+    with pytest.raises(BadInputError, match="functional"):
+        prepare_qat(copy.deepcopy(vit), path, groups=4, functional=True)
+    doc = json.loads(path.read_text())
+    for site in doc["sites"]:
+        site.pop("channels", None)
+    bare = path.parent / "bare.json"
+    bare.write_text(json.dumps(doc))
+    with pytest.raises(BadInputError, match="per-channel ranges"):
+        prepare_qat(copy.deepcopy(vit), bare, groups=4)

@@ -278,7 +278,7 @@ def site_form(site: GeluSite, override: GeluForm | None = None) -> GeluForm:
 
 
 def grouped_spec(
-    site: GeluSite,
+    site: GeluSite | None,
     target: Target,
     form: GeluForm,
     channel_ranges: tuple[np.ndarray, np.ndarray] | None,
@@ -288,7 +288,9 @@ def grouped_spec(
     """Grouped tables from the site's per-channel extremes: channels partitioned by their
     ranges (:func:`~gelu_quant.lut.grouped.partition_channels`), each group's range its members'
     min/max (or ``group_range(members)``: a range method on the members' statistics) with
-    GELU's irrelevant negative tail cut (:mod:`gelu_quant.lut.tails`)."""
+    GELU's irrelevant negative tail cut (:mod:`gelu_quant.lut.tails`). ``site``: the graph site,
+    whose last axis must have as many channels as the ranges (None: not checked, e.g. a PyTorch
+    module, :func:`gelu_quant.torch.prepare_qat`)."""
     ch = channel_ranges
     if ch is None:
         raise ModelError(
@@ -296,10 +298,10 @@ def grouped_spec(
             "(calibrate again with this version of gelu-quant)"
         )
     lo, hi = ch
-    if site.shape is not None and isinstance(site.shape[-1], int) and site.shape[-1] != lo.size:
+    shape = None if site is None else site.shape
+    if shape is not None and isinstance(shape[-1], int) and shape[-1] != lo.size:
         raise ModelError(
-            f"the ranges file has {lo.size} channels for this site, its last axis has "
-            f"{site.shape[-1]}"
+            f"the ranges file has {lo.size} channels for this site, its last axis has {shape[-1]}"
         )
     in_dt: Any = target.in_dtype
     out_dt: Any = target.out_dtype

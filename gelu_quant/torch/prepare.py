@@ -39,12 +39,14 @@ from torch import nn
 from gelu_quant.calib.methods import MethodName, select_range
 from gelu_quant.calib.ranges_file import RangesFile, load_ranges
 from gelu_quant.calib.stats import TensorStats
-from gelu_quant.errors import BadInputError, SpecError
+from gelu_quant.errors import BadInputError, ModelError, SpecError
 from gelu_quant.graph.sites import GeluSite
+from gelu_quant.graph.targets import Target, grouped_spec
 from gelu_quant.lut.table import gelu_output_qparams
 from gelu_quant.lut.tails import cut_range
 from gelu_quant.qparams import QDType, QParams
 from gelu_quant.torch.fakequant import GeluFakeQuant
+from gelu_quant.torch.grouped import GroupedGeluFakeQuant
 
 _TRANSFORMERS_FORMS = {
     "GELUActivation": "exact",
@@ -178,9 +180,16 @@ def prepare_qat(
     example_inputs: Sequence[Any] | None = None,
     functional: bool = False,
     tail_cut: bool = False,
+    groups: int = 1,
+    group_method: str = "minmax",
 ) -> nn.Module:
     """Swap every GELU of ``model`` (in place) for a :class:`GeluFakeQuant`; returns the model
     (a ``torch.fx.GraphModule`` when ``functional=True``).
+
+    ``groups`` > 1: every GELU becomes a :class:`GroupedGeluFakeQuant` with the tables
+    ``convert --groups K --group-method M`` builds from the same ranges file (a path or
+    :class:`RangesFile` with per-channel statistics; the negative tail is always cut, as
+    ``convert`` does), bit for bit, at ``bits`` / ``out_bits``.
 
     ``tail_cut``: cut GELU's negative tail off each range first, as ``convert`` does when it
     builds tables from a ranges file (so ``bits=8, tail_cut=True`` gives ``convert``'s int8 table
@@ -193,6 +202,11 @@ def prepare_qat(
     """
     if isinstance(ranges, (str, os.PathLike)):
         ranges = load_ranges(ranges)
+    if groups != 1 and (functional or not isinstance(ranges, RangesFile)):
+        raise BadInputError(
+            "groups > 1 needs a ranges file with per-channel statistics (a path or RangesFile, "
+            "not a mapping of ranges) and module GELUs (functional=False)"
+        )
     sites = find_gelus(model, example_inputs)
     for s in sites:
         form = _site_form(ranges, s.site_id)
@@ -201,6 +215,13 @@ def prepare_qat(
                 f"GELU {s.name} ({s.form}) is site {s.site_id}, which the ranges file lists as "
                 f"{form!r}: the ranges were made for another model or the site order differs"
             )
+        if groups != 1:
+            assert isinstance(ranges, RangesFile)
+            gq = _grouped_fake_quant(
+                ranges, s, groups, group_method, bits, out_bits, dtype, learn_ranges
+            )
+            _set_submodule(model, s.name, gq)
+            continue
         clip = None
         if type(s.module).__name__ == "ClippedGELUActivation":
             clip = (float(s.module.min), float(s.module.max))  # type: ignore[arg-type]
@@ -221,6 +242,42 @@ def prepare_qat(
             model, ranges, len(sites), bits, out_bits, dtype, method, learn_ranges, tail_cut
         )
     return model
+
+
+def _grouped_fake_quant(
+    ranges: RangesFile,
+    s: GeluModule,
+    groups: int,
+    group_method: str,
+    bits: int,
+    out_bits: int | None,
+    dtype: QDType,
+    learn_ranges: bool,
+) -> GroupedGeluFakeQuant:
+    """Site ``s``'s grouped tables, as ``convert --groups`` builds them from ``ranges``."""
+    if type(s.module).__name__ == "ClippedGELUActivation":
+        raise BadInputError(f"GELU {s.name} is clipped: grouped tables have no output clip")
+    if dtype not in ("int8", "uint8"):
+        raise BadInputError(f"grouped tables need int8 or uint8 codes, not {dtype}")
+    ob = out_bits or bits
+    target = Target("lut", dtype, dtype, bits=bits, out_bits=None if ob == bits else ob)
+    try:
+        ch = ranges.channel_ranges_for(s.site_id)
+        spec = grouped_spec(
+            None,
+            target,
+            s.form,  # type: ignore[arg-type]
+            ch,
+            groups,
+            None
+            if group_method == "minmax"
+            else lambda m: ranges.group_range_for(s.site_id, m, group_method, s.form),
+        )
+    except ModelError as e:
+        raise BadInputError(f"GELU {s.name} (site {s.site_id}): {e}") from None
+    gq = GroupedGeluFakeQuant.from_spec(spec, learn_ranges=learn_ranges)
+    gq.site_id = s.site_id
+    return gq
 
 
 _FUNCTIONAL_GELUS: tuple[Callable[..., Any], ...] = (nn.functional.gelu,)
