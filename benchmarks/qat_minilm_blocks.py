@@ -505,6 +505,20 @@ def main() -> None:
         "score (choose hyper-parameters on this, not on the evaluation text)",
     )
     ap.add_argument(
+        "--ranges",
+        metavar="FILE",
+        default=None,
+        help="grouped tables: start from the tables convert --groups K --group-method M builds "
+        "from this ranges file (gelu-quant calibrate of the opset-17 export on the first "
+        "--calibration calibration sentences) instead of min/max groups from PyTorch",
+    )
+    ap.add_argument(
+        "--group-method",
+        choices=("minmax", "percentile", "entropy", "mse"),
+        default="mse",
+        help="with --ranges: each group's range method",
+    )
+    ap.add_argument(
         "--clip",
         type=float,
         default=1.0,
@@ -556,7 +570,17 @@ def main() -> None:
         )
         report(name, s)
     ranges = calibrate_ranges(teacher, [], args.method, stats=stats, bits=args.bits)  # type: ignore[arg-type]
-    if args.groups:
+    if args.groups and args.ranges:  # convert --groups K --group-method M's own tables
+        student = prepare_qat(
+            copy.deepcopy(teacher),
+            args.ranges,
+            bits=args.bits,
+            out_bits=out_bits,
+            groups=args.groups,
+            group_method=args.group_method,
+        )
+        report(f"post-training {width}, {args.groups} {args.group_method} groups", student)
+    elif args.groups:
         ch = channel_ranges(teacher, batches(cal_texts, 32, 128, trim=False))
         student = grouped_student(teacher, ch, args.groups, args.bits, out_bits, args.clip)
         clipped = "" if args.clip == 1.0 else f", tops x{args.clip:g}"
