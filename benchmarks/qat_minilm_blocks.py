@@ -68,6 +68,7 @@ from gelu_quant.torch import (
 )
 
 Batch = tuple[torch.Tensor, ...]
+RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 def batches(texts: list[str], size: int, max_length: int, trim: bool = True) -> list[Batch]:
@@ -449,7 +450,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--method",
-        choices=("minmax", "percentile", "entropy", "mse"),
+        choices=RANGE_METHODS,
         default="mse",
         help="range method of the one-table-per-site student and its post-training row",
     )
@@ -514,7 +515,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--group-method",
-        choices=("minmax", "percentile", "entropy", "mse"),
+        choices=RANGE_METHODS,
         default="mse",
         help="with --ranges: each group's range method",
     )
