@@ -100,7 +100,8 @@ from gelu_quant.graph.targets import TARGETS
     default=1,
     show_default=True,
     help="Tables per site: K > 1 partitions each site's channels by their calibrated ranges "
-    "into K groups, each with its own qparams and table (needs --ranges; 8-bit tables).",
+    "into K groups, each with its own qparams and table (needs --ranges; table targets with "
+    "int8/uint8 input codes).",
 )
 @click.option(
     "--group-method",
