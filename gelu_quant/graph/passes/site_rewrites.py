@@ -148,6 +148,12 @@ class _Emit:
             self.rw.takes_over.add(out)
         return y
 
+    def clip_codes(self, codes: str, qp: QParams) -> str:
+        """``Clip`` 8-bit-container ``codes`` to the low-bit code range of ``qp``."""
+        lo = self.init("in_qmin", qp.qmin, qp.np_dtype)
+        hi = self.init("in_qmax", qp.qmax, qp.np_dtype)
+        return self.node("Clip", [codes, lo, hi], "codes_clipped")
+
     def custom(self, x: str, out: str | None = None, base: str = "y") -> str:
         y = out if out is not None else self.name(base)
         op = self.rw.op
@@ -330,9 +336,7 @@ class FloatTable:
         codes = e.node("QuantizeLinear", [x, s, z], "codes")
         if qp.code_bits is not None:  # low-bit codes: saturate to their range
             rw.code_container = qp.dtype
-            lo = e.init("in_qmin", qp.qmin, qp.np_dtype)
-            hi = e.init("in_qmax", qp.qmax, qp.np_dtype)
-            codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
+            codes = e.clip_codes(codes, qp)
         oq: QParams | None = spec.out_qparams
         if oq is None:  # float-output table
             e.to_site_dtype(e.custom(codes), op.output_type)
@@ -392,10 +396,7 @@ class FourBitFloatTable:
             codes = e.node("QuantizeLinear", [x, s, z], "codes")
         else:
             z = e.init("in_zero_point", qp.zero_point, qp.np_dtype)
-            codes = e.node("QuantizeLinear", [x, s, z], "codes")
-            lo = e.init("in_qmin", qp.qmin, qp.np_dtype)
-            hi = e.init("in_qmax", qp.qmax, qp.np_dtype)
-            codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
+            codes = e.clip_codes(e.node("QuantizeLinear", [x, s, z], "codes"), qp)
             codes = e.node("Cast", [codes], "codes_4bit", to=four_bit_type(qp))
         y = e.custom(codes, base="out_codes")
         s = e.init("out_scale", oq.scale, np.float32)
@@ -448,9 +449,7 @@ class GroupedFloatTable:
         e.protos(quantize_per_channel(x, s, z, codes, qps[0].np_dtype, prefix=p_in))
         if qps[0].code_bits is not None:  # low-bit codes (every group the same width)
             rw.code_container = qps[0].dtype
-            lo = e.init("in_qmin", qps[0].qmin, qps[0].np_dtype)
-            hi = e.init("in_qmax", qps[0].qmax, qps[0].np_dtype)
-            codes = e.node("Clip", [codes, lo, hi], "codes_clipped")
+            codes = e.clip_codes(codes, qps[0])
         y = e.custom(codes, base="out_codes")
         oqs = [g.out_qparams for g in spec.groups if g.out_qparams is not None]
         if not oqs:  # float-output tables
