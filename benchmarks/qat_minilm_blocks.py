@@ -565,12 +565,19 @@ def main() -> None:
         ("post-training int8 entropy (the default)", "entropy", 8, 8),
         (f"post-training {width} {args.method}", args.method, args.bits, out_bits),
     ):
-        r = calibrate_ranges(teacher, [], method, stats=stats, bits=bits)  # type: ignore[arg-type]
+        r = calibrate_ranges(teacher, [], method, stats=stats, bits=bits, out_bits=ob)  # type: ignore[arg-type]
         s = prepare_qat(
             copy.deepcopy(teacher), r, bits=bits, out_bits=ob, learn_ranges=False, tail_cut=True
         )
         report(name, s)
-    ranges = calibrate_ranges(teacher, [], args.method, stats=stats, bits=args.bits)  # type: ignore[arg-type]
+    ranges = calibrate_ranges(
+        teacher,
+        [],
+        args.method,  # type: ignore[arg-type]
+        stats=stats,
+        bits=args.bits,
+        out_bits=out_bits,
+    )
     if args.groups and args.ranges:  # convert --groups K --group-method M's own tables
         student = prepare_qat(
             copy.deepcopy(teacher),

@@ -194,6 +194,12 @@ def entropy_threshold(
     return float(edges[starts[best]]), float(edges[ends[best]])
 
 
+def quantized_bins(bits: int | None) -> int:
+    """The levels ``entropy`` re-quantizes to for ``bits``-bit input codes: ``2**bits - 1``
+    (255 for 8-bit codes and for None, the int8 default)."""
+    return 255 if bits is None else (1 << bits) - 1
+
+
 def entropy_range(stats: TensorStats, num_quantized_bins: int = 255, max_bins: int = 2048) -> Range:
     """KL-divergence (TensorRT / ORT) range, clamped to the observed ``[min, max]``."""
     hist, edges = symmetric_histogram(stats, max_bins)
@@ -253,10 +259,13 @@ def _quantized_gelu_mses(
     form: str,
     dtype: QDType,
     bits: int | None = None,
+    out_bits: int | None = None,
 ) -> FloatArray:
     """Weighted MSE of ``Q_out(GELU(DQ(Q_in(x))))`` against ``ref`` (float64 GELU) at
     ``centres``, for every input range at once (one quantizer per row); ``inf`` for a range
-    that does not straddle 0."""
+    that does not straddle 0. ``bits`` / ``out_bits``: the input / output code widths (None:
+    the dtype's; ``out_bits`` defaults to ``bits``)."""
+    ob = bits if out_bits is None else out_bits
     out = np.full(len(ranges), math.inf)
     rows = [k for k, (lo, hi) in enumerate(ranges) if min(lo, 0.0) < max(hi, 0.0)]
     if not rows:
@@ -264,12 +273,12 @@ def _quantized_gelu_mses(
     lo = np.array([ranges[k][0] for k in rows])
     hi = np.array([ranges[k][1] for k in rows])
     s_in, z_in = qparams_from_ranges(lo, hi, dtype, bits)
-    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, form), dtype, bits)
+    s_out, z_out = qparams_from_ranges(*output_ranges(lo, hi, form), dtype, ob)
     s_in, z_in, s_out, z_out = s_in[:, None], z_in[:, None], s_out[:, None], z_out[:, None]
     qmin, qmax = qlimits(dtype, bits)
     codes = np.arange(qmin, qmax + 1)[None, :]
     y = gelu_fn(form)(dequantize_linear(codes, s_in, z_in))
-    table = dequantize_linear(quantize_linear(y, s_out, z_out, dtype, bits), s_out, z_out)
+    table = dequantize_linear(quantize_linear(y, s_out, z_out, dtype, ob), s_out, z_out)
     idx = quantize_linear(centres[None, :], s_in, z_in, dtype, bits).astype(np.int64) - qmin
     err = np.take_along_axis(table, idx, axis=1) - ref[None, :]
     out[rows] = np.sum(weights * err * err, axis=1) / np.sum(weights)
@@ -282,9 +291,11 @@ def mse_range(
     dtype: QDType = "int8",
     candidates: int = 24,
     bits: int | None = None,
+    out_bits: int | None = None,
 ) -> Range:
-    """The range minimising the quantized GELU's output MSE (coordinate search); ``bits``:
-    for low-bit input and output codes (2..8) in the ``dtype`` container."""
+    """The range minimising the quantized GELU's output MSE (coordinate search); ``bits`` /
+    ``out_bits``: the input / output code widths (2..8) in the ``dtype`` container (None: the
+    dtype's; ``out_bits`` defaults to ``bits``), so the range is the best for that table."""
     _need_data(stats)
     nz = np.flatnonzero(stats.counts)
     w = stats.bin_width
@@ -309,7 +320,7 @@ def mse_range(
         return sorted({v for v in vals if v < 0} or {vmin})
 
     def costs(ranges: list[Range]) -> FloatArray:
-        c = _quantized_gelu_mses(centres, weights, ref, ranges, form, dtype, bits)
+        c = _quantized_gelu_mses(centres, weights, ref, ranges, form, dtype, bits, out_bits)
         c[np.isnan(c)] = math.inf
         return c
 
@@ -337,15 +348,18 @@ def select_range(
     form: str = "exact",
     dtype: QDType = "int8",
     bits: int | None = None,
+    out_bits: int | None = None,
 ) -> Range:
-    """Dispatch to one method by name (``bits``: the code width ``mse`` scores, default the
-    dtype's)."""
+    """Dispatch to one method by name. ``bits`` / ``out_bits``: the table's input / output code
+    widths (None: the dtype's, 8): ``mse`` scores its table at them and ``entropy`` re-quantizes
+    to ``2**bits - 1`` levels (:func:`quantized_bins`); minmax and percentile do not depend on
+    them."""
     if method == "minmax":
         return minmax_range(stats)
     if method == "percentile":
         return percentile_range(stats, percentile)
     if method == "entropy":
-        return entropy_range(stats)
+        return entropy_range(stats, quantized_bins(bits))
     if method == "mse":
-        return mse_range(stats, form, dtype, bits=bits)
+        return mse_range(stats, form, dtype, bits=bits, out_bits=out_bits)
     raise BadInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

@@ -9,14 +9,18 @@ Ranges file, schema ``gelu-quant/ranges`` version 1::
      "sites": [{"id", "input", "output", "form", "spelling", "bias", "dtype",
                 "stats": {"count", "nonfinite", "min", "max", "bin_width", "num_bins",
                           "quantiles": {"0.0001": …, …}, "observed_output": [lo, hi],
-                          "channels": C},
+                          "channels": C, "hist": {"k", "offset", "counts"}},
                 "ranges": {"minmax": {"input": [lo, hi], "output": [lo, hi]}, "percentile": …,
                            "entropy": …, "mse": …},
                 "chosen": "percentile",
                 "channels": {"min": [...], "max": [...]}}],   # when per-channel stats exist
      "skipped": {"site id": "reason"}}
 
-A method whose range cannot be computed has ``null`` in ``ranges``.
+A method whose range cannot be computed has ``null`` in ``ranges``. ``ranges`` are chosen for
+8-bit tables; ``stats.hist`` is the site's exact histogram (:class:`TensorStats` grid ``k``,
+``offset``; counts packed by :func:`pack_counts`), from which :meth:`RangesFile.range_for`
+scores ``entropy`` and ``mse`` again at a low-bit table's own code widths (files without it
+fall back to the summed per-channel histograms).
 
 **Row sample** (for the consumer correction): when calibrate sampled input rows, they go to a
 file beside the ranges file, ``<stem>.sample.npz`` (one float16 array per site id),
@@ -62,6 +66,7 @@ from gelu_quant.calib.methods import (
     mse_range,
     output_range,
     percentile_range,
+    quantized_bins,
 )
 from gelu_quant.calib.row_sample import RowSample
 from gelu_quant.calib.stats import TensorStats
@@ -103,14 +108,37 @@ class MethodParams:
         }
 
 
-def _compute(method: MethodName, st: TensorStats, form: str, params: MethodParams) -> Range:
+def _compute(
+    method: MethodName,
+    st: TensorStats,
+    form: str,
+    params: MethodParams,
+    bits: int | None = None,
+    out_bits: int | None = None,
+) -> Range:
+    """``method``'s range; ``bits`` / ``out_bits`` (None: 8) the table's code widths, which
+    ``entropy`` and ``mse`` score at (:func:`~gelu_quant.calib.methods.select_range`)."""
+    ib, ob = _widths(bits, out_bits)
     if method == "minmax":
         return minmax_range(st)
     if method == "percentile":
         return percentile_range(st, params.percentile)
     if method == "entropy":
-        return entropy_range(st, params.num_quantized_bins)
-    return mse_range(st, form, params.dtype)  # type: ignore[arg-type]
+        nq = params.num_quantized_bins if ib is None else quantized_bins(ib)
+        return entropy_range(st, nq)
+    out = 8 if ob is None else ob  # mse_range's None would mean "as the input"
+    return mse_range(st, form, params.dtype, bits=ib, out_bits=out)  # type: ignore[arg-type]
+
+
+def _widths(bits: int | None, out_bits: int | None) -> tuple[int | None, int | None]:
+    """``(bits, out_bits)`` with 8 written as None (the dtype's width: the stored ranges)."""
+    ob = bits if out_bits is None else out_bits
+    return (None if bits in (None, 8) else bits), (None if ob in (None, 8) else ob)
+
+
+def _rescored(method: str, bits: int | None, out_bits: int | None) -> bool:
+    """Whether ``method``'s range at these code widths differs from the stored 8-bit one."""
+    return method in ("entropy", "mse") and _widths(bits, out_bits) != (None, None)
 
 
 def site_ranges(
@@ -187,6 +215,7 @@ def stats_summary(st: TensorStats, obs_lo: float | None, obs_hi: float | None) -
         "quantiles": q,
         "observed_output": None if obs_lo is None or obs_hi is None else [obs_lo, obs_hi],
         "channels": None if st.channel_min is None else int(st.channel_min.size),
+        "hist": {"k": st.k, "offset": st.offset, "counts": pack_counts(st.counts)},
     }
 
 
@@ -274,10 +303,78 @@ class RangesFile:
             raise BadInputError(f"site {site_id!r} has no {m!r} range in the ranges file")
         return dict(r)
 
-    def range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]:
-        """The chosen (or the named method's) input range of a site."""
-        lo, hi = self._chosen(site_id, method)["input"]
-        return float(lo), float(hi)
+    def method_of(self, site_id: str, method: str | None = None) -> str:
+        """``method``, or the site's chosen method when None."""
+        return method or str(self._site(site_id)["chosen"])
+
+    def range_for(
+        self,
+        site_id: str,
+        method: str | None = None,
+        *,
+        bits: int | None = None,
+        out_bits: int | None = None,
+    ) -> tuple[float, float]:
+        """The chosen (or the named method's) input range of a site. ``bits`` / ``out_bits``:
+        the code widths of the table it is for (None: 8-bit, the stored range); ``entropy`` and
+        ``mse`` are chosen again at other widths, from the site's histogram (``stats.hist``),
+        or the sum of its per-channel histograms in a file without one."""
+        m = self.method_of(site_id, method)
+        if not _rescored(m, bits, out_bits):
+            lo, hi = self._chosen(site_id, method)["input"]
+            return float(lo), float(hi)
+        self._chosen(site_id, m)  # the same refusals as the stored range
+        st = self._site_stats(site_id)
+        if st is None:
+            ch = self._site(site_id).get("channels")
+            if not (isinstance(ch, dict) and "hist" in ch):
+                raise BadInputError(
+                    f"site {site_id!r}: the ranges file has no histogram to choose the {m!r} "
+                    f"range of {bits}-bit tables from; calibrate again, or use minmax or "
+                    "percentile"
+                )
+            return self.group_range_for(
+                site_id, np.arange(len(ch["min"])), m, self._form(site_id), bits, out_bits
+            )
+        r = _compute(m, st, self._form(site_id), self._method_params(), bits, out_bits)  # type: ignore[arg-type]
+        return float(r[0]), float(r[1])
+
+    def _form(self, site_id: str) -> str:
+        return GeluSite.form_in_json(self._site(site_id))
+
+    def _method_params(self) -> MethodParams:
+        p = self.params
+        return MethodParams(
+            percentile=float(p.get("percentile", DEFAULT_PERCENTILE)),
+            num_quantized_bins=int(p.get("num_quantized_bins", 255)),
+            dtype=str(p.get("dtype", "int8")),
+        )
+
+    def _site_stats(self, site_id: str) -> TensorStats | None:
+        """The site's exact histogram as :class:`TensorStats` (None in a file without one)."""
+        st = self._site(site_id).get("stats")
+        if not isinstance(st, dict) or not isinstance(st.get("hist"), dict):
+            return None
+        h = st["hist"]
+        try:
+            counts = unpack_counts(h["counts"])
+            k, off = int(h["k"]), int(h["offset"])
+            lo, hi = float(st["min"]), float(st["max"])
+        except (KeyError, TypeError, ValueError):
+            raise BadInputError(
+                f"site {site_id!r}: malformed histogram in the ranges file; calibrate again"
+            ) from None
+        if counts.ndim != 1 or int(counts.sum()) != int(st.get("count", -1)):
+            raise BadInputError(f"site {site_id!r}: the histogram does not match its count")
+        return TensorStats(
+            num_bins=counts.size,
+            count=int(counts.sum()),
+            min=lo,
+            max=hi,
+            k=k,
+            offset=off,
+            counts=counts,
+        )
 
     def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-channel (min, max) of a site's input over the last axis, None when not recorded."""
@@ -292,11 +389,18 @@ class RangesFile:
         return lo, hi
 
     def group_range_for(
-        self, site_id: str, members: npt.ArrayLike, method: str, form: str = "exact"
+        self,
+        site_id: str,
+        members: npt.ArrayLike,
+        method: str,
+        form: str = "exact",
+        bits: int | None = None,
+        out_bits: int | None = None,
     ) -> tuple[float, float]:
         """The input range ``method`` chooses for a group of channels (indices ``members`` of
-        the last axis) from the sum of their histograms. ``minmax`` is the members' min/max
-        and needs no histograms; the other methods refuse a ranges file without them."""
+        the last axis) from the sum of their histograms, for tables of ``bits`` / ``out_bits``
+        code widths (None: 8). ``minmax`` is the members' min/max and needs no histograms; the
+        other methods refuse a ranges file without them."""
         if method not in METHODS:
             raise BadInputError(f"unknown range method {method!r}; one of {', '.join(METHODS)}")
         ch = self._site(site_id).get("channels")
@@ -325,13 +429,7 @@ class RangesFile:
             offset=off,
             counts=counts,
         )
-        p = self.params
-        params = MethodParams(
-            percentile=float(p.get("percentile", DEFAULT_PERCENTILE)),
-            num_quantized_bins=int(p.get("num_quantized_bins", 255)),
-            dtype=str(p.get("dtype", "int8")),
-        )
-        r = _compute(method, st, form, params)
+        r = _compute(method, st, form, self._method_params(), bits, out_bits)
         return float(r[0]), float(r[1])
 
     def output_range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]:

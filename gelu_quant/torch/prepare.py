@@ -114,9 +114,13 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 RangesLike = RangesFile | str | os.PathLike[str] | Mapping[str, tuple[float, float]]
 
 
-def _range_of(ranges: RangesLike, site: str, method: str | None) -> tuple[float, float]:
+def _range_of(
+    ranges: RangesLike, site: str, method: str | None, bits: int, out_bits: int | None
+) -> tuple[float, float]:
+    """A site's range; from a ranges file, chosen for ``bits`` / ``out_bits`` code tables as
+    ``convert`` chooses it (:meth:`RangesFile.range_for`)."""
     if isinstance(ranges, RangesFile):
-        return ranges.range_for(site, method)
+        return ranges.range_for(site, method, bits=bits, out_bits=out_bits or bits)
     if isinstance(ranges, Mapping):
         if site not in ranges:
             raise BadInputError(f"no range for GELU site {site!r}; the ranges give {list(ranges)}")
@@ -227,7 +231,7 @@ def prepare_qat(
             clip = (float(s.module.min), float(s.module.max))  # type: ignore[arg-type]
         fq = make_fake_quant(
             s.form,
-            _range_of(ranges, s.site_id, method),
+            _range_of(ranges, s.site_id, method, bits, out_bits),
             bits=bits,
             out_bits=out_bits,
             dtype=dtype,
@@ -271,7 +275,7 @@ def _grouped_fake_quant(
             groups,
             None
             if group_method == "minmax"
-            else lambda m: ranges.group_range_for(s.site_id, m, group_method, s.form),
+            else lambda m: ranges.group_range_for(s.site_id, m, group_method, s.form, bits, ob),
         )
     except ModelError as e:
         raise BadInputError(f"GELU {s.name} (site {s.site_id}): {e}") from None
@@ -316,7 +320,7 @@ def _swap_functional(
             site = f"gelu{k}"
             fq = make_fake_quant(
                 form,
-                _range_of(ranges, site, method),
+                _range_of(ranges, site, method, bits, out_bits),
                 bits=bits,
                 out_bits=out_bits,
                 dtype=dtype,
@@ -385,13 +389,16 @@ def calibrate_ranges(
     percentile: float | None = None,
     stats: Mapping[str, TensorStats] | None = None,
     bits: int | None = None,
+    out_bits: int | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Each GELU site's input range by ``method`` (``minmax``, ``percentile``, ``entropy``,
     ``mse``) from statistics collected in PyTorch: what ``gelu-quant calibrate --method`` gives
     on the exported model for the same data (up to the float32 differences of the two runtimes).
     ``stats``: statistics already collected by :func:`collect_stats` (``batches`` is then not
-    read), to try several methods on one pass. ``bits``: the code width ``mse`` scores (the
-    range that is best for 4-bit tables is narrower than the int8 one)."""
+    read), to try several methods on one pass. ``bits`` / ``out_bits``: the table's input / output
+    code widths (None: 8; ``out_bits`` defaults to ``bits``), which ``entropy`` and ``mse`` choose
+    for (the range that is best for 4-bit tables is narrower than the int8 one), as
+    ``convert`` chooses them from a ranges file for a low-bit target."""
     sites = {s.site_id: s for s in find_gelus(model, example_inputs)}
     if stats is None:
         stats = collect_stats(model, batches, example_inputs=example_inputs)
@@ -399,7 +406,7 @@ def calibrate_ranges(
     for sid, st in stats.items():
         if st.count == 0:
             raise SpecError(f"GELU site {sid} ({sites[sid].name}) saw no data")
-        kw: dict[str, Any] = {"form": sites[sid].form, "bits": bits}
+        kw: dict[str, Any] = {"form": sites[sid].form, "bits": bits, "out_bits": out_bits}
         if percentile is not None:
             kw["percentile"] = percentile
         out[sid] = select_range(st, method, **kw)

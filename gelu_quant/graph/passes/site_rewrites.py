@@ -60,12 +60,27 @@ from gelu_quant.qparams import QParams
 class RangeSource(Protocol):
     """Where per-site input ranges come from (``gelu_quant.calib.ranges_file.RangesFile``)."""
 
-    def range_for(self, site_id: str, method: str | None = None) -> tuple[float, float]: ...
+    def method_of(self, site_id: str, method: str | None = None) -> str: ...
+
+    def range_for(
+        self,
+        site_id: str,
+        method: str | None = None,
+        *,
+        bits: int | None = None,
+        out_bits: int | None = None,
+    ) -> tuple[float, float]: ...
 
     def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None: ...
 
     def group_range_for(
-        self, site_id: str, members: np.ndarray, method: str, form: str = "exact"
+        self,
+        site_id: str,
+        members: np.ndarray,
+        method: str,
+        form: str = "exact",
+        bits: int | None = None,
+        out_bits: int | None = None,
     ) -> tuple[float, float]: ...
 
 
@@ -183,11 +198,15 @@ def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float],
     """The site's input range and where it came from."""
     t = ctx.target
     if ctx.ranges is not None:
+        # low-bit tables: ranges chosen for their own code widths, and their tail cut there
+        ib, ob = low_bits(t) if t.kind == "lut" else (None, None)
         try:
-            rng = ctx.ranges.range_for(site.id, ctx.method)
+            rng = ctx.ranges.range_for(site.id, ctx.method, bits=ib or 8, out_bits=ob or 8)
         except BadInputError as e:  # e.g. a site the calibrator skipped: skip it too
             raise ModelError(str(e)) from None
         source = f"ranges:{ctx.method or 'chosen'}"
+        if (ib or ob) and ctx.ranges.method_of(site.id, ctx.method) in ("entropy", "mse"):
+            source += f" at {ib or 8}/{ob or 8}-bit codes"
         if (
             ctx.tail_cut
             and t.kind in ("lut", "interp", "standard")
@@ -195,8 +214,6 @@ def _float_range(site: GeluSite, ctx: SiteContext) -> tuple[tuple[float, float],
         ):
             in_dt: Any = t.in_dtype
             out_dt: Any = t.out_dtype or "int8"
-            # low-bit tables: cut where their own codes stop resolving the tail
-            ib, ob = low_bits(t) if t.kind == "lut" else (None, None)
             cut = cut_range(
                 *rng, in_dtype=in_dt, out_dtype=out_dt, form=ctx.form, in_bits=ib, out_bits=ob
             )
@@ -424,6 +441,7 @@ class GroupedFloatTable:
         assert ctx.ranges is not None
         ch = ctx.ranges.channel_ranges_for(site.id)
         ranges, method = ctx.ranges, ctx.group_method
+        ib, ob = low_bits(ctx.target)
         spec = grouped_spec(
             site,
             ctx.target,
@@ -432,10 +450,12 @@ class GroupedFloatTable:
             ctx.groups,
             None
             if method == "minmax"
-            else lambda m: ranges.group_range_for(site.id, m, method, ctx.form),
+            else lambda m: ranges.group_range_for(site.id, m, method, ctx.form, ib or 8, ob or 8),
         )
         op = custom_op(spec, opset=ctx.opset, lut_body=ctx.lut_body, verify=ctx.verify)
         source = f"ranges:per-group {method}, tail cut"
+        if (ib or ob) and method in ("entropy", "mse"):
+            source += f", at {ib or 8}/{ob or 8}-bit codes"
         rw = Rewrite(site, set(site.nodes), op, spec, "float", spec.domain, source, site.output)
         e = _Emit(rw, ctx)
         x = _biased_input(e)
