@@ -17,7 +17,10 @@ network:
    of layer ``l``'s feed-forward block on every real token (no padding); the target is the
    teacher's own block output on the teacher's input (``--target teacher``, default: also
    undoes upstream error) or the fp32 block on the student's input (``--target local``);
-   optionally (``--zp-search N``) pick each table's input zero point on N tokens; train the
+   optionally (``--zp-search N``) pick each table's input zero point on N tokens, and
+   (``--refit``) refit ``W2``, ``b2`` in closed form to the tables' error on the block's
+   tokens first (convert's consumer correction, :func:`gelu_quant.graph.consumer_fit.
+   fit_consumer`, ridge chosen on held-out tokens); train the
    block's GELU scales (LSQ, Adam with a learning rate relative to each scale) and ``--train``
    more of the block (default ``all``: both FFN biases, the output LayerNorm, ``W2``, ``W1``)
    on the MSE of the block output ``LN(W2 GELU(W1 a + b1) + b2 + a)``, ``--block-steps``
@@ -294,6 +297,31 @@ def search_zero_points(layer: Any, a: torch.Tensor, y: torch.Tensor, tokens: int
     return " ".join(out)
 
 
+def refit_consumer(layer: Any, a: torch.Tensor) -> str:
+    """Refit the block's ``W2``, ``b2`` to its tables' error on the block's tokens ``a``: the
+    consumer correction ``convert`` applies after a table (closed-form ridge, the ridge chosen
+    on held-out rows), here on every token of the block instead of a row sample."""
+    from gelu_quant.graph.consumer_fit import fit_consumer
+
+    fq = layer.intermediate.intermediate_act_fn
+    dense = layer.output.dense
+    with torch.no_grad():
+        x = layer.intermediate.dense(a)
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(2))
+        x = x[perm]  # random order: fit_consumer holds out every fourth row
+        fit = fit_consumer(
+            fq(x).double().numpy(),
+            nn.functional.gelu(x.double()).numpy(),
+            dense.weight.detach().double().numpy().T,
+            intercept=True,
+        )
+        if fit.applied:
+            assert fit.delta_w is not None and fit.delta_b is not None
+            dense.weight += torch.from_numpy(fit.delta_w.T).to(dense.weight.dtype)
+            dense.bias += torch.from_numpy(fit.delta_b).to(dense.bias.dtype)
+    return f"refit ridge {fit.ridge}, held-out error {min(fit.heldout_error.values()):.3f}"
+
+
 def reconstruct(
     student: nn.Module,
     teacher: nn.Module,
@@ -324,6 +352,8 @@ def reconstruct(
         if args.zp_search:
             zps = search_zero_points(layer, a, y, args.zp_search)
             print(f"  block {i}: input zero points {zps}", flush=True)
+        if args.refit:
+            print(f"  block {i}: {refit_consumer(layer, a)}", flush=True)
         groups = block_params(layer, args.train)
         for p in layer.parameters():
             p.requires_grad_(False)
@@ -492,6 +522,12 @@ def main() -> None:
         help="K-group tables per GELU site, each 2^bits entries (0: one table per site)",
     )
     ap.add_argument(
+        "--refit",
+        action="store_true",
+        help="before training each block, refit W2, b2 to its tables' error in closed form "
+        "(convert's consumer correction, on every token of the block)",
+    )
+    ap.add_argument(
         "--zp-search",
         type=int,
         default=0,
@@ -619,7 +655,7 @@ def main() -> None:
     print(
         f"all-MiniLM-L6-v2, GELU tables {args.bits}-bit in, {out_bits}-bit out, 1 - cos on 256 "
         f"held-out sentences; start {args.method}, train={args.train}, target={args.target}, "
-        f"groups={args.groups}, {len(train_texts)} training sentences, "
+        f"groups={args.groups}, refit={args.refit}, {len(train_texts)} training sentences, "
         f"{args.block_steps} steps x {args.tokens} tokens per block ({t_blocks:.0f} s), "
         f"{args.e2e_steps} e2e steps ({t_e2e:.0f} s), lr={args.lr}, lr-scales={args.lr_scales}; "
         f"total {time.perf_counter() - t0:.0f} s"
