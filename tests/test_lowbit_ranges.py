@@ -183,3 +183,15 @@ def test_convert_low_bit_target_with_its_own_ranges(
     err_own = np.mean((_run(tmp_path / "own.onnx", x) - ref) ** 2)
     err_old = np.mean((_run(tmp_path / "old.onnx", x) - ref) ** 2)
     assert err_own < err_old
+
+
+def test_hint_for_low_bit_tables_on_the_files_choice(tmp_path: Path) -> None:
+    """Low-bit tables on the file's chosen method (entropy, chosen for int8 tables): the
+    manifest notes that --method mse exists for them; none with --method, nor for int8."""
+    model, rpath, _ = _calibrated(tmp_path)
+    rf = load_ranges(rpath)
+    m = onnx.load(str(model))
+    notes = convert_model(m, ConvertConfig("int4-lut"), ranges=rf).manifest.notes
+    assert any("chosen method 'entropy' for 4-bit tables; --method mse" in n for n in notes)
+    for cfg in (ConvertConfig("int4-lut", method="mse"), ConvertConfig("int8-lut")):
+        assert not any("--method mse" in n for n in convert_model(m, cfg, ranges=rf).manifest.notes)

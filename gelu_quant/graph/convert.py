@@ -354,6 +354,9 @@ def convert_model(
             if source_problem is None:
                 raise ModelError(f"the converted model fails the ONNX checker: {problem}")
             notes.append(_unchecked_note(problem, source_problem))
+    low = _low_bit_method_note(config, ranges, replace.records)
+    if low:
+        notes.append(low)
     qdq_ids = [r.id for r in replace.records if r.status == "converted" and r.mode == "qdq"]
     if qdq_ids and (ranges is not None or config.range is not None):
         notes.append(qdq_ranges_note(qdq_ids, "--ranges" if ranges is not None else "--range"))
@@ -465,6 +468,31 @@ def _config_json(config: ConvertConfig, ranges: RangeSource | None) -> dict[str,
         "ranges_file": None if ranges is None else (name or "(in memory)"),
         **d,
     }
+
+
+def _low_bit_method_note(
+    config: ConvertConfig, ranges: RangeSource | None, records: Iterable[Any]
+) -> str | None:
+    """A hint when low-bit tables took the ranges file's chosen method and it is not ``mse``:
+    the file's choice is made for int8 tables, and ``mse`` scores the low-bit table itself."""
+    t = TARGETS[config.target]
+    if ranges is None or config.method is not None or config.groups > 1 or t.kind != "lut":
+        return None
+    if t.bits >= 8:
+        return None
+    ids = [
+        r.id
+        for r in records
+        if r.status == "converted" and r.mode == "float" and ranges.method_of(r.id) != "mse"
+    ]
+    if not ids:
+        return None
+    m = ranges.method_of(ids[0])
+    return (
+        f"{len(ids)} site(s) use the ranges file's chosen method {m!r} for {t.bits}-bit tables; "
+        "--method mse, which scores each table at its own code widths, is usually far more "
+        "accurate at low widths (all-MiniLM-L6-v2: 3.3x lower 1 - cos at 4 bits, 1.8x at 6)"
+    )
 
 
 def qdq_ranges_note(site_ids: list[str], option: str) -> str:
