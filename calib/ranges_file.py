@@ -141,6 +141,20 @@ def _rescored(method: str, bits: int | None, out_bits: int | None) -> bool:
     return method in ("entropy", "mse") and _widths(bits, out_bits) != (None, None)
 
 
+def _histogram_stats(k: int, offset: int, counts: np.ndarray, lo: float, hi: float) -> TensorStats:
+    """Statistics of a histogram on grid ``(k, offset)`` with finite extremes ``lo``, ``hi``
+    (what the range methods read; no per-channel part)."""
+    return TensorStats(
+        num_bins=counts.size,
+        count=int(counts.sum()),
+        min=lo,
+        max=hi,
+        k=k,
+        offset=offset,
+        counts=counts,
+    )
+
+
 def site_ranges(
     st: TensorStats, form: str, params: MethodParams, methods: Sequence[MethodName] = METHODS
 ) -> dict[str, Any]:
@@ -366,15 +380,7 @@ class RangesFile:
             ) from None
         if counts.ndim != 1 or int(counts.sum()) != int(st.get("count", -1)):
             raise BadInputError(f"site {site_id!r}: the histogram does not match its count")
-        return TensorStats(
-            num_bins=counts.size,
-            count=int(counts.sum()),
-            min=lo,
-            max=hi,
-            k=k,
-            offset=off,
-            counts=counts,
-        )
+        return _histogram_stats(k, off, counts, lo, hi)
 
     def channel_ranges_for(self, site_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-channel (min, max) of a site's input over the last axis, None when not recorded."""
@@ -419,16 +425,7 @@ class RangesFile:
         hist = unpack_counts(ch["hist"])
         if hist.shape[0] != lo.size:
             raise BadInputError(f"site {site_id!r}: per-channel histograms do not match")
-        k, off, counts, glo, ghi = group_histogram(hist, lo, hi, m)
-        st = TensorStats(
-            num_bins=counts.size,
-            count=int(counts.sum()),
-            min=glo,
-            max=ghi,
-            k=k,
-            offset=off,
-            counts=counts,
-        )
+        st = _histogram_stats(*group_histogram(hist, lo, hi, m))
         r = _compute(method, st, form, self._method_params(), bits, out_bits)
         return float(r[0]), float(r[1])
 
