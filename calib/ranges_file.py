@@ -201,7 +201,9 @@ def pack_counts(counts: npt.NDArray[np.int64]) -> dict[str, Any]:
     }
 
 
-def unpack_counts(d: Mapping[str, Any]) -> npt.NDArray[np.int64]:
+def unpack_counts(
+    d: Mapping[str, Any], what: str = "per-channel histograms"
+) -> npt.NDArray[np.int64]:
     """The inverse of :func:`pack_counts`."""
     try:
         raw = zlib.decompress(base64.b64decode(d["zlib_base64"]))
@@ -210,9 +212,7 @@ def unpack_counts(d: Mapping[str, Any]) -> npt.NDArray[np.int64]:
             raise ValueError(f"dtype {d['dtype']!r}")
         return np.frombuffer(raw, dtype=d["dtype"]).reshape(shape).astype(np.int64)
     except (KeyError, TypeError, ValueError, zlib.error) as e:
-        raise BadInputError(
-            f"malformed per-channel histograms in the ranges file ({e}); calibrate again"
-        ) from None
+        raise BadInputError(f"malformed {what} in the ranges file ({e}); calibrate again") from None
 
 
 def stats_summary(st: TensorStats, obs_lo: float | None, obs_hi: float | None) -> dict[str, Any]:
@@ -371,7 +371,7 @@ class RangesFile:
             return None
         h = st["hist"]
         try:
-            counts = unpack_counts(h["counts"])
+            counts = unpack_counts(h["counts"], f"histogram of site {site_id!r}")
             k, off = int(h["k"]), int(h["offset"])
             lo, hi = float(st["min"]), float(st["max"])
         except (KeyError, TypeError, ValueError):
