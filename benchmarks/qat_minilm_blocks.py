@@ -59,7 +59,7 @@ from torch import nn
 from gelu_quant.lut.grouped import GroupedLutSpec, partition_channels
 from gelu_quant.lut.table import build_lut
 from gelu_quant.lut.tails import cut_range, negative_tail_cut
-from gelu_quant.models.corpus import stdlib_sentences
+from gelu_quant.models.corpus import package_sentences, stdlib_sentences
 from gelu_quant.models.minilm import INPUT_NAMES, load_torch_model, tokenize
 from gelu_quant.torch import (
     GeluFakeQuant,
@@ -516,6 +516,15 @@ def main() -> None:
         help="calibration sentences the blocks are trained on (the first N of the same half)",
     )
     ap.add_argument(
+        "--package-sentences",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N more sentences too: the first N of the calibration half of the "
+        "installed packages' docstrings (package_sentences; the evaluation sentences are in the "
+        "other half by the same hash, so never among them)",
+    )
+    ap.add_argument(
         "--groups",
         type=int,
         default=32,
@@ -578,6 +587,8 @@ def main() -> None:
     all_cal = stdlib_sentences("calibration", n_train + args.select)
     cal_texts = all_cal[: args.calibration]
     train_texts = all_cal[:n_train]
+    if args.package_sentences:
+        train_texts += package_sentences("calibration", args.package_sentences)
     ev = batches(stdlib_sentences("evaluation", 256), 32, 128)
     sel = batches(all_cal[n_train:], 32, 128)
     ref, sel_ref = embed(teacher, ev), embed(teacher, sel)
@@ -655,7 +666,8 @@ def main() -> None:
     print(
         f"all-MiniLM-L6-v2, GELU tables {args.bits}-bit in, {out_bits}-bit out, 1 - cos on 256 "
         f"held-out sentences; start {args.method}, train={args.train}, target={args.target}, "
-        f"groups={args.groups}, refit={args.refit}, {len(train_texts)} training sentences, "
+        f"groups={args.groups}, refit={args.refit}, {len(train_texts)} training sentences "
+        f"({args.package_sentences} from installed packages), "
         f"{args.block_steps} steps x {args.tokens} tokens per block ({t_blocks:.0f} s), "
         f"{args.e2e_steps} e2e steps ({t_e2e:.0f} s), lr={args.lr}, lr-scales={args.lr_scales}; "
         f"total {time.perf_counter() - t0:.0f} s"

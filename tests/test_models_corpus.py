@@ -17,6 +17,7 @@ from gelu_quant.models.corpus import (
     MAX_CHARS,
     MIN_CHARS,
     extract_sentences,
+    package_sentences,
     sentence_split,
     stdlib_sentences,
     write_corpus,
@@ -134,3 +135,37 @@ def test_write_corpus_one_sentence_per_line(tmp_path: Path, corpus_calibration: 
     assert write_corpus(path, "calibration", limit=40) == 40
     assert path.read_text(encoding="utf-8").splitlines() == corpus_calibration[:40]
     assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]  # no temp file left
+
+
+def test_package_sentences_follow_the_same_rules_and_halves(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    expected = set(extract_sentences(tmp_path))
+    both = package_sentences("all", root=tmp_path)
+    calibration = package_sentences("calibration", root=tmp_path)
+    evaluation = package_sentences("evaluation", root=tmp_path)
+    assert set(both) == expected and len(both) == len(expected)
+    assert set(calibration) | set(evaluation) == expected
+    for text in calibration:
+        assert hashlib.sha256(text.encode()).digest()[0] % 2 == 0
+    for text in evaluation:
+        assert hashlib.sha256(text.encode()).digest()[0] % 2 == 1
+    assert package_sentences("all", limit=2, root=tmp_path) == both[:2]
+
+
+def test_package_calibration_half_never_holds_a_stdlib_evaluation_sentence(
+    tmp_path: Path, corpus_evaluation: list[str]
+) -> None:
+    # a package whose docstrings quote standard-library evaluation sentences verbatim, beside
+    # calibration ones: only the latter may reach the package corpus's calibration half
+    quoted = corpus_evaluation[:20] + stdlib_sentences("calibration", 20)
+    (tmp_path / "pkg").mkdir()
+    body = "".join(f"def f{i}():\n    {s!r}\n\n" for i, s in enumerate(quoted))
+    (tmp_path / "pkg" / "quotes.py").write_text(body, encoding="utf-8")
+    calibration = package_sentences("calibration", root=tmp_path)
+    assert set(calibration) == set(quoted[20:])
+    assert not set(calibration) & set(corpus_evaluation)
+
+
+def test_package_sentences_of_an_empty_folder_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no Python sources"):
+        package_sentences("calibration", root=tmp_path)
