@@ -2,7 +2,8 @@
 
 The defaults are the documented 6-bit recipe (docs/qat.md, "6-bit MiniLM"): 6-bit codes in and
 out, 32 tables of 64 entries per GELU site, block reconstruction of every feed-forward block.
-Distillation from the fp32 model on the calibration text only, done per
+Distillation from the fp32 model on the calibration text only (``--package-sentences N``: and
+on N more sentences of the same half from the installed packages' docstrings), done per
 feed-forward block (block reconstruction, as in AdaRound / BRECQ) instead of through the whole
 network:
 
